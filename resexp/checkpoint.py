@@ -1,0 +1,77 @@
+"""Atomic checkpoints: last.pt holds everything needed to continue a run exactly (model,
+optimizer, schedule, step, wall time, RNG states, config). A new checkpoint is written to a
+temporary file, flushed and fsynced, and only then renamed over last.pt; the one before it stays
+as prev.pt, so a truncated or corrupt last.pt falls back to prev.pt with a warning."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pt"
+PREVIOUS = "prev.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_states() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def save(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Write `state` as run_dir/last.pt without ever leaving a half-written last.pt."""
+    last, tmp = run_dir / LAST, run_dir / (LAST + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({**state, "rng": rng_states()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if last.exists():
+        os.replace(last, run_dir / PREVIOUS)
+    os.replace(tmp, last)
+    dir_fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return last
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, not a checkpoint, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_latest(run_dir: Path, warn=print) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run directory, or None when it has none."""
+    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    if not last.exists() and not previous.exists():
+        return None
+    try:
+        return load_file(last)
+    except CheckpointError as e:
+        if not previous.exists():
+            raise
+        warn(f"warning: {e}; resuming from the previous checkpoint {previous}")
+        return load_file(previous)

@@ -1,0 +1,301 @@
+"""Datasets and batches: CIFAR-10/100 and the synthetic set as one uint8 tensor on the device,
+ImageNet as an ImageFolder tree through a DataLoader.
+
+CIFAR (He et al. 2015, Sec. 4.2): "4 pixels are padded on each side, and a 32x32 crop is
+randomly sampled from the padded image or its horizontal flip", with the per-pixel mean
+subtracted. Here the crop offsets and flips of a whole epoch are drawn up front from a generator
+seeded by (seed, epoch), and applied to each batch with one gather on the device. So no worker
+processes are needed, the same crops come out on CPU and GPU, and a run resumed in the middle
+of an epoch sees exactly the batches it would have seen.
+
+ImageNet (Sec. 3.4): shorter side resized to a random size in [256, 480], a random 224 crop or
+its flip, centre-crop (or 10-crop) evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resexp.config import DataConfig, _value
+
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SYNTHETIC_SEED = 20151210  # the data never depend on the run's seed
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class DataError(RuntimeError):
+    """The dataset is missing or malformed; the message says what was expected."""
+
+
+@dataclass
+class Arrays:
+    """A dataset in memory: uint8 images (N, H, W, 3) and integer labels (N,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+class TrainStream(Protocol):
+    """What the loop needs of training data: batches of one epoch, from batch `start` on."""
+
+    def __len__(self) -> int: ...  # batches per epoch
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
+
+
+@dataclass
+class Data:
+    train: TrainStream
+    evals: dict[str, "EvalSet"]  # "test", and "val" when data.val_split > 0
+    num_classes: int
+    train_size: int
+
+
+# --------------------------------------------------------------------------- loading arrays
+
+
+def npz_path(cfg: DataConfig) -> Path | None:
+    """The .npz file the config points at, if any: root itself, root/file, or root/<name>.npz."""
+    root = Path(cfg.root).expanduser()
+    if root.suffix == ".npz":
+        return root
+    if cfg.file is not None:
+        return root / cfg.file
+    candidate = root / f"{_value(cfg.name)}.npz"
+    return candidate if candidate.exists() else None
+
+
+def decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Concatenated JPEG files (uint8) + offsets (N+1) -> uint8 images (N, H, W, 3)."""
+    from PIL import Image
+
+    return np.stack(
+        [
+            np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB"))
+            for i in range(len(offsets) - 1)
+        ]
+    )
+
+
+def load_npz(path: Path, num_classes: int) -> Arrays:
+    """x_train/y_train/x_test/y_test as uint8 arrays, or train_/test_ jpeg_bytes + offsets."""
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        with np.load(path) as z:
+            keys = set(z.files)
+            if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+                arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            elif {"train_jpeg_bytes", "train_jpeg_offsets", "y_train", "test_jpeg_bytes"} <= keys:
+                arrays = {
+                    "x_train": decode_jpegs(z["train_jpeg_bytes"], z["train_jpeg_offsets"]),
+                    "y_train": z["y_train"],
+                    "x_test": decode_jpegs(z["test_jpeg_bytes"], z["test_jpeg_offsets"]),
+                    "y_test": z["y_test"],
+                }
+            else:
+                raise DataError(
+                    f"{path} holds arrays {sorted(keys)}; expected x_train, y_train, x_test, y_test "
+                    "(uint8 images N x 32 x 32 x 3 and their labels)"
+                )
+    except (OSError, ValueError, EOFError) as e:  # truncated or not an npz at all
+        raise DataError(f"{path} could not be read as an .npz file ({e}); is it truncated?") from None
+    return check_arrays(Arrays(num_classes=num_classes, **arrays), str(path))
+
+
+def check_arrays(a: Arrays, source: str) -> Arrays:
+    for split in ("train", "test"):
+        x, y = getattr(a, f"x_{split}"), getattr(a, f"y_{split}")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+            raise DataError(
+                f"{source}: x_{split} has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, H, W, 3)"
+            )
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{source}: y_{split} has shape {y.shape}; expected ({len(x)},), one label per image")
+        if len(y) and (y.min() < 0 or y.max() >= a.num_classes):
+            raise DataError(
+                f"{source}: y_{split} has labels in [{y.min()}, {y.max()}]; expected 0..{a.num_classes - 1}"
+            )
+    if a.x_train.shape[1:] != a.x_test.shape[1:]:
+        raise DataError(f"{source}: train images are {a.x_train.shape[1:]} but test images {a.x_test.shape[1:]}")
+    a.y_train, a.y_test = a.y_train.astype(np.int64), a.y_test.astype(np.int64)
+    return a
+
+
+def load_torchvision_cifar(cfg: DataConfig) -> Arrays:
+    import torchvision
+
+    name = _value(cfg.name)
+    dataset = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    root = Path(cfg.root).expanduser()
+    if not cfg.download and not (root / TORCHVISION_FOLDERS[name]).is_dir():
+        raise DataError(
+            f"{name} not found in {root}/: expected {root / (name + '.npz')} (uint8 x_train, y_train, x_test, "
+            f"y_test) or torchvision's {root / TORCHVISION_FOLDERS[name]}/. Add data.download=true to download "
+            f"it there (needs internet), or point data.root at a copy"
+        )
+    try:
+        train = dataset(str(root), train=True, download=cfg.download)
+        test = dataset(str(root), train=False, download=cfg.download)
+    except Exception as e:  # download errors, corrupt pickles
+        raise DataError(f"could not load {name} from {root}/ with torchvision: {e}") from None
+    arrays = Arrays(train.data, np.asarray(train.targets), test.data, np.asarray(test.targets), CIFAR_CLASSES[name])
+    return check_arrays(arrays, str(root / TORCHVISION_FOLDERS[name]))
+
+
+def synthetic_arrays(cfg: DataConfig) -> Arrays:
+    """Class prototypes (smooth random colour fields) plus per-image noise and a random shift:
+    learnable by a small net in a few dozen iterations, identical on every machine."""
+    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    k, s = cfg.num_classes, cfg.image_size
+    prototypes = F.interpolate(torch.rand(k, 3, 4, 4, generator=g), size=(s, s), mode="bilinear", align_corners=False)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = torch.randint(0, k, (n,), generator=g)
+        noise = torch.rand(n, 3, s, s, generator=g)
+        x = 0.65 * prototypes[y] + 0.35 * noise
+        shift = int(torch.randint(-2, 3, (1,), generator=g))
+        x = torch.roll(x, shifts=shift, dims=3)
+        return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(), y.numpy()
+
+    x_train, y_train = sample(cfg.train_size)
+    x_test, y_test = sample(cfg.test_size)
+    return Arrays(x_train, y_train, x_test, y_test, k)
+
+
+def load_arrays(cfg: DataConfig) -> Arrays:
+    name = _value(cfg.name)
+    if name == "synthetic":
+        return synthetic_arrays(cfg)
+    path = npz_path(cfg)
+    if path is not None:
+        return load_npz(path, CIFAR_CLASSES[name])
+    return load_torchvision_cifar(cfg)
+
+
+def split(a: Arrays, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Training images after the validation hold-out and the subset; the evaluation sets."""
+    x, y = a.x_train, a.y_train
+    evals = {"test": (a.x_test, a.y_test)}
+    if cfg.val_split:
+        if cfg.val_split >= len(x):
+            raise DataError(f"data.val_split={cfg.val_split} leaves no training images (the set has {len(x)})")
+        x, y, evals["val"] = x[: -cfg.val_split], y[: -cfg.val_split], (x[-cfg.val_split :], y[-cfg.val_split :])
+    if cfg.subset is not None:
+        if cfg.subset > len(x):
+            raise DataError(f"data.subset={cfg.subset} is larger than the {len(x)} training images available")
+        x, y = x[: cfg.subset], y[: cfg.subset]
+    return x, y, evals
+
+
+# --------------------------------------------------------------------------- tensor batches
+
+
+class Normalizer:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W): subtract the per-pixel mean image (the paper's)
+    or the per-channel mean and divide by the per-channel std, both taken from the training set."""
+
+    def __init__(self, x_train: np.ndarray, kind: str, device: torch.device) -> None:
+        x = torch.from_numpy(x_train).to(torch.float64) / 255  # (N, H, W, 3)
+        if kind == "pixel_mean":
+            self.mean = x.mean(0).permute(2, 0, 1)
+            self.std = torch.ones(3, 1, 1, dtype=torch.float64)
+        else:
+            self.mean = x.mean((0, 1, 2)).view(3, 1, 1)
+            self.std = x.std((0, 1, 2)).view(3, 1, 1)
+        self.mean = self.mean.to(device, torch.float32)
+        self.scale = (1 / (255 * self.std)).to(device, torch.float32)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.permute(0, 3, 1, 2).float() - self.mean * 255) * self.scale
+
+
+def crop_flip(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-image random crop of a zero-padded batch, mirrored where `flip`, as one gather.
+    x: uint8 (B, H, W, C); dx, dy: offsets in [0, 2*pad]; flip: bool (B,)."""
+    b, h, w, _ = x.shape
+    padded = F.pad(x, (0, 0, pad, pad, pad, pad))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = dy[:, None] + ar_h  # (B, H)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class TensorTrainStream:
+    """Shuffled, augmented batches from a uint8 tensor held on the device."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer, augment: bool,
+                 seed: int, device: torch.device, pad: int = 4) -> None:  # fmt: skip
+        if batch_size > len(x):
+            raise DataError(f"data.batch_size={batch_size} is larger than the {len(x)} training images")
+        self.x = torch.from_numpy(x).to(device)
+        self.y = torch.from_numpy(y).to(device)
+        self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
+        self.seed, self.pad, self.device = seed, pad, device
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size  # the last partial batch is dropped: fixed shapes
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        n, g = len(self.x), epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g).to(self.device)
+        dx, dy = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g).to(self.device)
+        flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        for i in range(start, len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            x = self.x[order[idx]]
+            if self.augment:
+                x = crop_flip(x, dx[idx], dy[idx], flip[idx], self.pad)
+            yield self.normalize(x), self.y[order[idx]]
+
+
+class EvalSet:
+    """A fixed evaluation set, in large unaugmented batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer,
+                 device: torch.device) -> None:  # fmt: skip
+        self.x = torch.from_numpy(x).to(device)
+        self.y = torch.from_numpy(y).to(device)
+        self.batch_size, self.normalize = batch_size, normalize
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(0, len(self.y), self.batch_size):
+            yield self.normalize(self.x[i : i + self.batch_size]), self.y[i : i + self.batch_size]
+
+
+def tensor_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
+    arrays = load_arrays(cfg)
+    x, y, evals = split(arrays, cfg)
+    normalize = Normalizer(x, _value(cfg.normalize), device)
+    train = TensorTrainStream(x, y, cfg.batch_size, normalize, cfg.augment, seed, device)
+    eval_sets = {k: EvalSet(ex, ey, cfg.eval_batch_size, normalize, device) for k, (ex, ey) in evals.items()}
+    return Data(train, eval_sets, arrays.num_classes, len(x))
+
+
+def build_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
+    """The one function that turns the data config into batches."""
+    if _value(cfg.name) == "imagenet":
+        from resexp.imagenet import imagenet_data
+
+        return imagenet_data(cfg, seed, device)
+    return tensor_data(cfg, seed, device)
