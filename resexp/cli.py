@@ -145,8 +145,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the rows as
     for column in ("family", "depth", "mode", "shortcut", "params", "multiply-adds"):
         table.add_column(column, justify="right" if column in ("depth", "params", "multiply-adds") else "left")
     for r in rows:
-        table.add_row(r["family"], str(r["depth"]), r["mode"], r["shortcut"], f"{r['params'] / 1e6:.3f}M",
-                      f"{r['macs'] / 1e9:.3f}G")  # fmt: skip
+        macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] < 1e9 else f"{r['macs'] / 1e9:.2f}G"
+        table.add_row(r["family"], str(r["depth"]), r["mode"], r["shortcut"], f"{r['params'] / 1e6:.3f}M", macs)
     Console().print(table)
 
 

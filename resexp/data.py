@@ -15,6 +15,7 @@ its flip, centre-crop (or 10-crop) evaluation.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -109,7 +110,7 @@ def load_npz(path: Path, num_classes: int) -> Arrays:
                     f"{path} holds arrays {sorted(keys)}; expected x_train, y_train, x_test, y_test "
                     "(uint8 images N x 32 x 32 x 3 and their labels)"
                 )
-    except (OSError, ValueError, EOFError) as e:  # truncated or not an npz at all
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated or not an npz at all
         raise DataError(f"{path} could not be read as an .npz file ({e}); is it truncated?") from None
     return check_arrays(Arrays(num_classes=num_classes, **arrays), str(path))
 

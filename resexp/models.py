@@ -244,10 +244,13 @@ def count_macs(net: nn.Module, image_size: int) -> int:
             macs += module.in_features * module.out_features
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = net.training
+    net.eval()  # eval-mode batch norm is several times cheaper on the meta device
     try:
         with torch.no_grad():
             net(torch.empty(1, 3, image_size, image_size, device=next(net.parameters()).device))
     finally:
+        net.train(was_training)
         for h in handles:
             h.remove()
     return macs

@@ -1,0 +1,35 @@
+# resexp: make install, then make test / make demo / make tb. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+EXTRA ?=
+
+.PHONY: help install test test-all demo tb clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(BIN)/resexp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/resexp  ## create .venv and install resexp with its test tools (pip install -e .[dev])
+
+test: install  ## run the test suite (fast tests; slow and GPU tests are deselected)
+	$(BIN)/pytest
+
+test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
+	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
+
+demo: install  ## a short real run: ResNet-20 on CIFAR-10 from DATA (default ../shared/data), 400 iterations
+	$(BIN)/resexp train data.root=$(DATA) data.subset=5000 schedule.iterations=400 'schedule.milestones=[300]' eval_every=50 name=demo $(EXTRA)
+
+tb: install  ## TensorBoard on runs/ (http://localhost:6006)
+	$(BIN)/tensorboard --logdir runs
+
+clean:  ## remove caches (never runs/)
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
