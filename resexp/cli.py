@@ -49,8 +49,12 @@ def hydra_task(cfg) -> Optional[float]:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    config = to_object(cfg)
+    parallel = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if parallel is not None:
+        config.device = share_machine(config.device, hydra_cfg.job.num, parallel)
     try:
-        metrics = run(to_object(cfg), run_dir, console=err)
+        metrics = run(config, run_dir, console=err)
     except (ConfigError, DataError, CheckpointError, Diverged, OSError) as e:
         remove_empty(run_dir, levels=3)
         if os.environ.get("RESEXP_DEBUG"):
@@ -59,6 +63,21 @@ def hydra_task(cfg) -> Optional[float]:
         err.print(f"[bold red]{kind}:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise (RunAborted if hydra_cfg.mode == RunMode.RUN else RunFailed)(str(e)) from None
     return metrics.get("test/error")
+
+
+def share_machine(device: str, job_num: int, n_jobs: int) -> str:
+    """For runs of a sweep launched side by side (e.g. hydra/launcher=joblib): spread them over
+    the visible GPUs (several runs per GPU is fine), and on a CPU give each its share of the
+    cores, since threads of several runs fighting over the same cores slow all of them down."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
+    if device == "auto" and torch.cuda.is_available():
+        return f"cuda:{job_num % torch.cuda.device_count()}"
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        torch.set_num_threads(max(1, cores // n_jobs))
+    return device
 
 
 def remove_empty(run_dir: Path, levels: int) -> None:
@@ -148,6 +167,46 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the rows as
         macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] < 1e9 else f"{r['macs'] / 1e9:.2f}G"
         table.add_row(r["family"], str(r["depth"]), r["mode"], r["shortcut"], f"{r['params'] / 1e6:.3f}M", macs)
     Console().print(table)
+
+
+def runs_in(runs_dir: Path):
+    from resexp.runs import find_runs
+
+    if not runs_dir.exists():
+        err.print(f"[bold red]error:[/] {escape(str(runs_dir))} does not exist", highlight=False)
+        raise typer.Exit(1)
+    runs = find_runs(runs_dir)
+    if not runs:
+        err.print(f"[bold red]error:[/] no runs (folders with config.yaml and metrics.jsonl) under {escape(str(runs_dir))}",
+                  highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+    return runs
+
+
+@app.command(help="Draw the paper-style figure (Figures 1, 4, 6) from the runs under RUNS_DIR: error vs "
+             "iterations, dashed = training, bold = test, plain left, residual right. Writes PNG and SVG.")  # fmt: skip
+def plot(
+    runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output path without suffix [default: RUNS_DIR/curves]."),
+) -> None:
+    from resexp.plot import plot as draw
+
+    for path in draw(runs_in(runs_dir), out if out is not None else runs_dir / "curves"):
+        typer.echo(str(path))
+
+
+@app.command(help="Tabulate the runs under RUNS_DIR per mode x depth (mean ± std over seeds) beside the paper's "
+             "numbers, with a verdict on the degradation problem. Works on unfinished sweeps.")  # fmt: skip
+def report(
+    runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
+    form: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
+) -> None:
+    from resexp.report import render
+
+    if form not in ("markdown", "csv", "json"):
+        err.print(f"[bold red]error:[/] --format {escape(form)} is unknown: use markdown, csv or json", highlight=False)
+        raise typer.Exit(1)
+    typer.echo(render(runs_in(runs_dir), form), nl=False)
 
 
 if __name__ == "__main__":

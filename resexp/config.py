@@ -154,9 +154,15 @@ def _value(x: Any) -> Any:
     return x.value if isinstance(x, Enum) else x
 
 
+def paper_warmup(depth: Any) -> Optional[float]:
+    """The paper's warm-up lr for its 110- and 1202-layer CIFAR nets (Sec. 4.2), none below."""
+    return 0.01 if int(depth) >= 110 else None
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("resexp.run_path"):
-        OmegaConf.register_new_resolver("resexp.run_path", run_path)
+    for name, fn in (("resexp.run_path", run_path), ("resexp.paper_warmup", paper_warmup)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def validate(cfg: Config | DictConfig) -> None:

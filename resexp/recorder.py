@@ -4,7 +4,10 @@ and the console (a progress bar and one line per evaluation). The loop only hand
 
 TensorBoard tags: train/loss, train/error, test/loss, test/error (and val/* with a validation
 split), lr; errors are in percent, x is the iteration. Each run writes into its own directory,
-so `tensorboard --logdir runs` lays every run of a sweep side by side.
+so `tensorboard --logdir runs` lays every run of a sweep side by side. Each run also writes, into
+its own directory (not a new run, as SummaryWriter.add_hparams would): its hyperparameters for
+the HParams tab, with final and best errors as its metrics, and a Custom Scalars layout with one
+chart of training error and one of test error that hold every run (the paper's style).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ METRICS = "metrics.jsonl"
 STATUS = "status.json"
 ENVIRONMENT = "environment.json"
 CONFIG = "config.yaml"
-NOT_SCALARS = ("step", "epoch", "time")
+NOT_SCALARS = ("step", "epoch", "time", "diverged")
+HPARAM_METRICS = ("final/train_error", "final/test_error", "best/train_error", "best/test_error")
+LAYOUT = {"errors (all runs)": {"training error": ["Multiline", [r"^train/error$"]],
+                                "test error": ["Multiline", [r"^test/error$"]]}}  # fmt: skip
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -116,11 +122,24 @@ class Recorder:
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total, completed=resume_step)
+        self.best: dict[str, float] = {}
+        for row in read_metrics(run_dir):
+            self.track_best(row)
 
-    def describe(self, config_yaml: str, env: dict[str, Any]) -> None:
+    def describe(self, config_yaml: str, env: dict[str, Any], hparams: dict[str, Any]) -> None:
         """The run directory's self-description, written when the run starts."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
         (self.run_dir / CONFIG).write_text(config_yaml)
         write_json(self.run_dir / ENVIRONMENT, env)
+        for summary in hparams_summary(hparams, {k: 0.0 for k in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.add_custom_scalars(LAYOUT)
+
+    def track_best(self, row: dict[str, Any]) -> None:
+        for key in ("train/error", "test/error"):
+            if key in row and isinstance(row[key], (int, float)) and row[key] == row[key]:
+                self.best[key] = min(self.best.get(key, float("inf")), row[key])
 
     def status(self, status: str, step: int, **extra: Any) -> None:
         write_json(self.run_dir / STATUS, {"status": status, "step": step, "iterations": self.total, **extra})
@@ -142,9 +161,15 @@ class Recorder:
             f.write(json.dumps(metrics) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        step = metrics["step"]
         for key, value in metrics.items():
             if key not in NOT_SCALARS and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, metrics["step"])
+                self.writer.add_scalar(key, value, step)
+        self.track_best(metrics)
+        for key in ("train/error", "test/error"):
+            if key in metrics:
+                self.writer.add_scalar("final/" + key.replace("/", "_"), metrics[key], step)
+                self.writer.add_scalar("best/" + key.replace("/", "_"), self.best[key], step)
         self.writer.flush()
         self.progress.console.print(format_line(metrics, self.total), highlight=False, soft_wrap=True, markup=False)
 

@@ -202,6 +202,14 @@ def model_fields(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k.startswith("model.")} | {"data.name": flat["data.name"]}
 
 
+def hparams(cfg: Config) -> dict[str, Any]:
+    """What TensorBoard's HParams tab shows per run."""
+    m = cfg.model
+    return {"data": _value(cfg.data.name), "family": _value(m.family), "depth": m.depth, "mode": _value(m.mode),
+            "shortcut": _value(m.shortcut), "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.data.batch_size,
+            "iterations": cfg.schedule.iterations}  # fmt: skip
+
+
 def run(cfg: Config, run_dir: Path, console=None) -> dict[str, Any]:
     """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns
     the last evaluation's metrics."""
@@ -248,7 +256,7 @@ def run(cfg: Config, run_dir: Path, console=None) -> dict[str, Any]:
     with Recorder(run_dir, iterations, state.step, console) as recorder:
         if state.step:
             recorder.message(f"resuming {run_dir} from iteration {state.step}")
-        recorder.describe(config_yaml(cfg), environment(device))
+        recorder.describe(config_yaml(cfg), environment(device), hparams(cfg))
         recorder.status("running", state.step)
         try:
             train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save)

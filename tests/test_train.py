@@ -20,9 +20,14 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def scalars(run_dir):
+def events(run_dir):
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
+    return acc
+
+
+def scalars(run_dir):
+    acc = events(run_dir)
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
@@ -38,6 +43,17 @@ def test_train_writes_metrics_tensorboard_and_a_self_describing_run_dir(tmp_path
     tb = scalars(run_dir)
     assert TAGS <= set(tb)
     assert tb["test/error"] == [(r["step"], pytest.approx(r["test/error"], abs=1e-4)) for r in metrics]
+    # HParams tab: this run's hyperparameters, in its own directory, with final/best errors as metrics.
+    assert tb["final/test_error"][-1][1] == pytest.approx(metrics[-1]["test/error"], abs=1e-4)
+    assert tb["best/train_error"][-1][1] == pytest.approx(min(r["train/error"] for r in metrics), abs=1e-4)
+    acc = events(run_dir)
+    hparams = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    assert b"residual" not in hparams["_hparams_/session_start_info"] and b"plain" in hparams["_hparams_/session_start_info"]
+    [tag] = acc.PluginTagToContent("custom_scalars")
+    layout = acc.Tensors(tag)[0].tensor_proto.string_val[0]
+    assert b"^train/error$" in layout and b"^test/error$" in layout
+    assert [p.name for p in run_dir.iterdir() if p.is_dir()] == []  # no extra TensorBoard runs
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"] == {"family": "cifar", "depth": 8, "mode": "plain", "shortcut": "A"}
     env = json.loads((run_dir / "environment.json").read_text())

@@ -1,0 +1,108 @@
+"""`resexp report` and `resexp plot` on fabricated run directories: the right numbers, verdicts,
+figure files, and honest handling of an unfinished and a diverged run."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from conftest import resexp
+from resexp.report import render, summarise, verdicts
+from resexp.runs import find_runs
+
+
+def fake_run(root, mode, depth, seed, train_errors, test_errors, status="complete", iterations=None,
+             shortcut="A", data="cifar10"):
+    """A run directory as resexp train writes it, with evaluations every 100 iterations."""
+    name = f"{mode}-{depth}{'' if mode == 'plain' else shortcut}_s{seed}"
+    d = root / data / name
+    d.mkdir(parents=True)
+    steps = [100 * (i + 1) for i in range(len(train_errors))]
+    config = {"model": {"family": "cifar", "depth": depth, "mode": mode, "shortcut": shortcut},
+              "data": {"name": data}, "seed": seed, "schedule": {"iterations": iterations or steps[-1]}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"step": s, "epoch": s / 50, "lr": 0.1, "train/loss": 1.0 if math.isfinite(tr) else tr,
+             "train/error": tr, "test/loss": 1.0, "test/error": te, "time": s / 10.0}
+            for s, tr, te in zip(steps, train_errors, test_errors)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "status.json").write_text(json.dumps({"status": status, "step": steps[-1]}))
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """plain/residual x 20/56 x seeds 0, 1: plain-56 trains worse than plain-20, residual-56 better."""
+    for seed, jitter in ((0, 0.0), (1, 1.0)):
+        fake_run(tmp_path, "plain", 20, seed, [60, 30 + jitter], [62, 35 + jitter])
+        fake_run(tmp_path, "plain", 56, seed, [80, 40 + jitter], [81, 44 + jitter])
+        fake_run(tmp_path, "residual", 20, seed, [55, 25 + jitter], [57, 30 + jitter])
+        fake_run(tmp_path, "residual", 56, seed, [50, 20 + jitter], [52, 27 + jitter])
+    return tmp_path
+
+
+def test_report_numbers_are_means_and_stds_over_seeds(sweep):
+    rows = {(r["mode"], r["depth"]): r for r in summarise(find_runs(sweep))}
+    plain56 = rows[("plain", 56)]
+    assert plain56["n"] == 2 and plain56["complete"] == 2 and plain56["seeds"] == [0, 1]
+    assert plain56["final_train_error"] == pytest.approx((40.5, math.sqrt(0.5)))
+    assert plain56["final_test_error"][0] == pytest.approx(44.5)
+    assert plain56["best_test_error"][0] == pytest.approx(44.5)
+    assert plain56["paper_test_error"] == 13.5 and rows[("residual", 56)]["paper_test_error"] == 6.97
+
+
+def test_verdict_says_degradation_reproduced_with_the_gaps(sweep):
+    [line] = verdicts(summarise(find_runs(sweep)))
+    assert line.startswith("cifar10/cifar: degradation reproduced: ")
+    assert "plain-56 training error above plain-20 by 10.00 points" in line
+    assert "residual-56 training error below residual-20 by 5.00 points" in line
+    assert "residual-56 training error below plain-56 by 20.00 points" in line
+
+
+def test_verdict_when_depth_does_not_hurt_or_gaps_are_noise(tmp_path):
+    fake_run(tmp_path, "plain", 20, 0, [30], [35])
+    fake_run(tmp_path, "plain", 56, 0, [25], [33])
+    [line] = verdicts(summarise(find_runs(tmp_path)))
+    assert "degradation NOT reproduced" in line and "plain-56 training error below plain-20 by 5.00" in line
+    noisy = tmp_path / "noisy"
+    for seed, (a, b) in enumerate(((30, 31), (40, 29))):
+        fake_run(noisy, "plain", 20, seed, [a], [a])
+        fake_run(noisy, "plain", 56, seed, [b], [b])
+    [line] = verdicts(summarise(find_runs(noisy)))
+    assert "within seed noise" in line and "NOT reproduced" in line
+
+
+def test_unfinished_and_diverged_runs_are_named_and_kept_out_of_means(sweep):
+    fake_run(sweep, "plain", 110, 0, [90], [90], status="running", iterations=1000)
+    fake_run(sweep, "plain", 110, 1, [85, float("nan")], [85, 90], status="diverged")
+    text = render(find_runs(sweep), "markdown")
+    assert "plain-110_s0: incomplete (100/1000 iterations)" in text
+    assert "plain-110_s1: diverged at iteration 200" in text
+    row = next(r for r in summarise(find_runs(sweep)) if r["depth"] == 110)
+    assert row["n"] == 2 and row["diverged"] == 1 and row["complete"] == 0
+    assert row["final_train_error"] == (90, 0.0)  # only the unfinished run's numbers
+    assert "plain-110 training error above plain-20 by 59.50 points" in text  # deepest plain net present
+    assert "[partial: 1 run(s) incomplete]" in text
+
+
+def test_report_formats_through_the_cli(sweep):
+    as_json = json.loads(resexp("report", str(sweep), "--format", "json", cwd=sweep).stdout)
+    assert len(as_json["rows"]) == 4 and as_json["verdicts"][0].startswith("cifar10/cifar: degradation reproduced")
+    as_csv = resexp("report", str(sweep), "--format", "csv", cwd=sweep).stdout.splitlines()
+    assert as_csv[0].startswith("data,net,mode,depth") and len(as_csv) == 5
+    assert "40.50 ± 0.71" in as_csv[2]
+    bad = resexp("report", str(sweep / "nothing"), cwd=sweep)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_plot_writes_png_and_svg_for_finished_and_partial_runs(sweep, tmp_path):
+    fake_run(sweep, "plain", 110, 0, [90], [90], status="running", iterations=1000)
+    result = resexp("plot", str(sweep), cwd=sweep)
+    assert result.returncode == 0, result.stderr
+    png, svg = sweep / "curves.png", sweep / "curves.svg"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    text = svg.read_text()
+    assert "plain-56 (2 seeds)" in text and "ResNet-56 (2 seeds)" in text and "plain-110" in text
+    out = tmp_path / "figs" / "fig6"
+    assert resexp("plot", str(sweep), "--out", str(out), cwd=sweep).returncode == 0
+    assert (out.parent / "fig6.png").exists() and (out.parent / "fig6.svg").exists()
