@@ -24,8 +24,10 @@ test: install  ## run the test suite (fast tests; slow and GPU tests are deselec
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## a short real run: ResNet-20 on CIFAR-10 from DATA (default ../shared/data), 400 iterations
-	$(BIN)/resexp train data.root=$(DATA) data.subset=5000 schedule.iterations=400 'schedule.milestones=[300]' eval_every=50 name=demo $(EXTRA)
+demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~30 min on 2 CPU cores), then plot + report
+	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(EXTRA)
+	$(BIN)/resexp plot runs/cifar_quick
+	$(BIN)/resexp report runs/cifar_quick
 
 tb: install  ## TensorBoard on runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs

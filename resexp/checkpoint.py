@@ -75,3 +75,44 @@ def load_latest(run_dir: Path, warn=print) -> dict[str, Any] | None:
             raise
         warn(f"warning: {e}; resuming from the previous checkpoint {previous}")
         return load_file(previous)
+
+
+class RunLock:
+    """run_dir/.lock holds the pid of the process writing the run: a second process (another
+    terminal, or two sweep jobs that map to one directory) is refused; a lock left by a process
+    that died (SIGKILL) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and alive(pid):
+                    raise CheckpointError(f"{self.path.parent} is being written by another resexp process "
+                                          f"(pid {pid}); two runs never share a directory")  # fmt: skip
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

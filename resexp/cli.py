@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -37,7 +36,7 @@ class RunAborted(BaseException):
     through Hydra's job wrapper instead of being reported a second time."""
 
 
-def hydra_task(cfg) -> Optional[float]:
+def hydra_task(cfg) -> float | None:
     """One run, called by Hydra with the composed config; returns the final test error."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -56,7 +55,7 @@ def hydra_task(cfg) -> Optional[float]:
     try:
         metrics = run(config, run_dir, console=err)
     except (ConfigError, DataError, CheckpointError, Diverged, OSError) as e:
-        remove_empty(run_dir, levels=3)
+        remove_empty(run_dir, levels=4)
         if os.environ.get("RESEXP_DEBUG"):
             raise
         kind = "diverged" if isinstance(e, Diverged) else "error"
@@ -119,27 +118,33 @@ def one_line(e: BaseException) -> str:
     "Runs land in runs/<name>/<data>/<mode>-<depth><option>_s<seed>/; re-running a command resumes its run.",
 )
 def train(
-    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides (key=value, group=option)."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides (key=value, group=option)."),
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep: one run per combination of comma lists."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     import hydra
 
     from resexp.config import CONFIG_DIR, register, register_resolvers
+    from resexp.train import Interrupted
 
     register()
     register_resolvers()
+    full_error = debug or bool(os.environ.get("HYDRA_FULL_ERROR"))
+    saved_env, argv = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "RESEXP_DEBUG")}, sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we decide how much to show
     if debug:
         os.environ["RESEXP_DEBUG"] = "1"
-    full_error = debug or bool(os.environ.get("HYDRA_FULL_ERROR"))
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we decide how much to show
     main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(hydra_task)
-    argv = sys.argv
     sys.argv = ["resexp train"] + (["--multirun"] if multirun else []) + list(overrides or [])
     try:
         main()
     except (RunFailed, RunAborted):
         raise typer.Exit(1)
+    except Interrupted as e:
+        raise typer.Exit(128 + e.signum)  # the run said where its checkpoint is and how to resume
+    except KeyboardInterrupt:
+        err.print("aborted (second interrupt): no checkpoint saved since the last evaluation", highlight=False)
+        raise typer.Exit(130)
     except Exception as e:
         if full_error:
             raise
@@ -147,6 +152,11 @@ def train(
         raise typer.Exit(1)
     finally:
         sys.argv = argv
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @app.command(help="List the standard variants: CIFAR 20..1202 and ImageNet 18..152, plain and residual "
@@ -187,7 +197,7 @@ def runs_in(runs_dir: Path):
              "iterations, dashed = training, bold = test, plain left, residual right. Writes PNG and SVG.")  # fmt: skip
 def plot(
     runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output path without suffix [default: RUNS_DIR/curves]."),
+    out: Path | None = typer.Option(None, "--out", help="Output path without suffix [default: RUNS_DIR/curves]."),
 ) -> None:
     from resexp.plot import plot as draw
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional  # Optional, not X | None: the schema must read on every OmegaConf 2.3
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf

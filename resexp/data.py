@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class TrainStream(Protocol):
 @dataclass
 class Data:
     train: TrainStream
-    evals: dict[str, "EvalSet"]  # "test", and "val" when data.val_split > 0
+    evals: dict[str, EvalSet]  # "test", and "val" when data.val_split > 0
     num_classes: int
     train_size: int
 

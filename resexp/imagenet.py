@@ -8,8 +8,8 @@ corners and the centre, and their flips) whose softmax outputs are averaged (Tab
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset

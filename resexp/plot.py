@@ -39,7 +39,7 @@ def figure(runs: list[Run], title: str):
     colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
     top = 0.0
     for ax, mode in zip(axes, ("plain", "residual")):
-        for key, members in sorted(groups([r for r in runs if r.mode == mode]).items(), key=lambda kv: kv[0][3]):
+        for _, members in sorted(groups([r for r in runs if r.mode == mode]).items(), key=lambda kv: kv[0][3]):
             label = members[0].label + (f" ({len(members)} seeds)" if len(members) > 1 else "")
             for metric, style in (("train/error", dict(lw=1, ls="--")), ("test/error", dict(lw=2.2, ls="-"))):
                 steps, mean, low, high = curve(members, metric)

@@ -144,7 +144,7 @@ class Recorder:
     def status(self, status: str, step: int, **extra: Any) -> None:
         write_json(self.run_dir / STATUS, {"status": status, "step": step, "iterations": self.total, **extra})
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         self.progress.start()
         return self
 

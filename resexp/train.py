@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
@@ -27,7 +28,8 @@ from resexp import checkpoint
 from resexp.config import Config, ConfigError, _value, validate
 from resexp.data import Data, build_data
 from resexp.models import build_net
-from resexp.recorder import CONFIG, Recorder, environment, read_metrics, read_status
+from resexp.recorder import Recorder, environment, read_metrics
+from resexp.rundir import check_run_dir, config_yaml, model_fields
 from resexp.schedule import Schedule
 
 
@@ -35,10 +37,45 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved. A BaseException, so that it ends a
+    whole sweep instead of one run of it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Turns the first SIGINT/SIGTERM into a flag the loop reads between iterations (so the run
+    can save and exit cleanly); a second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # the second signal: stop now, no checkpoint
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 @dataclass
 class TrainState:
     step: int = 0  # iterations done
     time: float = 0.0  # seconds spent training and evaluating, summed over resumes
+    running: dict[str, Any] | None = None  # training loss/error sums since the last evaluation
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -80,6 +117,14 @@ class Running:
         self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.errors = torch.zeros((), dtype=torch.int64, device=self.device)
         self.count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.item(), "errors": int(self.errors.item()), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.fill_(state["loss"])
+        self.errors.fill_(state["errors"])
+        self.count = state["count"]
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss += loss.detach() * len(labels)
@@ -126,12 +171,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedule: Schedule, recorder: Recorder,
-          state: TrainState, iterations: int, eval_every: int, save) -> TrainState:  # fmt: skip
+          state: TrainState, iterations: int, eval_every: int, save, stop: StopSignals) -> TrainState:  # fmt: skip
     """Run SGD from `state.step` to `iterations`; evaluate, record and checkpoint every
-    `eval_every` iterations and at the end. Raises Diverged on a non-finite training loss."""
+    `eval_every` iterations and at the end. Raises Diverged on a non-finite training loss, and
+    Interrupted (after a checkpoint) when `stop` has received a signal."""
     per_epoch = len(data.train)
     device = next(model.parameters()).device
     running = Running(device)
+    if state.running:
+        running.load_state_dict(state.running)
     model.train()
     started = time.perf_counter() - state.time
     while state.step < iterations:
@@ -142,6 +190,10 @@ def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedu
             train_step(model, optimizer, x, y, running)
             state.step += 1
             recorder.iteration()
+            if stop.received is not None and state.step % eval_every and state.step < iterations:
+                state.time, state.running = time.perf_counter() - started, running.state_dict()
+                save(state)
+                raise Interrupted(stop.received)
             if state.step % eval_every == 0 or state.step == iterations:
                 metrics = {"step": state.step, "epoch": state.step / per_epoch, "lr": lr, **running.summary("train")}
                 running.reset()
@@ -155,51 +207,13 @@ def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedu
                 state.time = time.perf_counter() - started
                 metrics["time"] = round(state.time, 3)
                 recorder.evaluation(metrics)
+                state.running = running.state_dict()
                 save(state)
+                if stop.received is not None and state.step < iterations:
+                    raise Interrupted(stop.received)
             if state.step >= iterations:
                 break
     return state
-
-
-def config_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def flat_config(cfg: Any) -> dict[str, Any]:
-    """A config (dataclasses or DictConfig) as {dotted.key: value}, enums as their names."""
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, d: Any) -> None:
-        for key, value in d.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            else:
-                out[prefix + key] = value
-
-    walk("", OmegaConf.to_container(node, enum_to_str=True))
-    return out
-
-
-# Settings that change where or how fast a run goes, not its numbers.
-NOT_RESULTS = ("device", "resume", "data.root", "data.download", "data.workers", "data.eval_batch_size")
-
-
-def config_changes(run_dir: Path, cfg: Config) -> list[str]:
-    """Fields whose values differ from those of the run already in `run_dir` (if any)."""
-    try:
-        before = flat_config(OmegaConf.load(run_dir / CONFIG))
-    except (OSError, ValueError):
-        return []
-    now = flat_config(cfg)
-    keys = sorted((set(before) | set(now)) - set(NOT_RESULTS))
-    return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
-
-
-def model_fields(cfg: Config) -> dict[str, Any]:
-    """What a checkpoint given as resume=PATH must agree on with this config."""
-    flat = flat_config(cfg)
-    return {k: v for k, v in flat.items() if k.startswith("model.")} | {"data.name": flat["data.name"]}
 
 
 def hparams(cfg: Config) -> dict[str, Any]:
@@ -210,59 +224,66 @@ def hparams(cfg: Config) -> dict[str, Any]:
             "iterations": cfg.schedule.iterations}  # fmt: skip
 
 
-def run(cfg: Config, run_dir: Path, console=None) -> dict[str, Any]:
+def restore(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: Schedule, source: str) -> TrainState:  # fmt: skip
+    if saved["model_fields"] != model_fields(cfg):
+        theirs, ours = saved["model_fields"], model_fields(cfg)
+        diff = "; ".join(f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
+        raise ConfigError(f"the checkpoint {source} was made for another model ({diff})")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    checkpoint.restore_rng_states(saved["rng"])
+    return TrainState(step=saved["step"], time=saved["time"], running=saved["running"])
+
+
+def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns
     the last evaluation's metrics."""
+    console = console or Console(stderr=True)
     validate(cfg)
     device = pick_device(cfg.device)
-    changes = config_changes(run_dir, cfg)
-    if changes:
-        raise ConfigError(
-            f"{run_dir} already holds a run with another config ({'; '.join(changes)}); it is never "
-            "overwritten: set name=... (or hydra.run.dir=...) to start a separate run"
-        )
-    status = read_status(run_dir)
-    if status and status["status"] == "complete":
-        (console or Console(stderr=True)).print(f"{run_dir} is complete already; skipping it", highlight=False)
-        rows = read_metrics(run_dir)
-        return rows[-1] if rows else {}
+    with checkpoint.RunLock(run_dir):
+        if check_run_dir(run_dir, cfg, console):
+            train_run(cfg, run_dir, device, console)
+    rows = read_metrics(run_dir)
+    return rows[-1] if rows else {}
+
+
+def train_run(cfg: Config, run_dir: Path, device: torch.device, console: Console) -> None:
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed, device)
     model = build_model(cfg, data.num_classes).to(device)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
     state = TrainState()
-
-    saved = checkpoint.load_file(Path(cfg.resume)) if cfg.resume else checkpoint.load_latest(run_dir)
+    warn = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    saved = checkpoint.load_file(Path(cfg.resume)) if cfg.resume else checkpoint.load_latest(run_dir, warn)
     if saved is not None:
-        if saved["model_fields"] != model_fields(cfg):
-            theirs, ours = saved["model_fields"], model_fields(cfg)
-            diff = "; ".join(f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
-            raise ConfigError(f"the checkpoint {cfg.resume or run_dir} was made for another model ({diff})")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        state = TrainState(step=saved["step"], time=saved["time"])
-        checkpoint.restore_rng_states(saved["rng"])
+        state = restore(saved, cfg, model, optimizer, schedule, cfg.resume or str(run_dir))
 
     def save(state: TrainState) -> None:
         checkpoint.save(run_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "step": state.step, "time": state.time, "config": config_yaml(cfg), "model_fields": model_fields(cfg),
+            "step": state.step, "time": state.time, "running": state.running, "config": config_yaml(cfg),
+            "model_fields": model_fields(cfg),
         })  # fmt: skip
 
     iterations = cfg.schedule.iterations
     eval_every = cfg.eval_every or len(data.train)
-    with Recorder(run_dir, iterations, state.step, console) as recorder:
+    with Recorder(run_dir, iterations, state.step, console) as recorder, StopSignals() as stop:
         if state.step:
             recorder.message(f"resuming {run_dir} from iteration {state.step}")
         recorder.describe(config_yaml(cfg), environment(device), hparams(cfg))
         recorder.status("running", state.step)
         try:
-            train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save)
+            train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save, stop)
         except Diverged as e:
             recorder.status("diverged", state.step, reason=str(e))
             raise
+        except Interrupted as e:
+            recorder.status("interrupted", state.step, signal=str(e))
+            recorder.message(f"{e} at iteration {state.step}: checkpoint saved in {run_dir}; "
+                             "run the same command again to resume")  # fmt: skip
+            raise
         recorder.status("complete", state.step, time=round(state.time, 3))
-    rows = read_metrics(run_dir)
-    return rows[-1] if rows else {}

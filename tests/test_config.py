@@ -4,10 +4,10 @@ cross-field rules are checked with messages that name the field and the valid ch
 import itertools
 
 import pytest
+from conftest import compose_config
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import compose_config
 from resexp.config import CONFIG_DIR, ConfigError, run_path, to_object, validate
 
 GROUPS = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in ("model", "data", "schedule")}

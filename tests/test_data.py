@@ -10,8 +10,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from resexp.config import DataConfig, DataName, Normalize
-from resexp.data import (DataError, Normalizer, TensorTrainStream, build_data, crop_flip, load_arrays,
-                         synthetic_arrays)
+from resexp.data import DataError, Normalizer, TensorTrainStream, build_data, crop_flip, load_arrays, synthetic_arrays
 
 
 def coordinate_image() -> np.ndarray:

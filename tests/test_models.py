@@ -4,8 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from resexp.models import (Block, ZeroPadIdentity, build_net, count_macs, count_params, net_spec,
-                           variant_rows)
+from resexp.models import Block, ZeroPadIdentity, build_net, count_macs, count_params, net_spec, variant_rows
 
 
 @pytest.mark.parametrize("depth,millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])

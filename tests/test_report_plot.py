@@ -6,8 +6,8 @@ import math
 
 import pytest
 import yaml
-
 from conftest import resexp
+
 from resexp.report import render, summarise, verdicts
 from resexp.runs import find_runs
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import TINY, resexp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, resexp
 from resexp.train import evaluate
 
 KEYS = {"step", "epoch", "lr", "train/loss", "train/error", "test/loss", "test/error", "time"}
@@ -121,3 +121,46 @@ def test_short_run_on_real_cifar10(tmp_path, cifar_npz):
     metrics = rows(tmp_path / "runs/default/cifar10/residual-20A_s0")
     assert [r["step"] for r in metrics] == [30, 60]
     assert metrics[-1]["train/error"] < 85 and metrics[-1]["test/error"] < 85  # learning: chance is 90
+
+
+def test_parallel_sweep_through_the_joblib_launcher_shares_the_cores(tmp_path):
+    result = resexp("train", "-m", *TINY, "model.mode=plain,residual", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stderr + result.stdout
+    envs = [json.loads(p.read_text()) for p in (tmp_path / "runs/default").rglob("environment.json")]
+    assert len(envs) == 2
+    cores = __import__("os").cpu_count()
+    assert all(e["cpu_threads"] == max(1, cores // 2) for e in envs)
+
+
+def test_imagenet_folder_pipeline_with_scale_augmentation_and_ten_crop(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("val", 2)):
+        for cls in ("n01", "n02"):
+            folder = tmp_path / "imagenet" / part / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = (int(rng.integers(70, 120)), int(rng.integers(70, 120)))
+                Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    result = resexp("train", "model=imagenet", "model.depth=18", "data=imagenet", f"data.root={tmp_path / 'imagenet'}",
+                    "data.batch_size=4", "data.eval_batch_size=2", "data.workers=0", "data.scale_min=64",
+                    "data.scale_max=96", "data.crop_size=56", "data.ten_crop=true", "schedule=plateau",
+                    "schedule.iterations=4", "eval_every=2", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = rows(tmp_path / "runs/default/imagenet/residual-18A_s0")
+    assert [r["step"] for r in metrics] == [2, 4] and metrics[0]["epoch"] == pytest.approx(2 / 3)
+    assert all(r["test/error"] in (0.0, 25.0, 50.0, 75.0, 100.0) for r in metrics)  # 4 val images
+
+
+def test_missing_imagenet_says_it_cannot_be_downloaded(tmp_path):
+    result = resexp("train", "model=imagenet", "data=imagenet", f"data.root={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 1 and "ImageFolder layout" in result.stderr and "cannot be downloaded" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = resexp("train", "--debug", *TINY, "model.depth=21", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ConfigError" in result.stderr
