@@ -220,4 +220,8 @@ def report(
 
 
 if __name__ == "__main__":
-    app()
+    # `python -m resexp.cli`: run the app of the importable module, not of __main__, so that
+    # launchers which pickle the task (joblib) find it by name.
+    from resexp.cli import app as importable_app
+
+    importable_app()

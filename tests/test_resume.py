@@ -227,3 +227,17 @@ def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path):
+    proc = start(tmp_path)
+    wait_for_rows(tmp_path, 3, proc)
+    proc.kill()
+    proc.wait()
+    source = tmp_path / "kept.pt"
+    source.write_bytes((tmp_path / RUN_DIR / "last.pt").read_bytes())
+    step = __import__("torch").load(source, weights_only=False)["step"]
+    result = resexp("train", *RUN, "name=branch", f"resume={source}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    branch = rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")
+    assert branch[0]["step"] == (step // 20 + 1) * 20 and branch[-1]["step"] == 200
