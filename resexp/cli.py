@@ -59,7 +59,7 @@ def hydra_task(cfg) -> float | None:
         if os.environ.get("RESEXP_DEBUG"):
             raise
         kind = "diverged" if isinstance(e, Diverged) else "error"
-        err.print(f"[bold red]{kind}:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]{kind}:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
         raise (RunAborted if hydra_cfg.mode == RunMode.RUN else RunFailed)(str(e)) from None
     return metrics.get("test/error")
 
@@ -90,7 +90,10 @@ def remove_empty(run_dir: Path, levels: int) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """Hydra/OmegaConf errors as one line: the message and its cause, without the key dump."""
+    """An error as one line: OS errors as 'what: where', Hydra/OmegaConf errors as the message and
+    its cause without the key dump."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     lines = str(e).strip().splitlines()
     text = lines[0].rstrip(".") if lines else type(e).__name__
     cause = e.__cause__
