@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 EXTRA ?=
 
-.PHONY: help install test test-all demo tb clean
+.PHONY: help install test test-all demo bench tb clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~30 m
 	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(EXTRA)
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
+
+bench: install  ## training images/s of resexp vs a common-way reference loop on this machine (resexp bench)
+	$(BIN)/resexp bench
 
 tb: install  ## TensorBoard on runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs

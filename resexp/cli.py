@@ -182,6 +182,69 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the rows as
     Console().print(table)
 
 
+@app.command(help="Measure training images/s of resexp's path and of a reference loop written the common way "
+             "(fp32 eager, torchvision transforms on PIL images in DataLoader workers) on one device, and "
+             "project one 64k-iteration run and the 8-run Figure-6 sweep. Speed options default to what "
+             "`resexp train` uses on the device.")  # fmt: skip
+def bench(
+    depths: str = typer.Option("20,56", help="Comma list of CIFAR depths (6n+2)."),
+    modes: str = typer.Option("residual,plain", help="Comma list: residual, plain."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    iterations: int | None = typer.Option(None, help="Timed iterations per net [default: 300 on CUDA, 10 on CPU]."),
+    warmup: int | None = typer.Option(None, help="Untimed iterations first [default: 50 on CUDA, 2 on CPU]."),
+    reference_iterations: int | None = typer.Option(None, help="Timed iterations of the reference loop "
+                                                    "[default: as --iterations]."),  # fmt: skip
+    batch_size: int = typer.Option(128, help="Training batch size."),
+    workers: int | None = typer.Option(None, help="Reference DataLoader workers [default: min(8, cores)]."),
+    images: int = typer.Option(50_000, help="Size of the (random) training set."),
+    precision: str = typer.Option("auto", help="auto, fp32 or bf16."),
+    compile_mode: str = typer.Option("auto", "--compile", help="auto, off, default, reduce-overhead, "
+                                     "max-autotune, max-autotune-no-cudagraphs."),  # fmt: skip
+    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on for CUDA]"),
+    fused_optimizer: bool | None = typer.Option(None, "--fused/--no-fused", help="Fused SGD [default: on for CUDA]."),
+    cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay each iteration as "
+                                           "one CUDA graph [default: on for CUDA]."),  # fmt: skip
+    cudnn_benchmark: bool | None = typer.Option(None, "--cudnn-benchmark/--no-cudnn-benchmark",
+                                                help="cuDNN algorithm search [default: on for CUDA]."),  # fmt: skip
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference loop."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    from resexp.bench import run_bench
+    from resexp.config import ConfigError
+    from resexp.models import net_spec
+    from resexp.speed import speed_from
+    from resexp.train import pick_device
+
+    try:
+        dev = pick_device(device)
+        depth_list = [int(d) for d in depths.split(",")]
+        for d in depth_list:
+            net_spec("cifar", d)
+        mode_list = modes.split(",")
+        if not set(mode_list) <= {"plain", "residual"}:
+            raise ValueError(f"--modes {modes}: valid modes are plain, residual")
+        speed = speed_from(precision, channels_last, compile_mode, fused_optimizer, cuda_graph, cudnn_benchmark, dev)
+        if min(batch_size, images) < 1 or images < batch_size:
+            raise ValueError(f"--images {images} must be at least --batch-size {batch_size} (and positive)")
+    except (ConfigError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1)
+    cuda = dev.type == "cuda"
+    iterations = iterations or (300 if cuda else 10)
+    warmup = warmup if warmup is not None else (50 if cuda else 2)
+    progress = (lambda text: None) if as_json else (lambda text: err.print(f"bench {text}", highlight=False))
+    result = run_bench(depth_list, mode_list, speed, dev, batch_size, iterations, warmup, reference_iterations,
+                       workers, images, reference, progress)  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    from resexp.bench import render
+
+    console = Console()
+    console.width = max(console.width, 120)
+    console.print(render(result))
+
+
 def runs_in(runs_dir: Path):
     from resexp.runs import find_runs
 

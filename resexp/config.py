@@ -63,6 +63,24 @@ class ScheduleName(Enum):
     plateau = "plateau"
 
 
+class Precision(Enum):
+    auto = "auto"  # bf16 on CUDA, fp32 elsewhere
+    fp32 = "fp32"
+    bf16 = "bf16"  # bf16 autocast: convolutions in bf16, weights, BN statistics and the loss in fp32
+
+
+class CompileMode(Enum):
+    """torch.compile's modes, by name; `off` runs eager. reduce_overhead and max_autotune also
+    capture the training step's kernels in CUDA graphs (the batch shape is fixed)."""
+
+    auto = "auto"  # resexp.speed.AUTO_COMPILE_CUDA on CUDA (measured: off), off on CPU
+    off = "off"
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
+
+
 @dataclass
 class ModelConfig:
     family: Family = Family.cifar
@@ -122,11 +140,26 @@ class ScheduleConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How fast the step runs, not what it computes: none of these changes results beyond
+    numerical noise, and a run may resume under other settings. null/auto = what was measured to
+    be fastest on the device (resexp/speed.py)."""
+
+    precision: Precision = Precision.auto
+    channels_last: Optional[bool] = None  # NHWC activations; null = on for CUDA
+    compile: CompileMode = CompileMode.auto
+    fused_optimizer: Optional[bool] = None  # one fused SGD kernel; null = on for CUDA
+    cuda_graph: Optional[bool] = None  # the whole iteration as one CUDA graph; null = on for CUDA
+    cudnn_benchmark: Optional[bool] = None  # let cuDNN time its algorithms per shape; null = on for CUDA
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     name: str = "default"  # the folder under runs/ that groups a set of runs (presets set it)
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu; or any torch device string

@@ -35,7 +35,9 @@ def flat_config(cfg: Any) -> dict[str, Any]:
 
 
 # Settings that change where or how fast a run goes, not its numbers.
-NOT_RESULTS = ("device", "resume", "data.root", "data.download", "data.workers", "data.eval_batch_size")
+NOT_RESULTS = ("device", "resume", "data.root", "data.download", "data.workers", "data.eval_batch_size",
+               "speed.precision", "speed.channels_last", "speed.compile", "speed.fused_optimizer", "speed.cuda_graph",
+               "speed.cudnn_benchmark")
 
 
 def config_changes(run_dir: Path, cfg: Config) -> list[str]:

@@ -31,6 +31,8 @@ from resexp.models import build_net
 from resexp.recorder import Recorder, environment, read_metrics
 from resexp.rundir import check_run_dir, config_yaml, model_fields
 from resexp.schedule import Schedule
+from resexp.speed import EAGER, Speed, resolve
+from resexp.step import Running, make_step
 
 
 class Diverged(RuntimeError):
@@ -84,8 +86,10 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return build_net(_value(m.family), m.depth, _value(m.mode), _value(m.shortcut), num_classes)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                   speed: Speed = EAGER) -> torch.optim.Optimizer:  # fmt: skip
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           **speed.optimizer_options())  # fmt: skip
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,58 +110,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Running:
-    """Sums of training loss and errors over an interval, kept on the device (no sync per step)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.errors = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.count = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss.item(), "errors": int(self.errors.item()), "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loss.fill_(state["loss"])
-        self.errors.fill_(state["errors"])
-        self.count = state["count"]
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss.detach() * len(labels)
-        self.errors += (logits.argmax(1) != labels).sum()
-        self.count += len(labels)
-
-    def summary(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/loss": self.loss.item() / self.count, f"{prefix}/error": 100.0 * self.errors.item() / self.count}
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               running: Running) -> None:  # fmt: skip
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    running.add(loss, logits, y)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, prefix: str) -> dict[str, float]:
+def evaluate(model: nn.Module, batches, prefix: str, speed: Speed = EAGER) -> dict[str, float]:
     """Loss and error (%) over a whole evaluation set. 5-d batches (B, crops, C, H, W) are
     multi-crop: the crops' softmax outputs are averaged."""
     model.eval()
     loss, errors, count = 0.0, 0, 0
     for x, y in batches:
         if x.dim() == 5:
-            probs = F.softmax(model(x.flatten(0, 1)).float(), -1).view(x.shape[0], x.shape[1], -1).mean(1)
+            probs = F.softmax(speed.forward(model, x.flatten(0, 1)), -1).view(x.shape[0], x.shape[1], -1).mean(1)
             loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
             errors += (probs.argmax(1) != y).sum().item()
         else:
-            logits = model(x).float()
+            logits = speed.forward(model, x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             errors += (logits.argmax(1) != y).sum().item()
         count += len(y)
@@ -165,13 +130,9 @@ def evaluate(model: nn.Module, batches, prefix: str) -> dict[str, float]:
     return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedule: Schedule, recorder: Recorder,
-          state: TrainState, iterations: int, eval_every: int, save, stop: StopSignals) -> TrainState:  # fmt: skip
+          state: TrainState, iterations: int, eval_every: int, save, stop: StopSignals,
+          speed: Speed = EAGER) -> TrainState:  # fmt: skip
     """Run SGD from `state.step` to `iterations`; evaluate, record and checkpoint every
     `eval_every` iterations and at the end. Raises Diverged on a non-finite training loss, and
     Interrupted (after a checkpoint) when `stop` has received a signal."""
@@ -180,14 +141,14 @@ def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedu
     running = Running(device)
     if state.running:
         running.load_state_dict(state.running)
+    step = make_step(model, optimizer, running, speed)
     model.train()
     started = time.perf_counter() - state.time
     while state.step < iterations:
         epoch, start = divmod(state.step, per_epoch)
         for x, y in data.train.batches(epoch, start):
             lr = schedule.lr(state.step)
-            set_lr(optimizer, lr)
-            train_step(model, optimizer, x, y, running)
+            step(x, y, lr)
             state.step += 1
             recorder.iteration()
             if stop.received is not None and state.step % eval_every and state.step < iterations:
@@ -202,7 +163,7 @@ def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedu
                     recorder.evaluation({**metrics, "time": state.time, "diverged": True})
                     raise Diverged(f"training loss is {metrics['train/loss']} at iteration {state.step}")
                 for name, batches in data.evals.items():
-                    metrics.update(evaluate(model, batches, name))
+                    metrics.update(evaluate(model, batches, name, speed))
                 schedule.observe(metrics)
                 state.time = time.perf_counter() - started
                 metrics["time"] = round(state.time, 3)
@@ -253,8 +214,9 @@ def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str,
 def train_run(cfg: Config, run_dir: Path, device: torch.device, console: Console) -> None:
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed, device)
-    model = build_model(cfg, data.num_classes).to(device)
-    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
+    speed = resolve(cfg.speed, device)
+    model = speed.place(build_model(cfg, data.num_classes).to(device))
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
     state = TrainState()
     warn = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
@@ -274,10 +236,10 @@ def train_run(cfg: Config, run_dir: Path, device: torch.device, console: Console
     with Recorder(run_dir, iterations, state.step, console) as recorder, StopSignals() as stop:
         if state.step:
             recorder.message(f"resuming {run_dir} from iteration {state.step}")
-        recorder.describe(config_yaml(cfg), environment(device), hparams(cfg))
+        recorder.describe(config_yaml(cfg), {**environment(device), "speed": speed.describe()}, hparams(cfg))
         recorder.status("running", state.step)
         try:
-            train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save, stop)
+            train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save, stop, speed)
         except Diverged as e:
             recorder.status("diverged", state.step, reason=str(e))
             raise

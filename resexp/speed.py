@@ -1,0 +1,120 @@
+"""How the training step runs fast, separately from what it computes.
+
+Six switches (config group `speed`), each a no-op when off, so the loop reads the same whatever
+is on: bf16 autocast, channels_last (NHWC) activations, torch.compile, PyTorch's fused SGD
+kernel, the whole iteration replayed as one CUDA graph (resexp/step.py; a CIFAR iteration is
+about a thousand small kernels, too many to launch one by one from Python), and cuDNN's
+per-shape algorithm search (the batch shape is fixed). `auto`/null resolves per device to what
+was measured fastest (benchmarks/NOTES.md); on a CPU every switch is off.
+
+The compiled module is used for training steps only. Evaluation runs the same parameters
+eagerly: its batch shapes vary (the last batch is short) and it takes a small share of the time,
+so it is not worth the recompiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from resexp.config import CompileMode, ConfigError, Precision, SpeedConfig, _value
+
+# What `compile: auto` means on CUDA. Measured on an H100 (benchmarks/NOTES.md): compile=default
+# makes a ResNet-56 iteration 1.2 ms faster but costs ~50 s per run, won back only after ~40k
+# iterations, so it is left to the user.
+AUTO_COMPILE_CUDA = "off"
+GRAPHING_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs themselves
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Resolved speed settings for one device: what the run actually uses."""
+
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    compile: str = "off"  # off | a torch.compile mode
+    fused_optimizer: bool = False
+    cuda_graph: bool = False
+    cudnn_benchmark: bool = False
+    device_type: str = "cpu"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            # no cast cache: a CUDA graph must not record casts made outside it
+            return torch.autocast(self.device_type, dtype=torch.bfloat16, cache_enabled=not self.cuda_graph)
+        return contextlib.nullcontext()
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """The model in the memory format the step uses (in place; returns the same module)."""
+        if self.device_type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        return model.to(memory_format=self.memory_format)
+
+    def for_training(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The callable that runs training forwards: the compiled model, or the model itself."""
+        if self.compile == "off":
+            return model
+        return torch.compile(model, mode=None if self.compile == "default" else self.compile)
+
+    def forward(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits (fp32) of a batch: the input in the step's memory format, under autocast."""
+        with self.autocast():
+            return net(x.contiguous(memory_format=self.memory_format)).float()
+
+    def optimizer_options(self) -> dict[str, Any]:
+        return {"fused": True} if self.fused_optimizer else {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
+                "fused_optimizer": self.fused_optimizer, "cuda_graph": self.cuda_graph,
+                "cudnn_benchmark": self.cudnn_benchmark}  # fmt: skip
+
+
+EAGER = Speed()  # fp32, eager, contiguous: the reference behaviour, and everything on a CPU by default
+
+
+def resolve(cfg: SpeedConfig, device: torch.device) -> Speed:
+    """Turn `auto`/null into the per-device defaults."""
+    cuda = device.type == "cuda"
+    precision = _value(cfg.precision)
+    if precision == "auto":
+        precision = "bf16" if cuda else "fp32"
+    mode = _value(cfg.compile)
+    if mode == "auto":
+        mode = AUTO_COMPILE_CUDA if cuda else "off"
+    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+    fused = cuda if cfg.fused_optimizer is None else cfg.fused_optimizer
+    graph = cuda and mode not in GRAPHING_MODES if cfg.cuda_graph is None else cfg.cuda_graph
+    if graph and not cuda:
+        raise ConfigError(f"speed.cuda_graph=true needs a CUDA device, not {device}")
+    if graph and mode in GRAPHING_MODES:
+        raise ConfigError(f"speed.cuda_graph=true cannot be combined with speed.compile={mode}, which records "
+                          "CUDA graphs of its own: use one of the two")  # fmt: skip
+    benchmark = cuda if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
+    return Speed(precision, channels_last, mode, fused, graph, benchmark, device.type)
+
+
+def choice(enum: type, text: str) -> Any:
+    """An enum member by value or by name (reduce-overhead or reduce_overhead)."""
+    for member in enum:
+        if text in (member.value, member.name):
+            return member
+    raise ValueError(f"{text!r} is not one of {', '.join(m.value for m in enum)}")
+
+
+def speed_from(precision: str = "auto", channels_last: bool | None = None, compile: str = "auto",
+               fused_optimizer: bool | None = None, cuda_graph: bool | None = None,
+               cudnn_benchmark: bool | None = None, device: torch.device | None = None) -> Speed:  # fmt: skip
+    """`resolve` for callers without a config (the bench)."""
+    cfg = SpeedConfig(choice(Precision, precision), channels_last, choice(CompileMode, compile), fused_optimizer,
+                      cuda_graph, cudnn_benchmark)  # fmt: skip
+    return resolve(cfg, device or torch.device("cpu"))

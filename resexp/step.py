@@ -1,0 +1,137 @@
+"""One training iteration: forward, cross-entropy, backward, SGD update, running sums.
+
+Two ways to run it, one interface (`step(x, y, lr)`), so the loop does not care which:
+- EagerStep launches the iteration's kernels one by one from Python.
+- GraphedStep (CUDA) records the whole iteration once as a CUDA graph and then replays it. A
+  ResNet-56 iteration is about a thousand small kernels; launched one by one from Python, the
+  launches, not the GPU, set the pace (about 26 ms per iteration on an H100, benchmarks/NOTES.md).
+  The graph reads the batch from fixed buffers, so each iteration copies its batch in and
+  replays. The learning rate is a constant inside the graph: when the schedule changes it (twice
+  in the paper's schedule), or the batch shape changes, the graph is recorded again. The first iterations run eagerly on a
+  side stream, as CUDA graph capture requires (cuDNN autotuning, lazy state, compilation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from resexp.speed import EAGER, Speed
+
+
+class Running:
+    """Sums of training loss and errors over an interval, kept on the device (no sync per step).
+    The sums are updated in place, so a CUDA graph can hold on to them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.errors = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.errors.zero_()
+        self.count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.item(), "errors": int(self.errors.item()), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.fill_(state["loss"])
+        self.errors.fill_(state["errors"])
+        self.count = state["count"]
+
+    def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """The device half of `add` (what a CUDA graph records)."""
+        self.loss += loss.detach() * len(labels)
+        self.errors += (logits.argmax(1) != labels).sum()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.accumulate(loss, logits, labels)
+        self.count += len(labels)
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}/loss": self.loss.item() / self.count, f"{prefix}/error": 100.0 * self.errors.item() / self.count}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def forward_backward_update(net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                            speed: Speed) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    logits = speed.forward(net, x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def train_step(net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, running: Running,
+               speed: Speed = EAGER) -> None:  # fmt: skip
+    """One eager SGD iteration on a batch; `net` is the model or its compiled form."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, logits = forward_backward_update(net, optimizer, x, y, speed)
+    running.add(loss, logits, y)
+
+
+class EagerStep:
+    def __init__(self, net: Any, optimizer: torch.optim.Optimizer, running: Running, speed: Speed) -> None:
+        self.net, self.optimizer, self.running, self.speed = net, optimizer, running, speed
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+        train_step(self.net, self.optimizer, x, y, self.running, self.speed)
+
+
+class GraphedStep(EagerStep):
+    WARMUP = 3  # eager iterations before the first capture
+
+    def __init__(self, net: Any, optimizer: torch.optim.Optimizer, running: Running, speed: Speed) -> None:
+        super().__init__(net, optimizer, running, speed)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_lr: float | None = None
+        self.eager_steps = 0
+        self.static_x: torch.Tensor | None = None
+        self.static_y: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        if self.eager_steps < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                super().__call__(x, y, lr)
+            torch.cuda.current_stream().wait_stream(side)
+            self.eager_steps += 1
+            return
+        if self.graph is None or lr != self.graph_lr or x.shape != self.static_x.shape:
+            self.capture(x, y, lr)  # first time, new lr, or a batch of another size (a short last batch)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        self.running.count += len(y)
+
+    def capture(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """Record one iteration at learning rate `lr` (nothing runs while recording)."""
+        self.graph = None  # free the previous graph's memory first
+        if self.static_x is None or self.static_x.shape != x.shape:
+            self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(y)
+        set_lr(self.optimizer, lr)
+        # Gradients must be allocated inside the graph, so that replays overwrite them rather
+        # than add to tensors that live outside it.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, logits = forward_backward_update(self.net, self.optimizer, self.static_x, self.static_y,
+                                                   self.speed)  # fmt: skip
+            self.running.accumulate(loss, logits, self.static_y)
+        self.graph, self.graph_lr = graph, lr
+
+
+def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, running: Running, speed: Speed) -> EagerStep:
+    """The iteration as `speed` says: compiled or not, graphed or not."""
+    net = speed.for_training(model)
+    return (GraphedStep if speed.cuda_graph else EagerStep)(net, optimizer, running, speed)

@@ -1,0 +1,99 @@
+"""The CUDA paths: bf16 + channels_last + compile + fused SGD against fp32 eager, the device
+data path against the CPU one, `resexp train` and `resexp bench` on a GPU. Deselected by default;
+`pytest -m gpu` runs them where a GPU is (they skip elsewhere)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, resexp
+from resexp.data import Normalizer, TensorTrainStream
+from resexp.models import build_net
+from resexp.speed import EAGER, Speed
+from resexp.step import GraphedStep, Running, make_step
+from resexp.train import make_optimizer
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+CUDA = torch.device("cuda")
+
+
+def batches(n: int = 512, batch_size: int = 64):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+    return TensorTrainStream(x, y, batch_size, Normalizer(x, "pixel_mean", CUDA), True, 0, CUDA)
+
+
+def train_eight_steps(speed: Speed, lrs: list[float]) -> tuple[torch.Tensor, dict]:
+    torch.manual_seed(0)
+    model = speed.place(build_net("cifar", 20, "residual", "A", 10).to(CUDA))
+    optimizer = make_optimizer(model, 0.02, 0.9, 1e-4, speed)
+    running = Running(CUDA)
+    step = make_step(model, optimizer, running, speed)
+    for (x, y), lr in zip(batches().batches(0), lrs, strict=True):
+        step(x, y, lr)
+    torch.cuda.synchronize()
+    params = torch.cat([p.detach().float().flatten() for p in model.parameters()] +
+                       [b.float().flatten() for b in model.buffers()])  # fmt: skip
+    return params, {"count": running.count, **running.summary("train"), "graphed": isinstance(step, GraphedStep)}
+
+
+LRS = [0.02] * 5 + [0.002] * 3  # a milestone inside the graphed iterations: the graph is recorded again
+
+
+@pytest.mark.parametrize("speed", [
+    Speed("fp32", False, "off", False, True, False, "cuda"),  # the graph alone: same numbers up to TF32/ordering
+    Speed("bf16", True, "off", True, True, True, "cuda"),
+    Speed("bf16", True, "default", True, True, True, "cuda"),
+    Speed("bf16", True, "reduce-overhead", True, False, True, "cuda"),
+], ids=["graph-fp32", "graph-bf16", "compile-graph-bf16", "reduce-overhead-bf16"])  # fmt: skip
+def test_fast_settings_train_like_fp32_eager(speed):
+    reference, ref_stats = train_eight_steps(EAGER, LRS)
+    fast, stats = train_eight_steps(speed, LRS)
+    assert stats["graphed"] == speed.cuda_graph
+    assert stats["count"] == ref_stats["count"] == 8 * 64  # graph replays are counted too
+    assert stats["train/loss"] == pytest.approx(ref_stats["train/loss"], rel=2e-2)
+    moved = (fast - reference).norm() / reference.norm()
+    assert moved < (1e-3 if speed.precision == "fp32" else 2e-2)  # apart only by rounding
+    if speed.precision == "fp32":  # the lr change reached the graph: keeping 0.02 ends far from here
+        kept, _ = train_eight_steps(speed, [0.02] * 8)
+        assert (kept - fast).norm() > 5 * (fast - reference).norm()
+
+
+def test_device_data_path_matches_the_cpu_one():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 300)
+    cpu = TensorTrainStream(x, y, 100, Normalizer(x, "pixel_mean", torch.device("cpu")), True, 3, torch.device("cpu"))
+    gpu = TensorTrainStream(x, y, 100, Normalizer(x, "pixel_mean", CUDA), True, 3, CUDA)
+    for (xc, yc), (xg, yg) in zip(cpu.batches(2), gpu.batches(2), strict=True):
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-5)
+        assert torch.equal(yg.cpu(), yc)
+
+
+def test_train_on_cuda_uses_the_fast_defaults(tmp_path):
+    args = [a for a in TINY if a != "device=cpu"] + ["device=cuda"]
+    out = resexp("train", *args, "schedule.iterations=8", "schedule.milestones=[4]", "eval_every=4",
+                 cwd=tmp_path, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_dir = next(tmp_path.glob("runs/*/*/*/"))
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["speed"]["precision"] == "bf16" and env["speed"]["channels_last"] and env["speed"]["fused_optimizer"]
+    assert env["speed"]["cuda_graph"] and env["speed"]["cudnn_benchmark"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8] and all(np.isfinite(r["test/error"]) for r in rows)
+
+
+def test_bench_on_cuda_reports_peak_memory(tmp_path):
+    out = resexp("bench", "--depths", "8", "--modes", "residual", "--iterations", "5", "--warmup", "3",
+                 "--images", "1024", "--workers", "2", "--json", cwd=tmp_path, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["device"] == torch.cuda.get_device_name(0)
+    for t in result["timings"]:
+        assert t["peak_memory_mb"] > 0 and t["images_per_s"] > 0

@@ -1,0 +1,179 @@
+"""Speed switches, the reference loop and `resexp bench`, on the CPU (GPU paths: test_gpu.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, compose_config, resexp
+from resexp import reference
+from resexp.bench import Timing, fig6_projection
+from resexp.config import ConfigError, to_object
+from resexp.data import EvalSet, Normalizer
+from resexp.models import build_net
+from resexp.speed import EAGER, Speed, resolve, speed_from
+from resexp.train import evaluate
+
+
+def test_auto_means_everything_off_on_cpu_and_on_for_cuda():
+    cfg = to_object(compose_config()).speed
+    assert resolve(cfg, torch.device("cpu")) == EAGER
+    cuda = resolve(cfg, torch.device("cuda"))  # resolving needs no GPU
+    assert (cuda.precision, cuda.channels_last, cuda.fused_optimizer, cuda.cuda_graph, cuda.cudnn_benchmark) == (
+        "bf16", True, True, True, True)
+    off = resolve(to_object(compose_config(["speed.precision=fp32", "speed.compile=off",
+                                            "speed.channels_last=false"])).speed, torch.device("cuda"))  # fmt: skip
+    assert (off.precision, off.compile, off.channels_last) == ("fp32", "off", False)
+    assert speed_from(compile="reduce_overhead").compile == speed_from(compile="reduce-overhead").compile
+    # torch.compile's own CUDA graphs and resexp's whole-iteration graph exclude each other
+    assert not speed_from(compile="reduce-overhead", device=torch.device("cuda")).cuda_graph
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        speed_from(compile="max-autotune", cuda_graph=True, device=torch.device("cuda"))
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        speed_from(cuda_graph=True)
+
+
+def test_unknown_compile_mode_is_rejected_with_the_choices(tmp_path):
+    out = resexp("train", *TINY, "speed.compile=fastest", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Invalid value 'fastest', expected one of [auto, off, default, reduce_overhead," in out.stderr
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        speed_from(compile="fastest")
+
+
+def test_bf16_autocast_changes_the_numbers_only_by_rounding():
+    torch.manual_seed(0)
+    net = build_net("cifar", 8, "residual", "A", 10).eval()
+    x = torch.randn(16, 3, 32, 32)
+    fp32 = EAGER.forward(net, x)
+    bf16 = Speed(precision="bf16").forward(net, x)
+    assert bf16.dtype == torch.float32
+    rel = ((bf16 - fp32).norm() / fp32.norm()).item()
+    assert 1e-4 < rel < 3e-2  # autocast really ran (not bitwise fp32), and only rounded
+
+
+def test_channels_last_gives_the_same_logits_and_gradients():
+    torch.manual_seed(0)
+    a = build_net("cifar", 8, "residual", "A", 10)
+    b = build_net("cifar", 8, "residual", "A", 10)
+    b.load_state_dict(a.state_dict())
+    fast = Speed(channels_last=True)
+    fast.place(b)
+    assert b.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    la, lb = EAGER.forward(a, x), fast.forward(b, x)
+    torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+    F.cross_entropy(la, y).backward()
+    F.cross_entropy(lb, y).backward()
+    torch.testing.assert_close(a.stem[0].weight.grad, b.stem[0].weight.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_a_run_may_resume_under_other_speed_settings(tmp_path):
+    first = resexp("train", *TINY, "speed.channels_last=true", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    env = json.loads(next(tmp_path.glob("runs/*/*/*/environment.json")).read_text())
+    assert env["speed"] == {"precision": "fp32", "channels_last": True, "compile": "off", "fused_optimizer": False,
+                            "cuda_graph": False, "cudnn_benchmark": False}  # fmt: skip
+    again = resexp("train", *TINY, "speed.channels_last=false", "speed.precision=bf16", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "complete already" in again.stderr
+
+
+def arrays(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_reference_loop_sees_the_same_images_as_resexp():
+    x, y = arrays()
+    train, test = reference.loaders(x, y, x, y, batch_size=16, workers=0, seed=0, pin_memory=False)
+    ours = torch.cat([b for b, _ in EvalSet(x, y, 64, Normalizer(x, "pixel_mean", torch.device("cpu")), "cpu")])
+    theirs = torch.cat([b for b, _ in test])
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # same per-pixel mean subtraction
+    # Every augmented training image is one of the 81 crops x 2 flips of its padded original.
+    mean = x.astype(np.float64).mean(0) / 255
+    batch, labels = next(iter(train))
+    assert batch.shape == (16, 3, 32, 32) and len(train) == 4  # drop_last, like resexp
+    for image, label in zip(batch, labels, strict=True):
+        raw = (image.permute(1, 2, 0).numpy() + mean) * 255
+        candidates = [i for i in range(len(x)) if y[i] == label]
+        assert any(is_crop_of(raw, x[i]) for i in candidates)
+
+
+def is_crop_of(image: np.ndarray, original: np.ndarray) -> bool:
+    padded = np.pad(original.astype(np.float64), ((4, 4), (4, 4), (0, 0)))
+    for flip in (False, True):
+        source = padded[:, ::-1] if flip else padded
+        for dy in range(9):
+            for dx in range(9):
+                crop = source[dy : dy + 32, dx : dx + 32]
+                if np.abs(crop - image).max() < 0.01:
+                    return True
+    return False
+
+
+def test_reference_test_error_agrees_with_resexp_evaluate():
+    x, y = arrays(200, seed=1)
+    torch.manual_seed(0)
+    net = build_net("cifar", 8, "plain", "A", 10)
+    _, test = reference.loaders(x, y, x, y, batch_size=16, workers=0, seed=0, pin_memory=False)
+    theirs = reference.test_error(net, test, torch.device("cpu"))
+    ours = evaluate(net, EvalSet(x, y, 64, Normalizer(x, "pixel_mean", torch.device("cpu")), "cpu"), "test")
+    assert theirs == pytest.approx(ours["test/error"])
+
+
+def test_fig6_projection_interpolates_32_and_44_and_sums_eight_runs():
+    def t(net: str, s: float) -> Timing:
+        return Timing(net, "fast", 1.0, 1.0, 0.0, None, s)
+
+    timings = [t("plain-20", 100), t("plain-56", 280), t("residual-20", 110), t("residual-56", 290)]
+    # plain: 100 + 160 + 220 + 280 (32 and 44 lie 1/3 and 2/3 of the way from 20 to 56); residual: each +10
+    assert fig6_projection(timings, "fast") == pytest.approx(760 + 800)
+    assert fig6_projection(timings[:2], "fast") is None
+
+
+def test_bench_on_cpu_reports_both_paths(tmp_path):
+    out = resexp("bench", "--depths", "8", "--modes", "residual", "--iterations", "2", "--warmup", "1",
+                 "--images", "512", "--workers", "1", "--device", "cpu", "--json", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    paths = {t["path"]: t for t in result["timings"]}
+    assert set(paths) == {"fast", "reference"}
+    for t in paths.values():
+        assert t["net"] == "residual-8" and t["images_per_s"] > 0 and t["projected_run_s"] > 64000 * 0.001
+        assert t["peak_memory_mb"] is None  # CUDA only
+    assert result["speedup"]["residual-8"] == pytest.approx(
+        paths["fast"]["images_per_s"] / paths["reference"]["images_per_s"])
+    assert result["speed"]["compile"] == "off" and result["reference_workers"] == 1
+    table = resexp("bench", "--depths", "8", "--modes", "plain", "--iterations", "1", "--warmup", "0",
+                   "--images", "256", "--workers", "0", "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "plain-8: fast path" in table.stdout and "the reference loop" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--depths", "21"], "6n+2"),
+    (["--modes", "highway"], "plain, residual"),
+    (["--compile", "fastest"], "reduce-overhead"),
+    (["--images", "10"], "at least --batch-size 128"),
+])  # fmt: skip
+def test_bench_rejects_bad_options_in_one_line(tmp_path, args, message):
+    out = resexp("bench", *args, cwd=tmp_path)
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one_on_cpu(tmp_path):
+    """torch.compile on the CPU (needs a C++ compiler): same losses as eager within rounding."""
+    a = resexp("train", *TINY, "speed.compile=off", "name=a", cwd=tmp_path)
+    b = resexp("train", *TINY, "speed.compile=default", "name=b", cwd=tmp_path, timeout=900)
+    assert a.returncode == 0 and b.returncode == 0, b.stderr
+    rows = [[json.loads(line) for line in next(tmp_path.glob(f"runs/{n}/*/*/metrics.jsonl")).read_text().splitlines()]
+            for n in ("a", "b")]  # fmt: skip
+    for ra, rb in zip(*rows, strict=True):
+        assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=1e-3)
