@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data
+# CIFAR-10: the local copy beside the checkout if there is one, else data/ (downloaded on first use).
+DATA ?= $(if $(wildcard ../shared/data/cifar10.npz),../shared/data,data)
+DOWNLOAD := $(if $(wildcard $(DATA)/cifar10.npz $(DATA)/cifar-10-batches-py),,data.download=true)
 EXTRA ?=
 
 .PHONY: help install test test-all demo bench tb clean
@@ -25,7 +27,7 @@ test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
 demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~30 min on 2 CPU cores), then plot + report
-	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(EXTRA)
+	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
 
