@@ -191,7 +191,8 @@ def bench(
     modes: str = typer.Option("residual,plain", help="Comma list: residual, plain."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     iterations: int | None = typer.Option(None, help="Timed iterations per net [default: 300 on CUDA, 10 on CPU]."),
-    warmup: int | None = typer.Option(None, help="Untimed iterations first [default: 50 on CUDA, 2 on CPU]."),
+    warmup: int | None = typer.Option(None, help="Untimed iterations first (the reference loop: at most 10) "
+                                      "[default: 50 on CUDA, 2 on CPU]."),  # fmt: skip
     reference_iterations: int | None = typer.Option(None, help="Timed iterations of the reference loop "
                                                     "[default: as --iterations]."),  # fmt: skip
     batch_size: int = typer.Option(128, help="Training batch size."),

@@ -58,7 +58,7 @@ def loaders(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test
             workers: int, seed: int, pin_memory: bool) -> tuple[DataLoader, DataLoader]:  # fmt: skip
     """Shuffled, augmented training batches (the last partial batch dropped, as in resexp) and
     unaugmented test batches."""
-    mean = torch.from_numpy(x_train).float().div(255).mean(0).permute(2, 0, 1)
+    mean = torch.from_numpy(x_train.mean(0, dtype=np.float64) / 255).float().permute(2, 0, 1)
     g = torch.Generator().manual_seed(seed)
     options = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     train = DataLoader(PILImages(x_train, y_train, transforms(mean, True)), batch_size=batch_size, shuffle=True,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -74,9 +74,8 @@ class Speed:
         return {"fused": True} if self.fused_optimizer else {}
 
     def describe(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
-                "fused_optimizer": self.fused_optimizer, "cuda_graph": self.cuda_graph,
-                "cudnn_benchmark": self.cudnn_benchmark}  # fmt: skip
+        """The settings, as environment.json and `resexp bench` record them."""
+        return {k: v for k, v in asdict(self).items() if k != "device_type"}
 
 
 EAGER = Speed()  # fp32, eager, contiguous: the reference behaviour, and everything on a CPU by default

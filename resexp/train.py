@@ -204,17 +204,17 @@ def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str,
     console = console or Console(stderr=True)
     validate(cfg)
     device = pick_device(cfg.device)
+    speed = resolve(cfg.speed, device)  # before any data is read: bad combinations fail at once
     with checkpoint.RunLock(run_dir):
         if check_run_dir(run_dir, cfg, console):
-            train_run(cfg, run_dir, device, console)
+            train_run(cfg, run_dir, device, speed, console)
     rows = read_metrics(run_dir)
     return rows[-1] if rows else {}
 
 
-def train_run(cfg: Config, run_dir: Path, device: torch.device, console: Console) -> None:
+def train_run(cfg: Config, run_dir: Path, device: torch.device, speed: Speed, console: Console) -> None:
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed, device)
-    speed = resolve(cfg.speed, device)
     model = speed.place(build_model(cfg, data.num_classes).to(device))
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)

@@ -16,6 +16,7 @@ from resexp.config import ConfigError, to_object
 from resexp.data import EvalSet, Normalizer
 from resexp.models import build_net
 from resexp.speed import EAGER, Speed, resolve, speed_from
+from resexp.step import Running
 from resexp.train import evaluate
 
 
@@ -70,6 +71,13 @@ def test_channels_last_gives_the_same_logits_and_gradients():
     F.cross_entropy(la, y).backward()
     F.cross_entropy(lb, y).backward()
     torch.testing.assert_close(a.stem[0].weight.grad, b.stem[0].weight.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_compile_switch_wraps_the_training_forward_only():
+    net = build_net("cifar", 8, "residual", "A", 10)
+    assert EAGER.for_training(net) is net
+    compiled = Speed(compile="reduce-overhead").for_training(net)  # compiles lazily, on the first call
+    assert compiled is not net and compiled._orig_mod is net
 
 
 def test_a_run_may_resume_under_other_speed_settings(tmp_path):
@@ -177,3 +185,15 @@ def test_compiled_step_trains_like_the_eager_one_on_cpu(tmp_path):
             for n in ("a", "b")]  # fmt: skip
     for ra, rb in zip(*rows, strict=True):
         assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=1e-3)
+
+
+def test_running_sums_stay_in_the_same_tensors():
+    """A CUDA graph records the addresses of the running sums: reset and load must work in place."""
+    running = Running(torch.device("cpu"))
+    loss, errors = running.loss, running.errors
+    running.add(torch.tensor(2.0), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 0]))
+    assert running.summary("train") == {"train/loss": 2.0, "train/error": 50.0}
+    running.reset()
+    running.load_state_dict({"loss": 3.0, "errors": 1, "count": 4})
+    assert running.loss is loss and running.errors is errors
+    assert running.summary("train") == {"train/loss": 0.75, "train/error": 25.0}

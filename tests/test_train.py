@@ -81,7 +81,8 @@ def test_sweep_runs_every_combination_into_its_own_directory(tmp_path):
     ("model.mode=highway", "expected one of [plain, residual]"),
     ("model.colour=red", "Key 'colour' not in 'ModelConfig' (valid keys: family, depth, mode, shortcut)"),
     ("data=mnist", "available: cifar10, cifar100, imagenet, synthetic"),
-    ("schedule.milestones=[100]", "must lie inside the schedule")])
+    ("schedule.milestones=[100]", "must lie inside the schedule"),
+    ("speed.cuda_graph=true", "speed.cuda_graph=true needs a CUDA device, not cpu")])
 def test_mistakes_end_in_one_line_and_leave_no_run_directory(tmp_path, override, message):
     result = resexp("train", *TINY, override, cwd=tmp_path)
     assert result.returncode == 1
