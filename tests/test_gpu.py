@@ -97,3 +97,19 @@ def test_bench_on_cuda_reports_peak_memory(tmp_path):
     assert result["device"] == torch.cuda.get_device_name(0)
     for t in result["timings"]:
         assert t["peak_memory_mb"] > 0 and t["images_per_s"] > 0
+
+
+def test_graph_is_recorded_again_for_a_short_last_batch():
+    speed = Speed("fp32", False, "off", False, True, False, "cuda")
+    x, y = next(iter(batches().batches(0)))
+    params = {}
+    for s in (EAGER, speed):
+        torch.manual_seed(0)
+        model = s.place(build_net("cifar", 8, "residual", "A", 10).to(CUDA))
+        running = Running(CUDA)
+        step = make_step(model, make_optimizer(model, 0.02, 0.9, 1e-4, s), running, s)
+        for n in (64, 64, 64, 64, 64, 40, 64):  # graphed from the 4th; 40 = a short batch
+            step(x[:n], y[:n], 0.02)
+        params[s] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert running.count == 6 * 64 + 40
+    assert (params[speed] - params[EAGER]).norm() / params[EAGER].norm() < 1e-3
