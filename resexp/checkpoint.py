@@ -1,12 +1,14 @@
 """Atomic checkpoints: last.pt holds everything needed to continue a run exactly (model,
 optimizer, schedule, step, wall time, RNG states, config). A new checkpoint is written to a
 temporary file, flushed and fsynced, and only then renamed over last.pt; the one before it stays
-as prev.pt, so a truncated or corrupt last.pt falls back to prev.pt with a warning."""
+as prev.pt (hard-linked there first, so last.pt exists at every instant, even under SIGKILL), and a
+truncated or corrupt last.pt falls back to prev.pt with a warning."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,14 @@ def save(run_dir: Path, state: dict[str, Any]) -> Path:
         torch.save({**state, "rng": rng_states()}, f)
         f.flush()
         os.fsync(f.fileno())
-    if last.exists():
-        os.replace(last, run_dir / PREVIOUS)
+    if last.exists():  # last.pt becomes prev.pt without ever being absent
+        keep = run_dir / (PREVIOUS + ".tmp")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(last, keep)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(last, keep)
+        os.replace(keep, run_dir / PREVIOUS)
     os.replace(tmp, last)
     dir_fd = os.open(run_dir, os.O_RDONLY)
     try:

@@ -215,6 +215,26 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_check
     assert saved["step"] == 40  # the last checkpoint that was written whole
 
 
+def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path, monkeypatch):
+    """A SIGKILL between two renames must not leave a run without last.pt (CI once caught that window)."""
+    from resexp import checkpoint
+
+    real_replace, seen = os.replace, []
+
+    def replace(src, dst):
+        seen.append((tmp_path / "last.pt").exists())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    checkpoint.save(tmp_path, {"step": 1})
+    seen.clear()
+    checkpoint.save(tmp_path, {"step": 2})
+    assert seen and all(seen)
+    assert checkpoint.load_file(tmp_path / "last.pt")["step"] == 2
+    assert checkpoint.load_file(tmp_path / "prev.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+
+
 def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
     from resexp.train import StopSignals
 
