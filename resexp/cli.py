@@ -190,23 +190,24 @@ def bench(
     depths: str = typer.Option("20,56", help="Comma list of CIFAR depths (6n+2)."),
     modes: str = typer.Option("residual,plain", help="Comma list: residual, plain."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    iterations: int | None = typer.Option(None, help="Timed iterations per net [default: 300 on CUDA, 10 on CPU]."),
-    warmup: int | None = typer.Option(None, help="Untimed iterations first (the reference loop: at most 10) "
-                                      "[default: 50 on CUDA, 2 on CPU]."),  # fmt: skip
-    reference_iterations: int | None = typer.Option(None, help="Timed iterations of the reference loop "
-                                                    "[default: as --iterations]."),  # fmt: skip
+    iterations: int | None = typer.Option(None, help="Timed iterations per net.", show_default="300 on CUDA, 10 on CPU"),
+    warmup: int | None = typer.Option(None, help="Untimed iterations first (the reference loop: at most 10).",
+                                      show_default="50 on CUDA, 2 on CPU"),  # fmt: skip
+    reference_iterations: int | None = typer.Option(None, help="Timed iterations of the reference loop.",
+                                                    show_default="as --iterations"),  # fmt: skip
     batch_size: int = typer.Option(128, help="Training batch size."),
-    workers: int | None = typer.Option(None, help="Reference DataLoader workers [default: min(8, cores)]."),
+    workers: int | None = typer.Option(None, help="Reference DataLoader workers.", show_default="min(8, cores)"),
     images: int = typer.Option(50_000, help="Size of the (random) training set."),
     precision: str = typer.Option("auto", help="auto, fp32 or bf16."),
     compile_mode: str = typer.Option("auto", "--compile", help="auto, off, default, reduce-overhead, "
                                      "max-autotune, max-autotune-no-cudagraphs."),  # fmt: skip
-    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="[default: on for CUDA]"),
-    fused_optimizer: bool | None = typer.Option(None, "--fused/--no-fused", help="Fused SGD [default: on for CUDA]."),
+    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last",
+                                          help="NHWC activations.", show_default="on for CUDA"),  # fmt: skip
+    fused_optimizer: bool | None = typer.Option(None, "--fused/--no-fused", help="Fused SGD.", show_default="on for CUDA"),
     cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay each iteration as "
-                                           "one CUDA graph [default: on for CUDA]."),  # fmt: skip
+                                           "one CUDA graph.", show_default="on for CUDA"),  # fmt: skip
     cudnn_benchmark: bool | None = typer.Option(None, "--cudnn-benchmark/--no-cudnn-benchmark",
-                                                help="cuDNN algorithm search [default: on for CUDA]."),  # fmt: skip
+                                                help="cuDNN algorithm search.", show_default="on for CUDA"),  # fmt: skip
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference loop."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
@@ -264,7 +265,7 @@ def runs_in(runs_dir: Path):
              "iterations, dashed = training, bold = test, plain left, residual right. Writes PNG and SVG.")  # fmt: skip
 def plot(
     runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
-    out: Path | None = typer.Option(None, "--out", help="Output path without suffix [default: RUNS_DIR/curves]."),
+    out: Path | None = typer.Option(None, "--out", help="Output path without suffix.", show_default="RUNS_DIR/curves"),
 ) -> None:
     from resexp.plot import plot as draw
 

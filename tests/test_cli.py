@@ -24,3 +24,13 @@ def test_models_table_and_help_texts(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout and "models" in top.stdout
     train = resexp("train", "--help", cwd=tmp_path)
     assert train.returncode == 0 and "--multirun" in train.stdout and "model.depth=56" in train.stdout
+
+
+def test_bench_and_plot_help_show_their_device_dependent_defaults(tmp_path):
+    """Defaults written as text (not values) are shown, not swallowed as rich markup."""
+    bench = resexp("bench", "--help", cwd=tmp_path)
+    assert bench.returncode == 0
+    for default in ("300 on CUDA, 10 on CPU", "50 on CUDA, 2 on CPU", "min(8, cores)", "on for CUDA"):
+        assert default in bench.stdout, default
+    plot = resexp("plot", "--help", cwd=tmp_path)
+    assert plot.returncode == 0 and "RUNS_DIR/curves" in plot.stdout
