@@ -190,7 +190,8 @@ def bench(
     depths: str = typer.Option("20,56", help="Comma list of CIFAR depths (6n+2)."),
     modes: str = typer.Option("residual,plain", help="Comma list: residual, plain."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    iterations: int | None = typer.Option(None, help="Timed iterations per net.", show_default="300 on CUDA, 10 on CPU"),
+    iterations: int | None = typer.Option(None, help="Timed iterations per net.",
+                                          show_default="300 on CUDA, 10 on CPU"),  # fmt: skip
     warmup: int | None = typer.Option(None, help="Untimed iterations first (the reference loop: at most 10).",
                                       show_default="50 on CUDA, 2 on CPU"),  # fmt: skip
     reference_iterations: int | None = typer.Option(None, help="Timed iterations of the reference loop.",
@@ -203,11 +204,13 @@ def bench(
                                      "max-autotune, max-autotune-no-cudagraphs."),  # fmt: skip
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last",
                                           help="NHWC activations.", show_default="on for CUDA"),  # fmt: skip
-    fused_optimizer: bool | None = typer.Option(None, "--fused/--no-fused", help="Fused SGD.", show_default="on for CUDA"),
+    fused_optimizer: bool | None = typer.Option(None, "--fused/--no-fused", help="Fused SGD.",
+                                                show_default="on for CUDA"),  # fmt: skip
     cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay each iteration as "
                                            "one CUDA graph.", show_default="on for CUDA"),  # fmt: skip
     cudnn_benchmark: bool | None = typer.Option(None, "--cudnn-benchmark/--no-cudnn-benchmark",
-                                                help="cuDNN algorithm search.", show_default="on for CUDA"),  # fmt: skip
+                                                help="cuDNN algorithm search.",
+                                                show_default="on for CUDA"),  # fmt: skip
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference loop."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
