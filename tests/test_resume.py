@@ -215,9 +215,17 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_check
     assert saved["step"] == 40  # the last checkpoint that was written whole
 
 
-def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path, monkeypatch):
-    """A SIGKILL between two renames must not leave a run without last.pt (CI once caught that window)."""
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path, monkeypatch, hard_links):
+    """A SIGKILL between two renames must not leave a run without last.pt (CI once caught that window);
+    on a filesystem without hard links the old last.pt is copied to prev.pt instead."""
     from resexp import checkpoint
+
+    if not hard_links:
+        def no_link(src, dst):
+            raise OSError(1, "Operation not permitted")
+
+        monkeypatch.setattr(checkpoint.os, "link", no_link)
 
     real_replace, seen = os.replace, []
 
