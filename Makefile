@@ -26,7 +26,7 @@ test: install  ## run the test suite (fast tests; slow and GPU tests are deselec
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~30 min on 2 CPU cores), then plot + report
+demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~35 min on 2 CPU cores), then plot + report
 	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
