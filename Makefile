@@ -7,7 +7,7 @@ DATA ?= $(if $(wildcard ../shared/data/cifar10.npz),../shared/data,data)
 DOWNLOAD := $(if $(wildcard $(DATA)/cifar10.npz $(DATA)/cifar-10-batches-py),,data.download=true)
 EXTRA ?=
 
-.PHONY: help install test test-all demo bench tb clean
+.PHONY: help install test test-all lint format demo bench tb clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -22,6 +22,14 @@ install: $(BIN)/resexp  ## create .venv and install resexp with its test tools (
 
 test: install  ## run the test suite (fast tests; slow and GPU tests are deselected)
 	$(BIN)/pytest
+
+lint: install  ## ruff check and ruff format --check (the settings are in pyproject.toml)
+	$(BIN)/ruff check resexp tests benchmarks
+	$(BIN)/ruff format --check resexp tests benchmarks
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix resexp tests benchmarks
+	$(BIN)/ruff format resexp tests benchmarks
 
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
@@ -38,5 +46,5 @@ tb: install  ## TensorBoard on runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs
 
 clean:  ## remove caches (never runs/)
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -24,25 +24,27 @@ import numpy as np
 
 
 def fast_run(args: argparse.Namespace, seed: int, run_dir: Path) -> float:
-    from hydra import compose, initialize_config_dir
-
-    from resexp.config import CONFIG_DIR, register, register_resolvers, to_object
+    from resexp.launch import compose
     from resexp.train import run
 
-    register()
-    register_resolvers()
-    overrides = [f"data.root={args.data}", f"model.depth={args.depth}", f"schedule.iterations={args.iterations}",
-                 f"schedule.milestones=[{args.milestones}]", f"eval_every={args.iterations}", f"seed={seed}",
-                 f"device={args.device}"]  # fmt: skip
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = to_object(compose("config", overrides=overrides))
+    cfg = compose(
+        [
+            f"data.root={args.data}",
+            f"model.depth={args.depth}",
+            f"schedule.iterations={args.iterations}",
+            f"schedule.milestones=[{args.milestones}]",
+            f"eval_every={args.iterations}",
+            f"seed={seed}",
+            f"device={args.device}",
+        ]
+    )
     return run(cfg, run_dir)["test/error"]
 
 
 def reference_run(args: argparse.Namespace, seed: int) -> float:
     from resexp import reference
     from resexp.config import DataConfig, ScheduleConfig
-    from resexp.data import load_arrays
+    from resexp.data.cifar import load_arrays
     from resexp.models import build_net
     from resexp.schedule import Schedule
     from resexp.step import set_lr
@@ -51,8 +53,9 @@ def reference_run(args: argparse.Namespace, seed: int) -> float:
     device = pick_device(args.device)
     seed_everything(seed)
     a = load_arrays(DataConfig(root=args.data))
-    train, test = reference.loaders(a.x_train, a.y_train, a.x_test, a.y_test, 128, args.workers, seed,
-                                    pin_memory=device.type == "cuda")  # fmt: skip
+    train, test = reference.loaders(
+        a.x_train, a.y_train, a.x_test, a.y_test, 128, args.workers, seed, pin_memory=device.type == "cuda"
+    )
     model = build_net("cifar", args.depth, "residual", "A", 10).to(device)
     optimizer = make_optimizer(model, 0.1, 0.9, 1e-4)
     milestones = [int(m) for m in args.milestones.split(",")]
@@ -89,8 +92,14 @@ def main() -> None:
     if args.one:
         return one(args)
     jobs = [(path, int(s)) for s in args.seeds.split(",") for path in ("fast", "reference")]
-    common = [f"--data={args.data}", f"--depth={args.depth}", f"--iterations={args.iterations}",
-              f"--milestones={args.milestones}", f"--device={args.device}", f"--workers={args.workers}"]  # fmt: skip
+    common = [
+        f"--data={args.data}",
+        f"--depth={args.depth}",
+        f"--iterations={args.iterations}",
+        f"--milestones={args.milestones}",
+        f"--device={args.device}",
+        f"--workers={args.workers}",
+    ]
     rows, running, start = [], [], time.perf_counter()
     while jobs or running:
         while jobs and len(running) < args.parallel:
@@ -103,14 +112,18 @@ def main() -> None:
             sys.exit(f"a run failed (exit {done.returncode}): {' '.join(done.args)}")
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\nResNet-{args.depth}, {args.iterations} iterations (lr 0.1, / 10 at {args.milestones}), "
-          f"{time.perf_counter() - start:.0f} s wall")  # fmt: skip
+    print(
+        f"\nResNet-{args.depth}, {args.iterations} iterations (lr 0.1, / 10 at {args.milestones}), "
+        f"{time.perf_counter() - start:.0f} s wall"
+    )
     means = {}
     for path in ("fast", "reference"):
         errors = np.array([r["test_error"] for r in rows if r["path"] == path])
         means[path] = errors.mean()
-        print(f"{path:9s} test error {errors.mean():.2f} ± {errors.std(ddof=1) if len(errors) > 1 else 0:.2f} "
-              f"(seeds: {', '.join(f'{e:.2f}' for e in errors)})")  # fmt: skip
+        print(
+            f"{path:9s} test error {errors.mean():.2f} ± {errors.std(ddof=1) if len(errors) > 1 else 0:.2f} "
+            f"(seeds: {', '.join(f'{e:.2f}' for e in errors)})"
+        )
     print(f"gap (fast - reference): {means['fast'] - means['reference']:+.2f} points")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

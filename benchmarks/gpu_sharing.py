@@ -27,8 +27,21 @@ def main() -> None:
     print(f"{args.net}, {args.iterations} timed iterations per process")
     single = None
     for k in args.jobs:
-        cmd = [sys.executable, "-m", "resexp.cli", "bench", "--depths", depth, "--modes", mode, "--no-reference",
-               "--json", "--iterations", str(args.iterations), *args.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "resexp",
+            "bench",
+            "--depths",
+            depth,
+            "--modes",
+            mode,
+            "--no-reference",
+            "--json",
+            "--iterations",
+            str(args.iterations),
+            *args.extra,
+        ]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
         rates = []
         for p in procs:
@@ -38,8 +51,11 @@ def main() -> None:
             rates.append(json.loads(out)["timings"][0]["images_per_s"])
         total = sum(rates)
         single = single or total / k
-        print(f"{k} processes: {total:,.0f} images/s together ({total / single:.2f}x one process; each "
-              f"{', '.join(f'{r:,.0f}' for r in rates)})", flush=True)  # fmt: skip
+        print(
+            f"{k} processes: {total:,.0f} images/s together ({total / single:.2f}x one process; each "
+            f"{', '.join(f'{r:,.0f}' for r in rates)})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

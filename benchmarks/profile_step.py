@@ -5,7 +5,7 @@ so its idle share, the number of kernels per iteration, the kernel time by kind 
 batch norm, fused elementwise, optimizer, data path, ...), and the top kernels.
 
     python benchmarks/profile_step.py --depth 56 --mode residual          # device defaults
-    python benchmarks/profile_step.py --depth 56 --compile off --precision fp32
+    python benchmarks/profile_step.py --depth 56 speed.compile=off speed.precision=fp32
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resexp.bench import fast_step, synthetic_images
-from resexp.speed import speed_from
+from resexp.launch import compose
+from resexp.speed import resolve
 from resexp.train import pick_device
 
 KINDS = [  # first match wins; kernel names differ between cuDNN, cuBLAS and Triton versions
@@ -50,17 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=56)
     parser.add_argument("--mode", default="residual")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", default="auto")
-    parser.add_argument("--cuda-graph", choices=["on", "off"])
+    parser.add_argument("overrides", nargs="*", help="`resexp train` overrides: speed.*, device")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--trace", help="write a Chrome trace here")
     args = parser.parse_args()
-    device = pick_device(args.device)
-    speed = speed_from(args.precision, None, args.compile, None, None if args.cuda_graph is None else args.cuda_graph == "on",
-                       None, device)  # fmt: skip
+    cfg = compose(args.overrides)
+    device = pick_device(cfg.device)
+    speed = resolve(cfg.speed, device)
     x, y = synthetic_images(20_000)
     step = fast_step(args.depth, args.mode, x, y, 128, speed, device)
     for _ in range(args.warmup):
@@ -82,12 +80,16 @@ def main() -> None:
     for name, us in kernels:
         by_kind[kind(name)] += us / args.iterations / 1000
         by_name[name].append(us)
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.mode}-{args.depth}, batch 128; "
-          f"speed {speed.describe()}")  # fmt: skip
+    print(
+        f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; {args.mode}-{args.depth}, batch 128; "
+        f"speed {speed.describe()}"
+    )
     print(f"wall time per iteration (unprofiled): {wall * 1000:.3f} ms = {128 / wall:,.0f} images/s")
-    print(f"GPU busy per iteration (sum of kernel times, profiled): {busy:.3f} ms = {100 * busy / (wall * 1000):.0f}% "
-          f"of the wall time; {len(kernels) / args.iterations:.0f} kernels per iteration, "
-          f"{1000 * busy / max(1, len(kernels) / args.iterations):.1f} us each on average")  # fmt: skip
+    print(
+        f"GPU busy per iteration (sum of kernel times, profiled): {busy:.3f} ms = {100 * busy / (wall * 1000):.0f}% "
+        f"of the wall time; {len(kernels) / args.iterations:.0f} kernels per iteration, "
+        f"{1000 * busy / max(1, len(kernels) / args.iterations):.1f} us each on average"
+    )
     print("\nkernel time per iteration by kind:")
     for label, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {label:32s} {ms:7.3f} ms  {100 * ms / busy:5.1f}%")

@@ -17,14 +17,15 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from resexp import reference
-from resexp.data import Normalizer, TensorTrainStream
+from resexp.data.cifar import Normalizer, TensorTrainStream
+from resexp.data.common import endless
 from resexp.models import build_net
 from resexp.speed import Speed
 from resexp.step import Running, make_step
@@ -61,8 +62,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step: Callable[[], None], warmup: int, iterations: int, batch_size: int, device: torch.device,
-            net: str, path: str) -> Timing:  # fmt: skip
+def measure(
+    step: Callable[[], None], warmup: int, iterations: int, batch_size: int, device: torch.device, net: str, path: str
+) -> Timing:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -76,25 +78,20 @@ def measure(step: Callable[[], None], warmup: int, iterations: int, batch_size: 
     seconds = (time.perf_counter() - warm) / iterations
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     warmup_s = warm - start
-    return Timing(net, path, batch_size / seconds, 1000 * seconds, warmup_s, peak,
-                  warmup_s + PAPER_ITERATIONS * seconds)  # fmt: skip
+    return Timing(
+        net, path, batch_size / seconds, 1000 * seconds, warmup_s, peak, warmup_s + PAPER_ITERATIONS * seconds
+    )
 
 
-def endless(stream: TensorTrainStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    epoch = 0
-    while True:
-        yield from stream.batches(epoch)
-        epoch += 1
-
-
-def fast_step(depth: int, mode: str, x: np.ndarray, y: np.ndarray, batch_size: int, speed: Speed,
-              device: torch.device) -> Callable[[], None]:  # fmt: skip
+def fast_step(
+    depth: int, mode: str, x: np.ndarray, y: np.ndarray, batch_size: int, speed: Speed, device: torch.device
+) -> Callable[[], None]:
     """One call = one iteration of resexp's loop body: next batch, then the step."""
     stream = TensorTrainStream(x, y, batch_size, Normalizer(x, "pixel_mean", device), True, 0, device)
     torch.manual_seed(0)
     model = speed.place(build_net("cifar", depth, mode, "A", 10).to(device))
     optimizer = make_optimizer(model, 0.1, 0.9, 1e-4, speed)
-    train_step, data = make_step(model, optimizer, Running(device), speed), endless(stream)
+    train_step, data = make_step(model, optimizer, Running(device), speed), endless(stream, 0)
 
     def step() -> None:
         x, y = next(data)
@@ -103,8 +100,9 @@ def fast_step(depth: int, mode: str, x: np.ndarray, y: np.ndarray, batch_size: i
     return step
 
 
-def reference_step(depth: int, mode: str, x: np.ndarray, y: np.ndarray, batch_size: int, workers: int,
-                   device: torch.device) -> Callable[[], None]:  # fmt: skip
+def reference_step(
+    depth: int, mode: str, x: np.ndarray, y: np.ndarray, batch_size: int, workers: int, device: torch.device
+) -> Callable[[], None]:
     train, _ = reference.loaders(x, y, x[:1], y[:1], batch_size, workers, 0, pin_memory=device.type == "cuda")
     torch.manual_seed(0)
     model = build_net("cifar", depth, mode, "A", 10).to(device)
@@ -133,10 +131,20 @@ def fig6_projection(timings: list[Timing], path: str) -> float | None:
     return total
 
 
-def run_bench(depths: list[int], modes: list[str], speed: Speed, device: torch.device, batch_size: int = 128,
-              iterations: int = 200, warmup: int = 30, reference_iterations: int | None = None,
-              workers: int | None = None, images: int = 50_000, with_reference: bool = True,
-              progress: Callable[[str], None] = lambda text: None) -> dict:  # fmt: skip
+def run_bench(
+    depths: list[int],
+    modes: list[str],
+    speed: Speed,
+    device: torch.device,
+    batch_size: int = 128,
+    iterations: int = 200,
+    warmup: int = 30,
+    reference_iterations: int | None = None,
+    workers: int | None = None,
+    images: int = 50_000,
+    with_reference: bool = True,
+    progress: Callable[[str], None] = lambda text: None,
+) -> dict:
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     reference_iterations = reference_iterations or iterations
     x, y = synthetic_images(images)
@@ -151,16 +159,18 @@ def run_bench(depths: list[int], modes: list[str], speed: Speed, device: torch.d
             if with_reference:
                 progress(f"{net}: reference loop ({workers} workers)")
                 step = reference_step(depth, mode, x, y, batch_size, workers, device)
-                timings.append(measure(step, min(warmup, 10), reference_iterations, batch_size, device, net,
-                                       "reference"))  # fmt: skip
+                timings.append(
+                    measure(step, min(warmup, 10), reference_iterations, batch_size, device, net, "reference")
+                )
                 del step
             if speed.compile != "off":
                 torch._dynamo.reset()  # drop this net's compiled graphs (and CUDA graph memory)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     by = {(t.net, t.path): t for t in timings}
-    ratios = {net: by[net, "fast"].images_per_s / by[net, "reference"].images_per_s
-              for net, path in by if path == "reference"}  # fmt: skip
+    ratios = {
+        net: by[net, "fast"].images_per_s / by[net, "reference"].images_per_s for net, path in by if path == "reference"
+    }
     return {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -187,20 +197,31 @@ def render(result: dict):
     from rich.text import Text
 
     s = result["speed"]
-    title = (f"{result['device']}, torch {result['torch']}, batch {result['batch_size']}; fast path: "
-             f"{s['precision']}, channels_last {'on' if s['channels_last'] else 'off'}, compile {s['compile']}, "
-             f"fused SGD {'on' if s['fused_optimizer'] else 'off'}; reference: fp32 eager, "
-             f"{result['reference_workers']} DataLoader workers")  # fmt: skip
+    title = (
+        f"{result['device']}, torch {result['torch']}, batch {result['batch_size']}; fast path: "
+        f"{s['precision']}, channels_last {'on' if s['channels_last'] else 'off'}, compile {s['compile']}, "
+        f"fused SGD {'on' if s['fused_optimizer'] else 'off'}; reference: fp32 eager, "
+        f"{result['reference_workers']} DataLoader workers"
+    )
     table = Table(title=title, title_justify="left")
     for column in ("net", "path", "images/s", "ms/iteration", "warm-up", "peak memory", "64k-iteration run"):
         table.add_column(column, justify="left" if column in ("net", "path") else "right")
     for t in result["timings"]:
         memory = "-" if t["peak_memory_mb"] is None else f"{t['peak_memory_mb']:.0f} MiB"
-        table.add_row(t["net"], t["path"], f"{t['images_per_s']:,.0f}", f"{t['ms_per_iteration']:.2f}",
-                      f"{t['warmup_s']:.1f} s", memory, minutes(t["projected_run_s"]))  # fmt: skip
+        table.add_row(
+            t["net"],
+            t["path"],
+            f"{t['images_per_s']:,.0f}",
+            f"{t['ms_per_iteration']:.2f}",
+            f"{t['warmup_s']:.1f} s",
+            memory,
+            minutes(t["projected_run_s"]),
+        )
     lines = [f"{net}: fast path {ratio:.1f}x the reference loop" for net, ratio in result["speedup"].items()]
     sweep = result["fig6_sweep_s"]
     if sweep["fast"] is not None:
-        lines.append(f"Figure-6 sweep (8 runs of 64k iterations, one at a time): fast path {minutes(sweep['fast'])}"
-                     + (f", reference loop {minutes(sweep['reference'])}" if sweep["reference"] else ""))  # fmt: skip
+        lines.append(
+            f"Figure-6 sweep (8 runs of 64k iterations, one at a time): fast path {minutes(sweep['fast'])}"
+            + (f", reference loop {minutes(sweep['reference'])}" if sweep["reference"] else "")
+        )
     return Group(table, Text("\n".join(lines)))

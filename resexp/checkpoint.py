@@ -1,33 +1,55 @@
-"""Atomic checkpoints: last.pt holds everything needed to continue a run exactly (model,
-optimizer, schedule, step, wall time, RNG states, config). A new checkpoint is written to a
-temporary file, flushed and fsynced, and only then renamed over last.pt; the one before it stays
-as prev.pt (hard-linked there first, so last.pt exists at every instant, even under SIGKILL), and a
-truncated or corrupt last.pt falls back to prev.pt with a warning."""
+"""Checkpoints: last.pt holds everything needed to continue a run exactly (model, optimizer,
+schedule, step, wall time, running training sums, RNG states, the model's identity).
+
+A new checkpoint is written through the run directory's atomic write (temporary file, fsync,
+rename); the one before stays as prev.pt, hard-linked there before the rename so that last.pt
+exists at every instant, even under SIGKILL. A truncated or corrupt last.pt falls back to prev.pt
+with a warning. Checkpoints hold only tensors and plain values, so they load with
+`weights_only=True`: resuming from a file never runs code from it.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-LAST = "last.pt"
-PREVIOUS = "prev.pt"
+from resexp.config import Config
+from resexp.errors import CheckpointError, first_line
+from resexp.rundir import LAST, PREVIOUS, RunDir, Warn, atomic_write, flat_config
+from resexp.schedule import Schedule
+
+KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "model_fields")
 
 
-class CheckpointError(RuntimeError):
-    pass
+@dataclass
+class TrainState:
+    """Where the loop is: what a checkpoint restores besides the model's and optimizer's tensors."""
+
+    step: int = 0  # iterations done
+    time: float = 0.0  # seconds spent training and evaluating, summed over resumes
+    running: dict[str, Any] | None = None  # training loss/error sums since the last evaluation
+
+
+def model_fields(cfg: Config) -> dict[str, Any]:
+    """What a checkpoint given as resume=PATH must agree on with the config that resumes it."""
+    flat = flat_config(cfg)
+    return {k: v for k, v in flat.items() if k.startswith("model.")} | {"data.name": flat["data.name"]}
 
 
 def rng_states() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "python": random.getstate(),
     }
 
@@ -36,44 +58,60 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    np.random.set_state(states["numpy"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(states["python"])
 
 
-def save(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write `state` as run_dir/last.pt without ever leaving a half-written last.pt."""
-    last, tmp = run_dir / LAST, run_dir / (LAST + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({**state, "rng": rng_states()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if last.exists():  # last.pt becomes prev.pt without ever being absent
-        keep = run_dir / (PREVIOUS + ".tmp")
+def save(run: RunDir, state: dict[str, Any]) -> None:
+    """Write `state` as the run's last.pt without ever leaving it half-written or absent."""
+    last, previous = run.file(LAST), run.file(PREVIOUS)
+
+    def keep_previous() -> None:  # last.pt becomes prev.pt without ever being absent
+        if not last.exists():
+            return
+        keep = previous.with_name(PREVIOUS + ".tmp")
         keep.unlink(missing_ok=True)
         try:
-            os.link(last, keep)
-        except OSError:  # a filesystem without hard links
-            shutil.copyfile(last, keep)
-        os.replace(keep, run_dir / PREVIOUS)
-    os.replace(tmp, last)
-    dir_fd = os.open(run_dir, os.O_RDONLY)
+            try:
+                os.link(last, keep)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(last, keep)
+            os.replace(keep, previous)
+        except BaseException:
+            keep.unlink(missing_ok=True)
+            raise
+
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return last
+        atomic_write(
+            last, lambda f: torch.save({**state, "rng": rng_states()}, f), durable=True, before_replace=keep_previous
+        )
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        free = shutil.disk_usage(run.path).free
+        reason = f"no space left on device ({free / 2**20:.0f} MiB free)" if free < 2**28 else first_line(str(e))
+        raise CheckpointError(f"could not write the checkpoint {last}: {reason}") from e
 
 
 def load_file(path: Path) -> dict[str, Any]:
+    """A resexp checkpoint, or CheckpointError saying why the file is not one."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist (resume= takes a checkpoint file, e.g. runs/.../last.pt)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, not a checkpoint, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, a pickle of other objects, not a torch file at all
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or not set(KEYS) <= set(saved):
+        raise CheckpointError(
+            f"{path} is not a resexp checkpoint (it lacks {', '.join(sorted(set(KEYS) - set(saved)))})"
+            if isinstance(saved, dict)
+            else f"{path} is not a resexp checkpoint"
+        )
+    return saved
 
 
-def load_latest(run_dir: Path, warn=print) -> dict[str, Any] | None:
+def load_latest(run: RunDir, warn: Warn) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run directory, or None when it has none."""
-    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    last, previous = run.file(LAST), run.file(PREVIOUS)
     if not last.exists() and not previous.exists():
         return None
     try:
@@ -85,42 +123,43 @@ def load_latest(run_dir: Path, warn=print) -> dict[str, Any] | None:
         return load_file(previous)
 
 
-class RunLock:
-    """run_dir/.lock holds the pid of the process writing the run: a second process (another
-    terminal, or two sweep jobs that map to one directory) is refused; a lock left by a process
-    that died (SIGKILL) is taken over."""
+class Checkpointer:
+    """Saves one run's training state into its directory and restores it from a checkpoint."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
+    def __init__(
+        self, run: RunDir, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule
+    ) -> None:
+        self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
+        self.fields = model_fields(cfg)
 
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and alive(pid):
-                    raise CheckpointError(f"{self.path.parent} is being written by another resexp process "
-                                          f"(pid {pid}); two runs never share a directory")  # fmt: skip
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+    def check(self, saved: dict[str, Any], source: str) -> None:
+        """Refuse a checkpoint made for another model before anything is loaded."""
+        if saved["model_fields"] != self.fields:
+            theirs = saved["model_fields"]
+            diff = "; ".join(f"{k}: {theirs.get(k)} vs {v}" for k, v in self.fields.items() if theirs.get(k) != v)
+            raise CheckpointError(f"the checkpoint {source} was made for another model ({diff})")
 
-    def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
+    def save(self, state: TrainState) -> None:
+        save(
+            self.run,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "step": state.step,
+                "time": state.time,
+                "running": state.running,
+                "model_fields": self.fields,
+            },
+        )
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def restore(self, saved: dict[str, Any], source: str) -> TrainState:
+        self.check(saved, source)
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.schedule.load_state_dict(saved["schedule"])
+            restore_rng_states(saved["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"the checkpoint {source} does not fit this run ({type(e).__name__})") from None
+        return TrainState(step=saved["step"], time=saved["time"], running=saved["running"])

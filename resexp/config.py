@@ -4,81 +4,66 @@ The dataclasses below are the schema, registered with Hydra's ConfigStore; the Y
 configs/ only set values (each one extends its schema through its defaults list). So unknown keys
 and wrong types fail while Hydra composes, with OmegaConf naming the key, and enum fields list
 their valid choices. Rules that tie several fields together (depth = 6n+2, milestones inside the
-schedule, ...) are checked once, by `validate`, before anything is written.
+schedule, ...) and ranges (momentum in [0, 1), a seed numpy accepts, ...) are checked once, by
+`validate`, before anything is read or written.
 
 Defaults reproduce the paper's CIFAR-10 recipe (He et al. 2015, Sec. 4.2): ResNet-20 with option A
-shortcuts, SGD with lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, lr divided by 10 at 32k
-and 48k iterations, stop at 64k.
+shortcuts, SGD with lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, lr divided by 10 at 50% and
+75% of the schedule (32k and 48k of 64k iterations).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
-from typing import Any, Optional  # Optional, not X | None: the schema must read on every OmegaConf 2.3
+from typing import Any  # Optional, not X | None: the schema must read on every OmegaConf 2.3
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.models import net_spec
+from resexp.errors import ConfigError
+from resexp.models import Family, Mode, ShortcutOption, StrEnum, net_spec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config that composes but breaks one of the cross-field rules; one line for the user."""
-
-
-class Family(Enum):
-    cifar = "cifar"
-    imagenet = "imagenet"
+CONFIG_PACKAGE = "resexp.configs"  # configs/ of the repository, shipped inside the package
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MONITORS = ("train/error", "test/error", "val/error", "train/loss", "test/loss", "val/loss")
+NAME = re.compile(r"[\w.,=+-]+(/[\w.,=+-]+)*")  # relative folders below runs/, no '..'
 
 
-class Mode(Enum):
-    plain = "plain"
-    residual = "residual"
-
-
-class ShortcutOption(Enum):
-    A = "A"  # zero-padded identity where the shape changes; no parameters
-    B = "B"  # 1x1 conv + BN projection where the shape changes, identity elsewhere
-    C = "C"  # projection in every block
-
-
-class DataName(Enum):
+class DataName(StrEnum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     imagenet = "imagenet"
     synthetic = "synthetic"
 
 
-class Normalize(Enum):
+class Normalize(StrEnum):
     pixel_mean = "pixel_mean"  # the paper's per-pixel mean subtraction (Sec. 4.2)
     channel = "channel"  # per-channel mean/std normalisation
 
 
-class ScheduleName(Enum):
+class ScheduleName(StrEnum):
     multistep = "multistep"
     plateau = "plateau"
 
 
-class Precision(Enum):
+class Precision(StrEnum):
     auto = "auto"  # bf16 on CUDA, fp32 elsewhere
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 autocast: convolutions in bf16, weights, BN statistics and the loss in fp32
 
 
-class CompileMode(Enum):
-    """torch.compile's modes, by name; `off` runs eager. reduce_overhead and max_autotune also
-    capture the training step's kernels in CUDA graphs (the batch shape is fixed)."""
+class CompileMode(StrEnum):
+    """torch.compile's modes (torch spells them with '-'); `off` runs eager. reduce_overhead and
+    max_autotune also capture the training step's kernels in CUDA graphs (the batch shape is fixed)."""
 
     auto = "auto"  # resexp.speed.AUTO_COMPILE_CUDA on CUDA (measured: off), off on CPU
     off = "off"
     default = "default"
-    reduce_overhead = "reduce-overhead"
-    max_autotune = "max-autotune"
-    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
+    reduce_overhead = "reduce_overhead"
+    max_autotune = "max_autotune"
+    max_autotune_no_cudagraphs = "max_autotune_no_cudagraphs"
 
 
 @dataclass
@@ -93,11 +78,11 @@ class ModelConfig:
 class DataConfig:
     name: DataName = DataName.cifar10
     root: str = "data"  # a folder (torchvision layout or <name>.npz inside) or an .npz file
-    file: Optional[str] = None  # an .npz inside root to read instead of <name>.npz
+    file: str | None = None  # an .npz inside root to read instead of <name>.npz
     download: bool = False  # let torchvision download CIFAR into root (needs internet)
     batch_size: int = 128
     eval_batch_size: int = 1000
-    subset: Optional[int] = None  # train on the first N training images only
+    subset: int | None = None  # train on the first N training images only
     val_split: int = 0  # hold out the last N training images as a validation set (paper: 5000)
     augment: bool = True  # CIFAR: 4-pixel pad + random crop + flip; ImageNet: scale augmentation
     normalize: Normalize = Normalize.pixel_mean
@@ -125,7 +110,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: ScheduleName = ScheduleName.multistep
     iterations: int = 64000  # total training iterations
-    milestones: list[int] = field(default_factory=lambda: [32000, 48000])  # multistep: lr /= 10 here
+    # multistep: lr /= 10 at these iterations; null = the paper's 50% and 75% of `iterations`
+    milestones: list[int] | None = None
     gamma: float = 0.1
     # plateau: divide by 1/gamma when `monitor` has not improved by `min_delta` points for
     # `patience` evaluations in a row, never going below `min_lr`.
@@ -135,7 +121,7 @@ class ScheduleConfig:
     min_lr: float = 1e-4
     # warm-up (the paper's ResNet-110 recipe): lr = warmup_lr until an evaluation reports
     # a training error below warmup_until_error (%), then the schedule's own lr.
-    warmup_lr: Optional[float] = None
+    warmup_lr: float | None = None
     warmup_until_error: float = 80.0
 
 
@@ -146,11 +132,11 @@ class SpeedConfig:
     be fastest on the device (resexp/speed.py)."""
 
     precision: Precision = Precision.auto
-    channels_last: Optional[bool] = None  # NHWC activations; null = on for CUDA
+    channels_last: bool | None = None  # NHWC activations; null = on for CUDA
     compile: CompileMode = CompileMode.auto
-    fused_optimizer: Optional[bool] = None  # one fused SGD kernel; null = on for CUDA
-    cuda_graph: Optional[bool] = None  # the whole iteration as one CUDA graph; null = on for CUDA
-    cudnn_benchmark: Optional[bool] = None  # let cuDNN time its algorithms per shape; null = on for CUDA
+    fused_optimizer: bool | None = None  # one fused SGD kernel; null = on for CUDA
+    cuda_graph: bool | None = None  # the whole iteration as one CUDA graph; null = on for CUDA
+    cudnn_benchmark: bool | None = None  # let cuDNN time its algorithms per shape; null = on for CUDA
 
 
 @dataclass
@@ -162,93 +148,135 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     name: str = "default"  # the folder under runs/ that groups a set of runs (presets set it)
     seed: int = 0
-    device: str = "auto"  # auto = cuda when available, else cpu; or any torch device string
-    eval_every: Optional[int] = None  # iterations between evaluations; None = once per epoch
-    resume: Optional[str] = None  # a checkpoint to start from; by default the run's own last.pt
+    device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N
+    eval_every: int | None = None  # iterations between evaluations; None = once per epoch
+    resume: str | None = None  # a checkpoint to start from when the run has none of its own
 
 
 def register() -> None:
-    """Store the schemas under the names the YAML files extend (base_* in each group)."""
+    """Store the schemas under the names the YAML files extend (base_* in each group), and the
+    resolvers the YAML files use."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
-
-
-def run_path(data: Any, mode: Any, depth: Any, shortcut: Any, seed: Any) -> str:
-    """A run's folder below runs/<name>/, e.g. cifar10/plain-56_s0 or cifar10/residual-56A_s1
-    (a plain net has no shortcut option). TensorBoard shows it as the run's name."""
-    option = "" if _value(mode) == "plain" else _value(shortcut)
-    return f"{_value(data)}/{_value(mode)}-{depth}{option}_s{seed}"
-
-
-def _value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x
-
-
-def paper_warmup(depth: Any) -> Optional[float]:
-    """The paper's warm-up lr for its 110- and 1202-layer CIFAR nets (Sec. 4.2), none below."""
-    return 0.01 if int(depth) >= 110 else None
-
-
-def register_resolvers() -> None:
     for name, fn in (("resexp.run_path", run_path), ("resexp.paper_warmup", paper_warmup)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
 
-def validate(cfg: Config | DictConfig) -> None:
-    """Check the rules that tie fields together; raise ConfigError with one line naming the
-    field, its value and what would be valid."""
+def run_path(data: str, mode: str, depth: Any, shortcut: str, seed: Any) -> str:
+    """A run's folder below runs/<name>/, e.g. cifar10/plain-56_s0 or cifar10/residual-56A_s1
+    (a plain net has no shortcut option). TensorBoard shows it as the run's name."""
+    option = "" if mode == Mode.plain else shortcut
+    return f"{data}/{mode}-{depth}{option}_s{seed}"
+
+
+def paper_warmup(depth: Any) -> float | None:
+    """The paper's warm-up lr for its 110- and 1202-layer CIFAR nets (Sec. 4.2), none below."""
+    return 0.01 if int(depth) >= 110 else None
+
+
+def paper_milestones(iterations: int) -> list[int]:
+    """lr / 10 at 50% and 75% of the schedule: 32k and 48k of the paper's 64k iterations."""
+    return sorted({m for m in (iterations // 2, iterations * 3 // 4) if 0 < m < iterations})
+
+
+def milestones_of(s: ScheduleConfig) -> list[int]:
+    if s.name != ScheduleName.multistep:
+        return []
+    return paper_milestones(s.iterations) if s.milestones is None else list(s.milestones)
+
+
+def validate(cfg: Config) -> None:
+    """Check every field's range and the rules that tie fields together; raise ConfigError with
+    one line naming the field, its value and what would be valid."""
     m, d, o, s = cfg.model, cfg.data, cfg.optim, cfg.schedule
     try:
-        net_spec(_value(m.family), m.depth)
+        net_spec(m.family, m.depth)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    positive = {
-        "data.batch_size": d.batch_size,
-        "data.eval_batch_size": d.eval_batch_size,
-        "optim.lr": o.lr,
-        "schedule.iterations": s.iterations,
+    at_least = {
+        "data.batch_size": (d.batch_size, 1),
+        "data.eval_batch_size": (d.eval_batch_size, 1),
+        "schedule.iterations": (s.iterations, 1),
+        "schedule.patience": (s.patience, 1),
+        "data.val_split": (d.val_split, 0),
+        "data.workers": (d.workers, 0),
+        "seed": (cfg.seed, 0),
     }
     if cfg.eval_every is not None:
-        positive["eval_every"] = cfg.eval_every
+        at_least["eval_every"] = (cfg.eval_every, 1)
     if d.subset is not None:
-        positive["data.subset"] = d.subset
-    if _value(d.name) == "synthetic":
-        positive.update({"data.train_size": d.train_size, "data.test_size": d.test_size})
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value} must be positive")
-    for key, value in {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay,
-                       "data.val_split": d.val_split, "data.workers": d.workers}.items():  # fmt: skip
-        if value < 0:
-            raise ConfigError(f"{key}={value} must not be negative")
+        at_least["data.subset"] = (d.subset, 1)
+    if d.name == DataName.synthetic:
+        at_least |= {
+            "data.train_size": (d.train_size, 1),
+            "data.test_size": (d.test_size, 1),
+            "data.image_size": (d.image_size, 1),
+            "data.num_classes": (d.num_classes, 2),
+        }
+    if d.name == DataName.imagenet:
+        at_least |= {"data.crop_size": (d.crop_size, 1), "data.scale_min": (d.scale_min, 1)}
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key}={value} must be at least {low}")
+    if cfg.seed > MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} is too large: seeds run from 0 to 2**32 - 1 = {MAX_SEED}")
+    floats = {
+        "optim.lr": (o.lr, "positive"),
+        "optim.weight_decay": (o.weight_decay, "non-negative"),
+        "schedule.min_delta": (s.min_delta, "non-negative"),
+        "schedule.min_lr": (s.min_lr, "non-negative"),
+    }
+    if s.warmup_lr is not None:
+        floats["schedule.warmup_lr"] = (s.warmup_lr, "positive")
+    for key, (value, kind) in floats.items():
+        if not math.isfinite(value) or value < 0 or (kind == "positive" and value == 0):
+            raise ConfigError(f"{key}={value} must be a finite {kind} number")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum={o.momentum} must lie in [0, 1) (the paper: 0.9)")
     if not 0 < s.gamma < 1:
-        raise ConfigError(f"schedule.gamma={s.gamma} must lie in (0, 1)")
-    milestones = list(s.milestones)
-    if _value(s.name) == "multistep":
+        raise ConfigError(f"schedule.gamma={s.gamma} must lie in (0, 1) (the paper: 0.1)")
+    if not 0 < s.warmup_until_error <= 100:
+        raise ConfigError(f"schedule.warmup_until_error={s.warmup_until_error} must lie in (0, 100] (percent)")
+    if s.name == ScheduleName.multistep and s.milestones is not None:
+        milestones = list(s.milestones)
         if any(not 0 < x < s.iterations for x in milestones):
             raise ConfigError(
                 f"schedule.milestones={milestones} must lie inside the schedule: "
-                f"0 < milestone < schedule.iterations={s.iterations}"
+                f"0 < milestone < schedule.iterations={s.iterations} (or leave them out: 50% and 75%)"
             )
         if milestones != sorted(set(milestones)):
             raise ConfigError(f"schedule.milestones={milestones} must be strictly increasing")
-    if s.monitor not in ("train/error", "test/error", "val/error", "train/loss", "test/loss", "val/loss"):
-        raise ConfigError(
-            f"schedule.monitor={s.monitor!r} is unknown: valid choices are train/error, test/error, "
-            "val/error, train/loss, test/loss, val/loss"
-        )
+    if s.monitor not in MONITORS:
+        raise ConfigError(f"schedule.monitor={s.monitor!r} is unknown: valid choices are {', '.join(MONITORS)}")
     if s.monitor.startswith("val/") and d.val_split == 0:
         raise ConfigError(f"schedule.monitor={s.monitor} needs a validation set: set data.val_split (e.g. 5000)")
-    if s.warmup_lr is not None and not s.warmup_lr > 0:
-        raise ConfigError(f"schedule.warmup_lr={s.warmup_lr} must be positive")
-    if _value(d.name) == "imagenet" and not 0 < d.scale_min <= d.scale_max:
-        raise ConfigError(f"data.scale_min={d.scale_min} and data.scale_max={d.scale_max} must satisfy 0 < min <= max")
+    if d.name == DataName.imagenet and not d.crop_size <= d.scale_min <= d.scale_max:
+        raise ConfigError(
+            f"data.crop_size={d.crop_size}, data.scale_min={d.scale_min} and data.scale_max={d.scale_max} "
+            "must satisfy crop_size <= scale_min <= scale_max"
+        )
+    if d.name == DataName.synthetic and d.train_size - d.val_split < d.batch_size:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is larger than the {d.train_size - d.val_split} synthetic training "
+            "images (data.train_size - data.val_split)"
+        )
+    if d.file is not None and d.root.endswith(".npz"):
+        raise ConfigError(f"data.file={d.file} and data.root={d.root} both name a file: set only one")
+    if not NAME.fullmatch(cfg.name) or any(part in (".", "..") for part in cfg.name.split("/")):
+        raise ConfigError(
+            f"name={cfg.name!r} must be a folder name below runs/ (letters, digits and . , = + - _, "
+            "subfolders with /, no '..')"
+        )
 
 
 def to_object(cfg: DictConfig) -> Config:
-    """The composed DictConfig as typed dataclasses (enum fields stay enums)."""
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    """The composed DictConfig (without its hydra node) as typed dataclasses, with the defaults
+    that depend on other fields filled in: the run's config.yaml holds the milestones it used."""
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if config.schedule.name == ScheduleName.multistep and config.schedule.milestones is None:
+        config.schedule.milestones = paper_milestones(config.schedule.iterations)
+    return config

@@ -20,18 +20,38 @@ only where the shape changes, C projects in every block.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Family = Literal["cifar", "imagenet"]
-Mode = Literal["plain", "residual"]
-Shortcut = Literal["A", "B", "C"]
-MODES: tuple[str, ...] = ("plain", "residual")
-SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10
+
+    class StrEnum(str, Enum):  # type: ignore[no-redef]
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class Family(StrEnum):
+    cifar = "cifar"
+    imagenet = "imagenet"
+
+
+class Mode(StrEnum):
+    plain = "plain"
+    residual = "residual"
+
+
+class ShortcutOption(StrEnum):
+    A = "A"  # zero-padded identity where the shape changes; no parameters
+    B = "B"  # 1x1 conv + BN projection where the shape changes, identity elsewhere
+    C = "C"  # projection in every block
 
 
 @dataclass(frozen=True)
@@ -83,9 +103,7 @@ def net_spec(family: str, depth: int) -> NetSpec:
             )
         block, blocks = IMAGENET_STAGES[depth]
         expansion = BOTTLENECK_EXPANSION if block == "bottleneck" else 1
-        stages = tuple(
-            StageSpec(b, 64 * 2**i * expansion, 1 if i == 0 else 2) for i, b in enumerate(blocks)
-        )
+        stages = tuple(StageSpec(b, 64 * 2**i * expansion, 1 if i == 0 else 2) for i, b in enumerate(blocks))
         return NetSpec("imagenet", depth, block, stages)
     raise ValueError(f"model.family={family!r} is unknown: valid families are cifar, imagenet")
 
@@ -124,7 +142,7 @@ def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int)
         return projection(in_channels, out_channels, stride)
     if option in ("A", "B"):
         return ZeroPadIdentity(in_channels, out_channels, stride) if shape_changes else nn.Identity()
-    raise ValueError(f"model.shortcut={option!r} is unknown: valid options are {', '.join(SHORTCUTS)}")
+    raise ValueError(f"model.shortcut={option!r} is unknown: valid options are {', '.join(ShortcutOption)}")
 
 
 def basic_body(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -138,10 +156,12 @@ def bottleneck_body(in_channels: int, out_channels: int, stride: int) -> nn.Sequ
     """1x1 (reduce, with the stride) - 3x3 - 1x1 (restore), each with BN (Fig. 5 right)."""
     mid = out_channels // BOTTLENECK_EXPANSION
     return nn.Sequential(
-        *conv_bn(in_channels, mid, 1, stride), nn.ReLU(inplace=True),
-        *conv_bn(mid, mid, 3), nn.ReLU(inplace=True),
+        *conv_bn(in_channels, mid, 1, stride),
+        nn.ReLU(inplace=True),
+        *conv_bn(mid, mid, 3),
+        nn.ReLU(inplace=True),
         *conv_bn(mid, out_channels, 1),
-    )  # fmt: skip
+    )
 
 
 BODIES = {"basic": basic_body, "bottleneck": bottleneck_body}
@@ -210,10 +230,10 @@ def he_init(net: nn.Module) -> None:
 
 def build_net(family: str, depth: int, mode: str, shortcut: str, num_classes: int) -> Net:
     """The network for one row of the spec table. `shortcut` is ignored when `mode` is plain."""
-    if mode not in MODES:
-        raise ValueError(f"model.mode={mode!r} is unknown: valid modes are {', '.join(MODES)}")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"model.shortcut={shortcut!r} is unknown: valid options are {', '.join(SHORTCUTS)}")
+    if mode not in list(Mode):
+        raise ValueError(f"model.mode={mode!r} is unknown: valid modes are {', '.join(Mode)}")
+    if shortcut not in list(ShortcutOption):
+        raise ValueError(f"model.shortcut={shortcut!r} is unknown: valid options are {', '.join(ShortcutOption)}")
     spec = net_spec(family, depth)
     stem, width = make_stem(family)
     stages = []
@@ -230,54 +250,108 @@ def count_params(net: nn.Module) -> int:
 
 
 def count_macs(net: nn.Module, image_size: int) -> int:
-    """Multiply-adds of one forward pass on one image (convs and the linear head; BN, ReLU and
-    additions not counted, as in the paper's FLOP figures). Runs on the meta device: no memory."""
-    macs = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            per_output = module.in_channels // module.groups * kh * kw
-            macs += output.shape[1] * output.shape[2] * output.shape[3] * per_output
-        elif isinstance(module, nn.Linear):
-            macs += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """Multiply-adds of one forward pass on one image: convolutions and the linear head, as in
+    the paper's FLOP figures (torch's FlopCounterMode counts 2 FLOPs per multiply-add; batch norm,
+    ReLU and additions are not counted). A net built on the meta device costs no memory and no
+    arithmetic."""
+    x = torch.empty(1, 3, image_size, image_size, device=next(net.parameters()).device)
     was_training = net.training
-    net.eval()  # eval-mode batch norm is several times cheaper on the meta device
     try:
-        with torch.no_grad():
-            net(torch.empty(1, 3, image_size, image_size, device=next(net.parameters()).device))
+        return block_macs(net, x)
     finally:
         net.train(was_training)
-        for h in handles:
-            h.remove()
-    return macs
 
 
-FAMILY_IMAGE_SIZE = {"cifar": 32, "imagenet": 224}
+FAMILY_IMAGE_SIZE = {Family.cifar: 32, Family.imagenet: 224}
+
+
+def cost(family: str, depth: int, mode: str, shortcut: str, num_classes: int) -> tuple[int, int]:
+    """(parameters, multiply-adds per image) of one variant. The blocks after the first of a
+    stage are all alike, and blocks recur across depths, so each distinct block is counted once
+    (on the meta device) and multiplied by its repeats: all 44 standard variants take a second."""
+    spec = net_spec(family, depth)
+    size = FAMILY_IMAGE_SIZE[Family(family)]
+    with torch.device("meta"):
+        stem, width = make_stem(family)
+        x = stem(torch.empty(1, 3, size, size))
+        params, macs = count_params(stem), block_macs(stem, torch.empty(1, 3, size, size))
+        side = x.shape[-1]
+        for stage in spec.stages:
+            first = block_cost(spec.block, width, stage.width, stage.stride, mode, shortcut, side)
+            side = math.ceil(side / stage.stride)
+            rest = block_cost(spec.block, stage.width, stage.width, 1, mode, shortcut, side)
+            params += first[0] + (stage.blocks - 1) * rest[0]
+            macs += first[1] + (stage.blocks - 1) * rest[1]
+            width = stage.width
+        head = make_head(width, num_classes)
+        params, macs = params + count_params(head), macs + block_macs(head, torch.empty(1, width, side, side))
+    return params, macs
+
+
+@functools.cache
+def block_cost(block: str, cin: int, width: int, stride: int, mode: str, shortcut: str, side: int) -> tuple[int, int]:
+    """(parameters, multiply-adds) of one block on a (cin, side, side) input."""
+    with torch.device("meta"):
+        [module] = make_stage(block, cin, StageSpec(1, width, stride), mode, shortcut)
+        return count_params(module), block_macs(module, torch.empty(1, cin, side, side))
+
+
+def block_macs(module: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module.eval()(x)
+    return counter.get_total_flops() // 2
 
 
 def variant_rows(num_classes: dict[str, int] | None = None) -> list[dict]:
     """Parameters and multiply-adds of the standard variants: CIFAR 20..1202 and ImageNet 18..152,
     plain (no shortcut, so no option) and residual under each option."""
-    num_classes = num_classes or {"cifar": 10, "imagenet": 1000}
+    num_classes = num_classes or {Family.cifar: 10, Family.imagenet: 1000}
     rows = []
-    for family, depths in (("cifar", CIFAR_DEPTHS), ("imagenet", tuple(IMAGENET_STAGES))):
+    for family, depths in ((Family.cifar, CIFAR_DEPTHS), (Family.imagenet, tuple(IMAGENET_STAGES))):
         for depth in depths:
-            for mode, options in (("plain", ("-",)), ("residual", SHORTCUTS)):
+            for mode, options in ((Mode.plain, ("-",)), (Mode.residual, tuple(ShortcutOption))):
                 for option in options:
-                    with torch.device("meta"):
-                        net = build_net(family, depth, mode, "A" if option == "-" else option, num_classes[family])
+                    params, macs = cost(family, depth, mode, "A" if option == "-" else option, num_classes[family])
                     rows.append(
                         {
-                            "family": family,
+                            "family": str(family),
                             "depth": depth,
-                            "mode": mode,
-                            "shortcut": option,
-                            "params": count_params(net),
-                            "macs": count_macs(net, FAMILY_IMAGE_SIZE[family]),
+                            "mode": str(mode),
+                            "shortcut": str(option),
+                            "params": params,
+                            "macs": macs,
                         }
                     )
     return rows
+
+
+def training_memory(
+    family: str, depth: int, batch_size: int, image_size: int, num_classes: int, eval_batch_size: int = 0
+) -> tuple[int, int]:
+    """(parameters, bytes) to train a net at a batch size, estimated from the spec table alone,
+    without building a module: fp32 weights, gradients and momentum, plus the activations autograd
+    keeps, about three per convolution (its output, the batch norm's, the ReLU's); or, if larger,
+    an evaluation batch's widest layer. A lower bound within a factor of about two, used to
+    refuse nets that cannot fit before any is built."""
+    spec = net_spec(family, depth)
+    side = math.ceil(image_size / 4) if family == Family.imagenet else image_size  # stem stride and max-pool
+    width = 64 if family == Family.imagenet else 16
+    params, values = 3 * width * (49 if family == Family.imagenet else 9), width * side * side
+    widest = 4 * values if family == Family.imagenet else values  # the stem's output, before the max-pool
+    expansion = BOTTLENECK_EXPANSION if spec.block == "bottleneck" else 1
+    for stage in spec.stages:
+        side = math.ceil(side / stage.stride)
+        mid = stage.width // expansion
+        for cin, count in ((width, 1), (stage.width, stage.blocks - 1)):
+            if spec.block == "basic":
+                block_params, block_values = 9 * (cin + stage.width) * stage.width, 2 * stage.width
+            else:
+                block_params, block_values = (cin + 9 * mid + stage.width) * mid, 2 * mid + stage.width
+            params += count * block_params
+            values += count * block_values * side * side
+        widest = max(widest, stage.width * side * side)
+        width = stage.width
+    params += width * num_classes
+    return params, 4 * max(4 * params + 3 * batch_size * values, params + 3 * eval_batch_size * widest)

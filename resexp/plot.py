@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resexp.runs import Run, groups
+from resexp.report import groups
+from resexp.rundir import Run
 
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -24,8 +25,12 @@ def curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
                 by_step.setdefault(row["step"], []).append(row[key])
     steps = np.array(sorted(by_step))
     values = [np.array(by_step[s]) for s in steps]
-    return (steps, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
-            np.array([v.max() for v in values]))  # fmt: skip
+    return (
+        steps,
+        np.array([v.mean() for v in values]),
+        np.array([v.min() for v in values]),
+        np.array([v.max() for v in values]),
+    )
 
 
 def figure(runs: list[Run], title: str):
@@ -38,7 +43,7 @@ def figure(runs: list[Run], title: str):
     depths = sorted({r.depth for r in runs})
     colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
     top = 0.0
-    for ax, mode in zip(axes, ("plain", "residual")):
+    for ax, mode in zip(axes, ("plain", "residual"), strict=True):
         for _, members in sorted(groups([r for r in runs if r.mode == mode]).items(), key=lambda kv: kv[0][3]):
             label = members[0].label + (f" ({len(members)} seeds)" if len(members) > 1 else "")
             for metric, style in (("train/error", dict(lw=1, ls="--")), ("test/error", dict(lw=2.2, ls="-"))):

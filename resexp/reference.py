@@ -2,7 +2,8 @@
 
 Written the way most CIFAR training scripts are (the PyTorch tutorial, kuangliu/pytorch-cifar):
 each image goes through torchvision transforms as a PIL image in DataLoader worker processes
-(RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, mean subtraction), batches are copied
+(torchvision.transforms.v2: RandomCrop(32, padding=4), RandomHorizontalFlip, ToImage, ToDtype, mean
+subtraction), batches are copied
 to the device, and the step runs in fp32, eagerly, reading the loss and the number of errors back
 with .item() after every iteration. Same nets, same SGD, same schedule and the same per-pixel
 mean as `resexp train`; only the data path and the execution differ.
@@ -48,21 +49,35 @@ class PILImages(Dataset):
 
 
 def transforms(mean: torch.Tensor, augment: bool):
-    from torchvision import transforms as T
+    from torchvision.transforms import v2
 
-    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
-    return T.Compose([*steps, T.ToTensor(), PixelMean(mean)])
+    steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if augment else []
+    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), PixelMean(mean)])
 
 
-def loaders(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, batch_size: int,
-            workers: int, seed: int, pin_memory: bool) -> tuple[DataLoader, DataLoader]:  # fmt: skip
+def loaders(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, DataLoader]:
     """Shuffled, augmented training batches (the last partial batch dropped, as in resexp) and
     unaugmented test batches."""
     mean = torch.from_numpy(x_train.mean(0, dtype=np.float64) / 255).float().permute(2, 0, 1)
     g = torch.Generator().manual_seed(seed)
     options = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
-    train = DataLoader(PILImages(x_train, y_train, transforms(mean, True)), batch_size=batch_size, shuffle=True,
-                       drop_last=True, generator=g, **options)  # fmt: skip
+    train = DataLoader(
+        PILImages(x_train, y_train, transforms(mean, True)),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=g,
+        **options,
+    )
     test = DataLoader(PILImages(x_test, y_test, transforms(mean, False)), batch_size=1000, **options)
     return train, test
 
@@ -73,8 +88,9 @@ def batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from loader
 
 
-def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-         device: torch.device) -> tuple[float, int]:  # fmt: skip
+def step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[float, int]:
     """One iteration the common way; returns the batch's loss and number of errors."""
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     optimizer.zero_grad()

@@ -11,9 +11,13 @@ import csv
 import io
 import json
 import math
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
-from resexp.runs import Run, groups, mean_std
+from resexp.rundir import Run
+
+FORMATS = ("markdown", "csv", "json")
 
 # (data, family, mode, depth, shortcut) -> (test error %, source). Plain nets have no printed
 # numbers; the two plain CIFAR values are read off Figure 6.
@@ -33,8 +37,34 @@ PAPER: dict[tuple, tuple[float, str]] = {
     ("imagenet", "imagenet", "residual", 34, "B"): (24.52, "Table 3, top-1 10-crop"),
     ("imagenet", "imagenet", "residual", 34, "C"): (24.19, "Table 3, top-1 10-crop"),
 }
-COLUMNS = ["data", "net", "mode", "depth", "shortcut", "runs", "iterations", "final test error", "best test error",
-           "final train error", "paper test error"]  # fmt: skip
+COLUMNS = [
+    "data",
+    "net",
+    "mode",
+    "depth",
+    "shortcut",
+    "runs",
+    "iterations",
+    "final test error",
+    "best test error",
+    "final train error",
+    "paper test error",
+]
+
+
+def groups(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """Runs that differ only in their seed, by (data, family, mode, depth, shortcut)."""
+    out: dict[tuple, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.group, []).append(run)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def final(run: Run, key: str) -> float:
@@ -53,25 +83,69 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
         data, family, mode, depth, shortcut = key
         ok = [r for r in members if not r.diverged]
         stats = {}
-        for name, fn, metric in (("final_test", final, "test/error"), ("best_test", best, "test/error"),
-                                 ("final_train", final, "train/error")):  # fmt: skip
+        for name, fn, metric in (
+            ("final_test", final, "test/error"),
+            ("best_test", best, "test/error"),
+            ("final_train", final, "train/error"),
+        ):
             stats[name] = mean_std([fn(r, metric) for r in ok if r.rows])
         paper = PAPER.get(key)
-        rows.append({
-            "data": data, "family": family, "mode": mode, "depth": depth, "shortcut": shortcut,
-            "net": members[0].label, "n": len(members), "complete": sum(r.complete for r in members),
-            "diverged": sum(r.diverged for r in members), "seeds": [r.seed for r in members],
-            "iterations": sorted({r.step for r in members}),
-            "final_test_error": stats["final_test"], "best_test_error": stats["best_test"],
-            "final_train_error": stats["final_train"],
-            "paper_test_error": paper[0] if paper else None, "paper_source": paper[1] if paper else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "data": data,
+                "family": family,
+                "mode": mode,
+                "depth": depth,
+                "shortcut": shortcut,
+                "net": members[0].label,
+                "n": len(members),
+                "complete": sum(r.complete for r in members),
+                "diverged": sum(r.diverged for r in members),
+                "seeds": [r.seed for r in members],
+                "iterations": sorted({r.step for r in members}),
+                "final_test_error": stats["final_test"],
+                "best_test_error": stats["best_test"],
+                "final_train_error": stats["final_train"],
+                "paper_test_error": paper[0] if paper else None,
+                "paper_source": paper[1] if paper else None,
+            }
+        )
     return rows
 
 
+@dataclass
+class Gap:
+    """How much higher net a's final training error is than net b's (negative: lower), in points,
+    and the seeds' noise: twice the larger of the two standard deviations."""
+
+    a: str
+    b: str
+    points: float
+    noise: float
+
+    @property
+    def within_noise(self) -> bool:
+        return self.noise > 0 and abs(self.points) <= self.noise
+
+    def __str__(self) -> str:
+        word = "above" if self.points > 0 else "below"
+        text = f"{self.a} training error {word} {self.b} by {abs(self.points):.2f} points"
+        return text + (f" (within seed noise, 2 std = {self.noise:.2f})" if self.within_noise else "")
+
+
+def gap(a: dict[str, Any], b: dict[str, Any]) -> Gap:
+    (ma, sa), (mb, sb) = a["final_train_error"], b["final_train_error"]
+    return Gap(name(a), name(b), ma - mb, 2 * max(sa, sb))
+
+
+def name(row: dict[str, Any]) -> str:
+    return f"{row['mode']}-{row['depth']}"
+
+
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """Per data set and family: does depth hurt the plain nets' training error and help the
-    residual nets'? Differences smaller than twice the larger seed std are called noise."""
+    """Per data set and family: does depth hurt the plain nets' training error (the degradation
+    problem: reproduced when the deepest plain net trains worse than the shallowest by more than
+    the seeds' noise) and help the residual nets'?"""
     lines = []
     for data, family in sorted({(r["data"], r["family"]) for r in rows}):
         mine = [r for r in rows if r["data"] == data and r["family"] == family and r["n"] > r["diverged"]]
@@ -81,29 +155,18 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{data}/{family}: no verdict: needs plain nets of two depths (found {sorted(plain)})")
             continue
         low, high = min(plain), max(plain)
-        parts = [compare(plain[high], plain[low], f"plain-{high}", f"plain-{low}", degrade=True)]
+        degradation = gap(plain[high], plain[low])
+        gaps = [degradation]
         if low in residual and high in residual:
-            parts.append(compare(residual[high], residual[low], f"residual-{high}", f"residual-{low}", degrade=False))
+            gaps.append(gap(residual[high], residual[low]))
         if high in residual:
-            parts.append(compare(residual[high], plain[high], f"residual-{high}", f"plain-{high}", degrade=False))
-        reproduced = parts[0].startswith("plain-") and " above " in parts[0] and "noise" not in parts[0]
-        head = "degradation reproduced" if reproduced else "degradation NOT reproduced"
+            gaps.append(gap(residual[high], plain[high]))
+        reproduced = degradation.points > 0 and not degradation.within_noise
         partial = sum(r["n"] - r["complete"] - r["diverged"] for r in mine)
         note = f" [partial: {partial} run(s) incomplete]" if partial else ""
-        lines.append(f"{data}/{family}: {head}: " + "; ".join(parts) + note)
+        head = "degradation reproduced" if reproduced else "degradation NOT reproduced"
+        lines.append(f"{data}/{family}: {head}: " + "; ".join(map(str, gaps)) + note)
     return lines
-
-
-def compare(a: dict, b: dict, name_a: str, name_b: str, degrade: bool) -> str:
-    """'<a> training error above/below <b> by X points', flagged when within seed noise."""
-    (ma, sa), (mb, sb) = a["final_train_error"], b["final_train_error"]
-    diff = ma - mb
-    word = "above" if diff > 0 else "below"
-    text = f"{name_a} training error {word} {name_b} by {abs(diff):.2f} points"
-    noise = 2 * max(sa, sb)
-    if noise > 0 and abs(diff) <= noise:
-        text += f" (within seed noise, 2 std = {noise:.2f})"
-    return text
 
 
 def fmt(ms: tuple[float, float], n: int) -> str:
@@ -118,23 +181,38 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     for r in rows:
         n_ok = r["n"] - r["diverged"]
         runs = f"{r['complete']}/{r['n']} complete" + (f", {r['diverged']} diverged" if r["diverged"] else "")
-        steps = "-".join(str(s) for s in (r["iterations"][0], r["iterations"][-1])) if len(r["iterations"]) > 1 \
-            else str(r["iterations"][0])  # fmt: skip
+        steps = (
+            "-".join(str(s) for s in (r["iterations"][0], r["iterations"][-1]))
+            if len(r["iterations"]) > 1
+            else str(r["iterations"][0])
+        )
         paper = "-" if r["paper_test_error"] is None else f"{r['paper_test_error']:.2f} ({r['paper_source']})"
-        out.append([r["data"], r["net"], r["mode"], str(r["depth"]), r["shortcut"], runs, steps,
-                    fmt(r["final_test_error"], n_ok), fmt(r["best_test_error"], n_ok),
-                    fmt(r["final_train_error"], n_ok), paper])  # fmt: skip
+        out.append(
+            [
+                r["data"],
+                r["net"],
+                r["mode"],
+                str(r["depth"]),
+                r["shortcut"],
+                runs,
+                steps,
+                fmt(r["final_test_error"], n_ok),
+                fmt(r["best_test_error"], n_ok),
+                fmt(r["final_train_error"], n_ok),
+                paper,
+            ]
+        )
     return out
 
 
 def render(runs: list[Run], form: str = "markdown") -> str:
+    """The report in one of FORMATS."""
     rows = summarise(runs)
     lines = verdicts(rows)
     problems = [f"{r.path}: {r.state}" for r in runs if not r.complete]
     if form == "json":
         clean = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows]
-        return json.dumps({"rows": clean, "verdicts": lines, "not_complete": problems}, indent=1,
-                          allow_nan=True)  # fmt: skip
+        return json.dumps({"rows": clean, "verdicts": lines, "not_complete": problems}, indent=1, allow_nan=True)
     if form == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)

@@ -1,6 +1,7 @@
 """Learning-rate schedules counted in iterations (He et al. 2015).
 
-- multistep (Sec. 4.2, CIFAR): lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k.
+- multistep (Sec. 4.2, CIFAR): lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k
+  (by default at 50% and 75% of any other length).
 - plateau (Sec. 3.4, ImageNet): divided by 10 when the error plateaus, down to a floor.
 - warm-up (Sec. 4.2, ResNet-110): lr 0.01 "until the training error is below 80% (about 400
   iterations), and then go back to 0.1". Checked at each evaluation (by default once per epoch,
@@ -15,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Any
 
-from resexp.config import ScheduleConfig, _value
+from resexp.config import ScheduleConfig, ScheduleName, milestones_of
 
 
 class Schedule:
@@ -23,8 +24,8 @@ class Schedule:
 
     def __init__(self, base_lr: float, cfg: ScheduleConfig) -> None:
         self.base_lr = base_lr
-        self.kind = _value(cfg.name)
-        self.milestones = list(cfg.milestones) if self.kind == "multistep" else []
+        self.kind = cfg.name
+        self.milestones = milestones_of(cfg)
         self.gamma = cfg.gamma
         self.iterations = cfg.iterations
         self.monitor, self.patience, self.min_delta, self.min_lr = cfg.monitor, cfg.patience, cfg.min_delta, cfg.min_lr
@@ -39,7 +40,7 @@ class Schedule:
         """The learning rate of iteration `step` (0-based)."""
         if self.warming_up:
             return self.warmup_lr  # type: ignore[return-value]
-        if self.kind == "multistep":
+        if self.kind == ScheduleName.multistep:
             return self.base_lr * self.gamma ** bisect_right(self.milestones, step)
         return self.plateau_lr
 
@@ -47,7 +48,7 @@ class Schedule:
         """Hear one evaluation's metrics (errors in %)."""
         if self.warming_up and metrics["train/error"] < self.warmup_until_error:
             self.warming_up = False
-        if self.kind != "plateau" or self.warming_up:
+        if self.kind != ScheduleName.plateau or self.warming_up:
             return
         value = metrics[self.monitor]
         if value < self.best - self.min_delta:
@@ -60,8 +61,12 @@ class Schedule:
             self.best = value  # measure the next plateau from here
 
     def state_dict(self) -> dict[str, Any]:
-        return {"warming_up": self.warming_up, "plateau_lr": self.plateau_lr, "best": self.best,
-                "bad_evaluations": self.bad_evaluations}  # fmt: skip
+        return {
+            "warming_up": self.warming_up,
+            "plateau_lr": self.plateau_lr,
+            "best": self.best,
+            "bad_evaluations": self.bad_evaluations,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.warming_up = state["warming_up"]

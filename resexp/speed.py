@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from resexp.config import CompileMode, ConfigError, Precision, SpeedConfig, _value
+from resexp.config import CompileMode, Precision, SpeedConfig
+from resexp.errors import ConfigError
 
 # What `compile: auto` means on CUDA. Measured on an H100 (benchmarks/NOTES.md): compile=default
 # makes a ResNet-56 iteration 1.2 ms faster but costs ~50 s per run, won back only after ~40k
 # iterations, so it is left to the user.
-AUTO_COMPILE_CUDA = "off"
-GRAPHING_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs themselves
+AUTO_COMPILE_CUDA = CompileMode.off
+GRAPHING_MODES = (CompileMode.reduce_overhead, CompileMode.max_autotune)  # modes that record CUDA graphs themselves
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Speed:
 
     precision: str = "fp32"  # fp32 | bf16
     channels_last: bool = False
-    compile: str = "off"  # off | a torch.compile mode
+    compile: str = "off"  # off | a CompileMode (torch spells it with '-': reduce-overhead)
     fused_optimizer: bool = False
     cuda_graph: bool = False
     cudnn_benchmark: bool = False
@@ -63,7 +64,7 @@ class Speed:
         """The callable that runs training forwards: the compiled model, or the model itself."""
         if self.compile == "off":
             return model
-        return torch.compile(model, mode=None if self.compile == "default" else self.compile)
+        return torch.compile(model, mode=None if self.compile == "default" else self.compile.replace("_", "-"))
 
     def forward(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits (fp32) of a batch: the input in the step's memory format, under autocast."""
@@ -84,36 +85,21 @@ EAGER = Speed()  # fp32, eager, contiguous: the reference behaviour, and everyth
 def resolve(cfg: SpeedConfig, device: torch.device) -> Speed:
     """Turn `auto`/null into the per-device defaults."""
     cuda = device.type == "cuda"
-    precision = _value(cfg.precision)
-    if precision == "auto":
-        precision = "bf16" if cuda else "fp32"
-    mode = _value(cfg.compile)
-    if mode == "auto":
-        mode = AUTO_COMPILE_CUDA if cuda else "off"
+    precision = cfg.precision
+    if precision == Precision.auto:
+        precision = Precision.bf16 if cuda else Precision.fp32
+    mode = cfg.compile
+    if mode == CompileMode.auto:
+        mode = AUTO_COMPILE_CUDA if cuda else CompileMode.off
     channels_last = cuda if cfg.channels_last is None else cfg.channels_last
     fused = cuda if cfg.fused_optimizer is None else cfg.fused_optimizer
     graph = cuda and mode not in GRAPHING_MODES if cfg.cuda_graph is None else cfg.cuda_graph
     if graph and not cuda:
         raise ConfigError(f"speed.cuda_graph=true needs a CUDA device, not {device}")
     if graph and mode in GRAPHING_MODES:
-        raise ConfigError(f"speed.cuda_graph=true cannot be combined with speed.compile={mode}, which records "
-                          "CUDA graphs of its own: use one of the two")  # fmt: skip
+        raise ConfigError(
+            f"speed.cuda_graph=true cannot be combined with speed.compile={mode}, which records "
+            "CUDA graphs of its own: use one of the two"
+        )
     benchmark = cuda if cfg.cudnn_benchmark is None else cfg.cudnn_benchmark
-    return Speed(precision, channels_last, mode, fused, graph, benchmark, device.type)
-
-
-def choice(enum: type, text: str) -> Any:
-    """An enum member by value or by name (reduce-overhead or reduce_overhead)."""
-    for member in enum:
-        if text in (member.value, member.name):
-            return member
-    raise ValueError(f"{text!r} is not one of {', '.join(m.value for m in enum)}")
-
-
-def speed_from(precision: str = "auto", channels_last: bool | None = None, compile: str = "auto",
-               fused_optimizer: bool | None = None, cuda_graph: bool | None = None,
-               cudnn_benchmark: bool | None = None, device: torch.device | None = None) -> Speed:  # fmt: skip
-    """`resolve` for callers without a config (the bench)."""
-    cfg = SpeedConfig(choice(Precision, precision), channels_last, choice(CompileMode, compile), fused_optimizer,
-                      cuda_graph, cudnn_benchmark)  # fmt: skip
-    return resolve(cfg, device or torch.device("cpu"))
+    return Speed(str(precision), channels_last, str(mode), fused, graph, benchmark, device.type)

@@ -7,8 +7,9 @@ Two ways to run it, one interface (`step(x, y, lr)`), so the loop does not care 
   launches, not the GPU, set the pace (about 26 ms per iteration on an H100, benchmarks/NOTES.md).
   The graph reads the batch from fixed buffers, so each iteration copies its batch in and
   replays. The learning rate is a constant inside the graph: when the schedule changes it (twice
-  in the paper's schedule), or the batch shape changes, the graph is recorded again. The first iterations run eagerly on a
-  side stream, as CUDA graph capture requires (cuDNN autotuning, lazy state, compilation).
+  in the paper's schedule), or the batch shape changes, the graph is recorded again. The first
+  iterations run eagerly on a side stream, as CUDA graph capture requires (cuDNN autotuning,
+  lazy state, compilation).
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class Running:
         self.count += len(labels)
 
     def summary(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/loss": self.loss.item() / self.count, f"{prefix}/error": 100.0 * self.errors.item() / self.count}
+        return {
+            f"{prefix}/loss": self.loss.item() / self.count,
+            f"{prefix}/error": 100.0 * self.errors.item() / self.count,
+        }
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -61,8 +65,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def forward_backward_update(net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                            speed: Speed) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def forward_backward_update(
+    net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, speed: Speed
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = speed.forward(net, x)
     loss = F.cross_entropy(logits, y)
     loss.backward()
@@ -70,8 +75,9 @@ def forward_backward_update(net: Any, optimizer: torch.optim.Optimizer, x: torch
     return loss, logits
 
 
-def train_step(net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, running: Running,
-               speed: Speed = EAGER) -> None:  # fmt: skip
+def train_step(
+    net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, running: Running, speed: Speed = EAGER
+) -> None:
     """One eager SGD iteration on a batch; `net` is the model or its compiled form."""
     optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_backward_update(net, optimizer, x, y, speed)
@@ -125,8 +131,7 @@ class GraphedStep(EagerStep):
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss, logits = forward_backward_update(self.net, self.optimizer, self.static_x, self.static_y,
-                                                   self.speed)  # fmt: skip
+            loss, logits = forward_backward_update(self.net, self.optimizer, self.static_x, self.static_y, self.speed)
             self.running.accumulate(loss, logits, self.static_y)
         self.graph, self.graph_lr = graph, lr
 

@@ -1,15 +1,19 @@
 """The training loop: SGD on a plain or residual net, evaluating every `eval_every` iterations.
 
-`run` assembles the pieces from a config (data, model, optimizer, schedule, recorder) and
-resumes from the run directory's checkpoint when there is one; `train` is the loop itself, a few
-plain functions that receive objects, not the config. Training error is the running error of
+A run has two phases. Starting (`check`, `start`) reads and checks everything it will need (the
+config, the device, the run directory, the dataset, the checkpoint to resume) and writes nothing,
+so a mistake found there leaves no trace. Training (`train_run`, around `train`) writes the run
+directory; a failure there leaves the run resumable from its last checkpoint. `train` itself is a
+few plain functions that receive objects, not the config. Training error is the running error of
 the augmented mini-batches since the last evaluation, as in the paper's curves; test error is
 measured on the whole evaluation set with the net in eval mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import signal
 import threading
@@ -25,14 +29,18 @@ from rich.console import Console
 from torch import nn
 
 from resexp import checkpoint
-from resexp.config import Config, ConfigError, _value, validate
-from resexp.data import Data, build_data
-from resexp.models import build_net
-from resexp.recorder import Recorder, environment, read_metrics
-from resexp.rundir import check_run_dir, config_yaml, model_fields
+from resexp.checkpoint import Checkpointer, TrainState
+from resexp.config import Config, DataName, validate
+from resexp.data import Data, DataSource, EvalStream, build_data, endless, source
+from resexp.errors import ConfigError, Reported, RunDirError, one_line
+from resexp.models import build_net, training_memory
+from resexp.recorder import Recorder, environment
+from resexp.rundir import RunDir
 from resexp.schedule import Schedule
 from resexp.speed import EAGER, Speed, resolve
 from resexp.step import Running, make_step
+
+DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 class Diverged(RuntimeError):
@@ -40,27 +48,48 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved. A BaseException, so that it ends a
-    whole sweep instead of one run of it."""
+    """SIGINT or SIGTERM arrived during training and a checkpoint was saved. A BaseException, so
+    that it ends a whole sweep instead of one run of it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+class Aborted(Interrupted):
+    """A signal before training started (nothing was written), or a second one during training
+    (no time to save)."""
+
+    def __init__(self, signum: int, started: bool) -> None:
+        super().__init__(signum)
+        self.started = started
+
+
+class TrainingFailed(Reported):
+    """An error after training started; the run directory is left resumable."""
+
+    def __init__(self, run_dir: Path, step: int, cause: BaseException) -> None:
+        super().__init__(
+            f"{one_line(cause)} (at iteration {step}; {run_dir} keeps its last checkpoint: "
+            "run the same command again to resume)"
+        )
+
+
 class StopSignals:
-    """Turns the first SIGINT/SIGTERM into a flag the loop reads between iterations (so the run
-    can save and exit cleanly); a second one aborts at once."""
+    """SIGINT and SIGTERM. Before training starts a signal stops the run at once: nothing has been
+    written. Once `started` is set, the first one becomes a flag the loop reads between
+    iterations, so that the run saves a checkpoint and exits; a second one aborts at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.started = False
         self.previous: dict[int, Any] = {}
 
     def handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # the second signal: stop now, no checkpoint
+        if not self.started or self.received is not None:
+            raise Aborted(signum, self.started)
         self.received = signum
 
     def __enter__(self) -> StopSignals:
@@ -74,22 +103,28 @@ class StopSignals:
 
 
 @dataclass
-class TrainState:
-    step: int = 0  # iterations done
-    time: float = 0.0  # seconds spent training and evaluating, summed over resumes
-    running: dict[str, Any] | None = None  # training loss/error sums since the last evaluation
+class Parts:
+    """What one run trains with."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    data: Data
+    speed: Speed
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The only function that turns config into a model."""
     m = cfg.model
-    return build_net(_value(m.family), m.depth, _value(m.mode), _value(m.shortcut), num_classes)
+    return build_net(m.family, m.depth, m.mode, m.shortcut, num_classes)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                   speed: Speed = EAGER) -> torch.optim.Optimizer:  # fmt: skip
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           **speed.optimizer_options())  # fmt: skip
+def make_optimizer(
+    model: nn.Module, lr: float, momentum: float, weight_decay: float, speed: Speed = EAGER
+) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, **speed.optimizer_options()
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -98,10 +133,55 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} asked for, but no CUDA device is available: use device=cpu or auto")
+        raise ConfigError(f"device={name!r} is not a device: use {DEVICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not supported: use {DEVICES}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name} asked for, but no CUDA device is available: use device=cpu or auto")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device={name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device
+
+
+def device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse a net that cannot be trained in the device's memory, before any module is built
+    (a depth of 10^9 is a valid 6n+2 and would otherwise hang while building)."""
+    m, d = cfg.model, cfg.data
+    if d.name == DataName.synthetic:
+        size, classes = d.image_size, d.num_classes
+    else:
+        size, classes = (d.crop_size, 1000) if d.name == DataName.imagenet else (32, 100)
+    crops = 10 if d.name == DataName.imagenet and d.ten_crop else 1
+    params, needed = training_memory(m.family, m.depth, d.batch_size, size, classes, d.eval_batch_size * crops)
+    if d.name == DataName.synthetic:
+        needed += (d.train_size + d.test_size) * size * size * 3
+    available = device_memory(device)
+    if needed > available:
+        raise ConfigError(
+            f"model.depth={m.depth} at data.batch_size={d.batch_size} on {size}x{size} images needs about "
+            f"{needed / 2**30:,.1f} GiB to train ({params / 1e6:,.2f}M parameters), more than the "
+            f"{available / 2**30:,.1f} GiB of {device}: use a smaller depth or batch size"
+        )
+
+
+def check(cfg: Config) -> tuple[torch.device, Speed]:
+    """Everything that can be known wrong about a config before any data is read or any file
+    written; the CLI runs it for every job of a sweep before the first one trains."""
+    validate(cfg)
+    if cfg.resume is not None and not Path(cfg.resume).expanduser().is_file():
+        raise ConfigError(f"resume={cfg.resume} is not a file (resume= takes a checkpoint, e.g. runs/.../last.pt)")
+    device = pick_device(cfg.device)
+    speed = resolve(cfg.speed, device)
+    check_memory(cfg, device)
+    return device, speed
 
 
 def seed_everything(seed: int) -> None:
@@ -111,7 +191,7 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, prefix: str, speed: Speed = EAGER) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: EvalStream, prefix: str, speed: Speed = EAGER) -> dict[str, float]:
     """Loss and error (%) over a whole evaluation set. 5-d batches (B, crops, C, H, W) are
     multi-crop: the crops' softmax outputs are averaged."""
     model.eval()
@@ -130,122 +210,157 @@ def evaluate(model: nn.Module, batches, prefix: str, speed: Speed = EAGER) -> di
     return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 
-def train(model: nn.Module, data: Data, optimizer: torch.optim.Optimizer, schedule: Schedule, recorder: Recorder,
-          state: TrainState, iterations: int, eval_every: int, save, stop: StopSignals,
-          speed: Speed = EAGER) -> TrainState:  # fmt: skip
-    """Run SGD from `state.step` to `iterations`; evaluate, record and checkpoint every
+def train(
+    parts: Parts, state: TrainState, eval_every: int, recorder: Recorder, checkpoints: Checkpointer, stop: StopSignals
+) -> TrainState:
+    """Run SGD from `state.step` to the schedule's end; evaluate, record and checkpoint every
     `eval_every` iterations and at the end. Raises Diverged on a non-finite training loss, and
     Interrupted (after a checkpoint) when `stop` has received a signal."""
-    per_epoch = len(data.train)
-    device = next(model.parameters()).device
-    running = Running(device)
+    iterations, per_epoch = parts.schedule.iterations, len(parts.data.train)
+    running = Running(next(parts.model.parameters()).device)
     if state.running:
         running.load_state_dict(state.running)
-    step = make_step(model, optimizer, running, speed)
-    model.train()
+    step = make_step(parts.model, parts.optimizer, running, parts.speed)
+    parts.model.train()
     started = time.perf_counter() - state.time
-    while state.step < iterations:
-        epoch, start = divmod(state.step, per_epoch)
-        for x, y in data.train.batches(epoch, start):
-            lr = schedule.lr(state.step)
-            step(x, y, lr)
-            state.step += 1
-            recorder.iteration()
-            if stop.received is not None and state.step % eval_every and state.step < iterations:
-                state.time, state.running = time.perf_counter() - started, running.state_dict()
-                save(state)
-                raise Interrupted(stop.received)
-            if state.step % eval_every == 0 or state.step == iterations:
-                metrics = {"step": state.step, "epoch": state.step / per_epoch, "lr": lr, **running.summary("train")}
-                running.reset()
-                if not math.isfinite(metrics["train/loss"]):
-                    state.time = time.perf_counter() - started
-                    recorder.evaluation({**metrics, "time": state.time, "diverged": True})
-                    raise Diverged(f"training loss is {metrics['train/loss']} at iteration {state.step}")
-                for name, batches in data.evals.items():
-                    metrics.update(evaluate(model, batches, name, speed))
-                schedule.observe(metrics)
+    for x, y in endless(parts.data.train, state.step):
+        lr = parts.schedule.lr(state.step)
+        step(x, y, lr)
+        state.step += 1
+        recorder.iteration()
+        evaluating = state.step % eval_every == 0 or state.step == iterations
+        if evaluating:
+            metrics = {"step": state.step, "epoch": state.step / per_epoch, "lr": lr, **running.summary("train")}
+            running.reset()
+            if not math.isfinite(metrics["train/loss"]):
                 state.time = time.perf_counter() - started
-                metrics["time"] = round(state.time, 3)
-                recorder.evaluation(metrics)
-                state.running = running.state_dict()
-                save(state)
-                if stop.received is not None and state.step < iterations:
-                    raise Interrupted(stop.received)
-            if state.step >= iterations:
-                break
-    return state
+                recorder.evaluation({**metrics, "time": state.time, "diverged": True})
+                raise Diverged(f"training loss is {metrics['train/loss']} at iteration {state.step}")
+            for name, batches in parts.data.evals.items():
+                metrics.update(evaluate(parts.model, batches, name, parts.speed))
+            parts.schedule.observe(metrics)
+            state.time = time.perf_counter() - started
+            recorder.evaluation({**metrics, "time": round(state.time, 3)})
+        if evaluating or (stop.received is not None and state.step < iterations):
+            state.time, state.running = time.perf_counter() - started, running.state_dict()
+            checkpoints.save(state)
+        if state.step == iterations:
+            return state
+        if stop.received is not None:
+            raise Interrupted(stop.received)
+    raise AssertionError("endless() ended")
 
 
-def hparams(cfg: Config) -> dict[str, Any]:
-    """What TensorBoard's HParams tab shows per run."""
-    m = cfg.model
-    return {"data": _value(cfg.data.name), "family": _value(m.family), "depth": m.depth, "mode": _value(m.mode),
-            "shortcut": _value(m.shortcut), "seed": cfg.seed, "lr": cfg.optim.lr, "batch_size": cfg.data.batch_size,
-            "iterations": cfg.schedule.iterations}  # fmt: skip
+def admit(cfg: Config, run: RunDir, data_source: DataSource) -> str | None:
+    """Refuse a run directory that holds a run of another config or of other data (a run is
+    never overwritten); return the status of the run already there, if any."""
+    changes = run.config_changes(cfg)
+    if changes:
+        raise RunDirError(
+            f"{run.path} already holds a run with another config ({'; '.join(changes)}); it is never "
+            "overwritten: set name=... (or hydra.run.dir=...) to start a separate run"
+        )
+    change = run.data_change(data_source.identity())
+    if change:
+        raise RunDirError(
+            f"{run.path} holds a run of other data: {change}; set name=... to train on this data separately"
+        )
+    return run.status().get("status")
 
 
-def restore(saved: dict[str, Any], cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: Schedule, source: str) -> TrainState:  # fmt: skip
-    if saved["model_fields"] != model_fields(cfg):
-        theirs, ours = saved["model_fields"], model_fields(cfg)
-        diff = "; ".join(f"{k}: {theirs.get(k)} vs {ours.get(k)}" for k in ours if theirs.get(k) != ours.get(k))
-        raise ConfigError(f"the checkpoint {source} was made for another model ({diff})")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    schedule.load_state_dict(saved["schedule"])
-    checkpoint.restore_rng_states(saved["rng"])
-    return TrainState(step=saved["step"], time=saved["time"], running=saved["running"])
+@dataclass
+class Start:
+    """A run checked and assembled, with nothing written yet."""
+
+    parts: Parts
+    state: TrainState
+    checkpoints: Checkpointer
+    rows: list[dict[str, Any]]
+    data: DataSource
 
 
-def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
-    """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns
-    the last evaluation's metrics."""
-    console = console or Console(stderr=True)
-    validate(cfg)
-    device = pick_device(cfg.device)
-    speed = resolve(cfg.speed, device)  # before any data is read: bad combinations fail at once
-    with checkpoint.RunLock(run_dir):
-        if check_run_dir(run_dir, cfg, console):
-            train_run(cfg, run_dir, device, speed, console)
-    rows = read_metrics(run_dir)
-    return rows[-1] if rows else {}
-
-
-def train_run(cfg: Config, run_dir: Path, device: torch.device, speed: Speed, console: Console) -> None:
+def start(
+    cfg: Config, run: RunDir, data_source: DataSource, device: torch.device, speed: Speed, console: Console
+) -> Start | None:
+    """Read and check everything the run needs, writing nothing; None when there is nothing to do
+    (the run is complete or diverged already)."""
+    warn = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    status = admit(cfg, run, data_source)
+    if status in ("complete", "diverged"):
+        warn(
+            f"{run.path} is {status} already; skipping it"
+            + (" (delete the folder to try again)" * (status == "diverged"))
+        )
+        return None
+    rows = run.metrics(warn, repair=True)
+    saved, origin = checkpoint.load_latest(run, warn), str(run.path)
+    if saved is not None and cfg.resume:
+        warn(
+            f"{run.path} has a checkpoint of its own (iteration {saved['step']}): resuming from it, not from "
+            f"resume={cfg.resume}"
+        )
+    elif saved is None and cfg.resume:
+        saved, origin = checkpoint.load_file(Path(cfg.resume).expanduser()), cfg.resume
+    elif saved is None and rows:
+        raise RunDirError(
+            f"{run.path} has metrics up to iteration {rows[-1]['step']} but no checkpoint to resume "
+            f"from ({checkpoint.LAST} and {checkpoint.PREVIOUS} are gone): delete the folder to "
+            "train it again from the start"
+        )
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed, device)
     model = speed.place(build_model(cfg, data.num_classes).to(device))
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
-    state = TrainState()
-    warn = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
-    saved = checkpoint.load_file(Path(cfg.resume)) if cfg.resume else checkpoint.load_latest(run_dir, warn)
-    if saved is not None:
-        state = restore(saved, cfg, model, optimizer, schedule, cfg.resume or str(run_dir))
+    checkpoints = Checkpointer(run, cfg, model, optimizer, schedule)
+    state = TrainState() if saved is None else checkpoints.restore(saved, origin)
+    return Start(Parts(model, optimizer, schedule, data, speed), state, checkpoints, rows, data_source)
 
-    def save(state: TrainState) -> None:
-        checkpoint.save(run_dir, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "step": state.step, "time": state.time, "running": state.running, "config": config_yaml(cfg),
-            "model_fields": model_fields(cfg),
-        })  # fmt: skip
 
-    iterations = cfg.schedule.iterations
-    eval_every = cfg.eval_every or len(data.train)
-    with Recorder(run_dir, iterations, state.step, console) as recorder, StopSignals() as stop:
-        if state.step:
-            recorder.message(f"resuming {run_dir} from iteration {state.step}")
-        recorder.describe(config_yaml(cfg), {**environment(device), "speed": speed.describe()}, hparams(cfg))
-        recorder.status("running", state.step)
+def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns the
+    last evaluation's metrics. Errors before training are UserErrors (nothing written); errors
+    during training are TrainingFailed (the run stays resumable)."""
+    console = console or Console(stderr=True)
+    device, speed = check(cfg)
+    folder = RunDir(run_dir)
+    with StopSignals() as stop, folder.lock():
+        began = start(cfg, folder, source(cfg.data), device, speed, console)
+        if began is not None:
+            stop.started = True
+            train_run(cfg, folder, began, device, console, stop)
+        rows = folder.metrics()
+    return rows[-1] if rows else {}
+
+
+def train_run(
+    cfg: Config, run: RunDir, began: Start, device: torch.device, console: Console, stop: StopSignals
+) -> None:
+    state, iterations = began.state, cfg.schedule.iterations
+    eval_every = cfg.eval_every or len(began.parts.data.train)
+    with Recorder(run, iterations, state.step, began.rows, console) as recorder:
         try:
-            train(model, data, optimizer, schedule, recorder, state, iterations, eval_every, save, stop, speed)
+            if state.step:
+                recorder.message(f"resuming {run.path} from iteration {state.step}")
+            recorder.describe(
+                cfg, began.data.identity(), {**environment(device), "speed": began.parts.speed.describe()}
+            )
+            recorder.status("running", state.step)
+            train(began.parts, state, eval_every, recorder, began.checkpoints, stop)
         except Diverged as e:
             recorder.status("diverged", state.step, reason=str(e))
             raise
+        except Aborted as e:
+            recorder.status("interrupted", state.step, signal=str(e), saved=False)
+            raise
         except Interrupted as e:
             recorder.status("interrupted", state.step, signal=str(e))
-            recorder.message(f"{e} at iteration {state.step}: checkpoint saved in {run_dir}; "
-                             "run the same command again to resume")  # fmt: skip
+            recorder.message(
+                f"{e} at iteration {state.step}: checkpoint saved in {run.path}; run the same command again to resume"
+            )
             raise
+        except Exception as e:
+            with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
+                recorder.status("failed", state.step, reason=one_line(e))
+            raise TrainingFailed(run.path, state.step, e) from e
         recorder.status("complete", state.step, time=round(state.time, 3))

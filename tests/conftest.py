@@ -1,40 +1,114 @@
-"""Shared helpers: the real configs composed in-process, and the real CLI in a subprocess."""
+"""Shared helpers: the CLI driven in-process (the same entry point as the shell's `resexp`), the
+real CLI in a subprocess for the tests where the process boundary is the point, and tiny runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from typer.testing import CliRunner
 
-from resexp.config import CONFIG_DIR, register, register_resolvers
+from resexp.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 CIFAR_NPZ = SHARED_DATA / "cifar10.npz"
-# A run that takes a couple of seconds on a CPU: a tiny CIFAR-style net on the synthetic set.
-TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.depth=8",
-        "schedule.iterations=16", "schedule.milestones=[8]", "eval_every=8", "device=cpu"]
+# A run that takes about a second on a CPU: a tiny CIFAR-style net on the synthetic set.
+TINY = [
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=64",
+    "model.depth=8",
+    "schedule.iterations=16",
+    "eval_every=8",
+    "device=cpu",
+]
+TINY_DIR = "runs/default/synthetic/residual-8A_s0"
 
-register()
-register_resolvers()
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        """stderr's non-empty lines."""
+        return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def compose_config(overrides: list[str] | None = None):
-    """The composed config of `resexp train OVERRIDES`, without the hydra node."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides or [])
+def resexp(*args: str, cwd: Path) -> Outcome:
+    """`resexp ARGS` run in-process in `cwd`, as the shell would run it."""
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner(env={"COLUMNS": "200", "HYDRA_FULL_ERROR": None}).invoke(
+            app, list(args), catch_exceptions=False
+        )
+    finally:
+        os.chdir(previous)
+    return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
-def resexp(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI, as a user would, in `cwd`."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "resexp.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+def resexp_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in its own process (`python -m resexp`), for what only a process shows."""
+    return subprocess.run(
+        [sys.executable, "-m", "resexp", *args],
+        cwd=cwd,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def process_env() -> dict[str, str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_time(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in metrics]
+
+
+def leftovers(cwd: Path) -> list[str]:
+    """Every file and folder a command left under cwd (outside the inputs a test put there)."""
+    return sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if not p.name.endswith(".npz"))
+
+
+def write_npz(path: Path, n_train: int = 64, n_test: int = 32, classes: int = 10, **overrides) -> Path:
+    """A small CIFAR-shaped .npz (uint8 32x32 RGB, every class present)."""
+    rng = np.random.default_rng(0)
+    arrays = dict(
+        x_train=rng.integers(0, 255, (n_train, 32, 32, 3), dtype=np.uint8),
+        y_train=np.arange(n_train) % classes,
+        x_test=rng.integers(0, 255, (n_test, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(n_test) % classes,
+    )
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, Outcome]:
+    """One finished TINY run (in-process), for the tests that only read what it wrote."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    outcome = resexp("train", *TINY, cwd=cwd)
+    assert outcome.code == 0, outcome.stderr
+    return cwd / TINY_DIR, outcome
 
 
 @pytest.fixture

@@ -1,36 +1,114 @@
-"""The command line: help texts and `resexp models`."""
+"""The command line: help texts, `resexp models`, and the error boundary: every mistake one line,
+exit status 1, nothing on disk; library errors turned into that line by type, not by text."""
 
 import json
 
-from conftest import resexp
+import pytest
+
+from conftest import TINY, leftovers, resexp, resexp_process
 
 
 def test_models_json_lists_the_variants_with_parameters_and_multiply_adds(tmp_path):
     result = resexp("models", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     rows = json.loads(result.stdout)
     assert all(set(r) == {"family", "depth", "mode", "shortcut", "params", "macs"} for r in rows)
     by_key = {(r["family"], r["depth"], r["mode"], r["shortcut"]): r for r in rows}
     assert by_key[("cifar", 56, "residual", "A")]["params"] == 853018
     assert by_key[("cifar", 56, "plain", "-")]["params"] == 853018
+    assert by_key[("cifar", 20, "residual", "A")]["macs"] == 40551040
     assert by_key[("imagenet", 34, "residual", "B")]["params"] == 21797672
     assert len(rows) == 6 * 4 + 5 * 4
-
-
-def test_models_table_and_help_texts(tmp_path):
     table = resexp("models", cwd=tmp_path)
-    assert table.returncode == 0 and "0.270M" in table.stdout and "imagenet" in table.stdout
+    assert table.code == 0 and "0.270M" in table.stdout and "11.28G" in table.stdout
+
+
+def test_help_texts(tmp_path):
     top = resexp("--help", cwd=tmp_path)
-    assert top.returncode == 0 and "train" in top.stdout and "models" in top.stdout
+    assert top.code == 0 and all(c in top.stdout for c in ("train", "models", "plot", "report", "bench"))
     train = resexp("train", "--help", cwd=tmp_path)
-    assert train.returncode == 0 and "--multirun" in train.stdout and "model.depth=56" in train.stdout
-
-
-def test_bench_and_plot_help_show_their_device_dependent_defaults(tmp_path):
-    """Defaults written as text (not values) are shown, not swallowed as rich markup."""
+    assert train.code == 0 and "--multirun" in train.stdout and "model.depth=56" in train.stdout
     bench = resexp("bench", "--help", cwd=tmp_path)
-    assert bench.returncode == 0
-    for default in ("300 on CUDA, 10 on CPU", "50 on CUDA, 2 on CPU", "min(8, cores)", "on for CUDA"):
-        assert default in bench.stdout, default
+    for default in ("300 on CUDA, 10 on CPU", "50 on CUDA, 2 on CPU", "min(8, cores)", "speed.precision=fp32"):
+        assert default in bench.stdout, default  # written as text, not eaten as rich markup
     plot = resexp("plot", "--help", cwd=tmp_path)
-    assert plot.returncode == 0 and "RUNS_DIR/curves" in plot.stdout
+    assert plot.code == 0 and "RUNS_DIR/curves" in plot.stdout
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.depth=21", "model.depth=21 is not a CIFAR depth: valid depths are 6n+2"),
+        ("model.mode=highway", "model.mode=highway is not valid: expected one of plain, residual"),
+        ("model.depth=deep", "model.depth=deep is not valid: expected an integer"),
+        ("optim.lr=fast", "optim.lr=fast is not valid: expected a number"),
+        (
+            "schedule.milestones=5",
+            "schedule.milestones=5 is not valid: expected null or a list of integers, e.g. [100,200]",
+        ),
+        ("speed.channels_last=maybe", "speed.channels_last=maybe is not valid: expected null or true or false"),
+        ("speed.compile=fastest", "expected one of auto, off, default, reduce_overhead, max_autotune"),
+        ("model.colour=red", "model.colour is not a field: model has family, depth, mode, shortcut"),
+        ("+model.colour=red", "model.colour is not a field: model has family, depth, mode, shortcut"),
+        ("+bogus=1", "bogus is not a field: the top level has model, data, optim"),
+        ("data=mnist", "data=mnist is not a config: available options are cifar10, cifar100, imagenet, synthetic"),
+        ("+experiment=fig99", "experiment=fig99 is not a config: available options are cifar_fig1"),
+        ("model.depth=[", "an override does not parse"),
+        ("model.depth=8,14", "model.depth=8,14 is a sweep: add -m"),
+        ("schedule.milestones=[100]", "must lie inside the schedule"),
+        ("speed.cuda_graph=true", "speed.cuda_graph=true needs a CUDA device, not cpu"),
+        ("name=../../escape", "must be a folder name below runs/"),
+        ("model.depth=1000000004", "needs about"),
+    ],
+)
+def test_mistakes_end_in_one_line_and_leave_nothing_behind(tmp_path, override, message):
+    result = resexp("train", *TINY, override, cwd=tmp_path)
+    assert result.code == 1
+    assert result.lines == [result.lines[0]] and message in result.lines[0], result.stderr
+    assert leftovers(tmp_path) == [] and not (tmp_path.parent / "escape").exists()
+
+
+def test_a_sweep_is_checked_whole_before_its_first_job_trains(tmp_path):
+    result = resexp("train", "-m", *TINY, "model.depth=8,21", cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1
+    assert "model.depth=21 is not a CIFAR depth" in result.stderr and "(job 1: " in result.stderr
+    assert leftovers(tmp_path) == []  # depth 8 did not train, no multirun.yaml either
+
+
+def test_a_failure_inside_hydras_job_is_one_line_too(tmp_path):
+    """A data error is found after Hydra made the run directory: still one line (no Hydra
+    'Error executing job'), exit 1, and the folders Hydra made are gone."""
+    from conftest import write_npz
+
+    write_npz(tmp_path / "zero.npz", n_test=0)
+    result = resexp("train", f"data.root={tmp_path / 'zero.npz'}", "data.batch_size=8", "device=cpu", cwd=tmp_path)
+    assert result.code == 1 and result.lines == [f"error: {tmp_path / 'zero.npz'}: x_test holds no images"]
+    assert leftovers(tmp_path) == []
+    sweep = resexp(
+        "train", "-m", f"data.root={tmp_path / 'zero.npz'}", "data.batch_size=8", "device=cpu", "seed=0,1", cwd=tmp_path
+    )
+    assert sweep.code == 1 and len(sweep.lines) == 2 and "Error executing job" not in sweep.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_one_line_maps_library_errors_by_type():
+    from hydra.errors import MissingConfigException
+
+    from resexp.errors import ConfigError, one_line
+
+    assert one_line(ConfigError("x=1 is wrong\nsecond line")) == "x=1 is wrong"
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/a/b")) == "No such file or directory: /a/b"
+    missing = MissingConfigException("any text at all", missing_cfg_file="data/x", options=["base_data", "cifar10"])
+    assert one_line(missing) == "data=x is not a config: available options are cifar10"
+    assert one_line(ZeroDivisionError("division by zero")).startswith("ZeroDivisionError: division by zero")
+
+
+def test_the_installed_command_prints_one_line_and_exits_1(tmp_path):
+    """The process boundary itself: what a shell user sees, with nothing else on stderr."""
+    result = resexp_process("train", "model.depth=21", cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "error: model.depth=21 is not a CIFAR depth: valid depths are 6n+2 for n >= 1, e.g. 8, 14, 20, 32, 44, 56, "
+        "110, 1202"
+    )
+    assert leftovers(tmp_path) == []

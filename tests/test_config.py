@@ -1,96 +1,125 @@
-"""Config composition: every YAML composes against the schema, bad overrides fail at composition,
-cross-field rules are checked with messages that name the field and the valid choices."""
+"""Config composition: every YAML composes against the schema and passes the checks, the defaults
+are the paper's recipe, one override shortens a run, cross-field rules and ranges are refused
+with messages that name the field and the valid choices."""
 
+import importlib.resources
 import itertools
 
 import pytest
-from conftest import compose_config
-from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from resexp.config import CONFIG_DIR, ConfigError, run_path, to_object, validate
+from resexp.config import ConfigError, Mode, ScheduleName, run_path
+from resexp.launch import compose, plan
+from resexp.schedule import Schedule
 
-GROUPS = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in ("model", "data", "schedule")}
-
-
-def test_groups_have_the_public_options():
-    assert GROUPS == {"model": ["cifar", "imagenet"], "data": ["cifar10", "cifar100", "imagenet", "synthetic"],
-                      "schedule": ["multistep", "plateau"]}
+CONFIGS = importlib.resources.files("resexp.configs")
+GROUPS = {
+    g: sorted(p.name.removesuffix(".yaml") for p in (CONFIGS / g).iterdir() if p.name.endswith(".yaml"))
+    for g in ("model", "data", "schedule")
+}
 
 
 @pytest.mark.parametrize("model,data,schedule", list(itertools.product(*GROUPS.values())))
-def test_every_yaml_combination_composes_and_validates(model, data, schedule):
-    overrides = [f"model={model}", f"data={data}", f"schedule={schedule}"]
+def test_every_yaml_combination_composes_and_passes_the_checks(model, data, schedule):
+    overrides = [f"model={model}", f"data={data}", f"schedule={schedule}", "device=cpu", "data.batch_size=8"]
     if model == "cifar":
         overrides.append("model.depth=20")
-    cfg = to_object(compose_config(overrides))
-    validate(cfg)
-    assert cfg.model.family.value == model and cfg.data.name.value == data and cfg.schedule.name.value == schedule
+    cfg = compose(overrides)
+    assert (cfg.model.family, cfg.data.name, cfg.schedule.name) == (model, data, schedule)  # enums equal strings
 
 
 def test_defaults_are_the_paper_cifar_recipe():
-    cfg = to_object(compose_config())
-    assert (cfg.model.family.value, cfg.model.depth, cfg.model.mode.value, cfg.model.shortcut.value) == \
-        ("cifar", 20, "residual", "A")
+    cfg = compose(["device=cpu"])
+    assert (cfg.model.family, cfg.model.depth, cfg.model.mode, cfg.model.shortcut) == ("cifar", 20, "residual", "A")
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.data.batch_size) == (0.1, 0.9, 1e-4, 128)
-    assert (cfg.schedule.iterations, list(cfg.schedule.milestones), cfg.schedule.gamma) == (64000, [32000, 48000], 0.1)
-    assert cfg.data.name.value == "cifar10" and cfg.data.augment and cfg.data.normalize.value == "pixel_mean"
+    assert (cfg.schedule.iterations, cfg.schedule.milestones, cfg.schedule.gamma) == (64000, [32000, 48000], 0.1)
+    assert cfg.data.name == "cifar10" and cfg.data.augment and cfg.data.normalize == "pixel_mean"
+    imagenet = compose(["model=imagenet", "data=imagenet", "schedule=plateau", "device=cpu"])
+    assert (imagenet.data.batch_size, imagenet.schedule.iterations, imagenet.model.depth) == (256, 600000, 34)
 
 
-def test_imagenet_data_uses_batch_256_and_plateau_schedule_divides_on_plateau():
-    cfg = to_object(compose_config(["model=imagenet", "data=imagenet", "schedule=plateau"]))
-    assert cfg.data.batch_size == 256 and cfg.schedule.iterations == 600000 and cfg.model.depth == 34
+def test_one_override_shortens_a_run_and_explicit_milestones_stay_absolute():
+    assert compose(["schedule.iterations=400", "device=cpu"]).schedule.milestones == [200, 300]
+    assert compose(["schedule.iterations=400", "schedule.milestones=[100]", "device=cpu"]).schedule.milestones == [100]
+    assert compose(["+experiment=cifar_fig6", "device=cpu", "schedule.iterations=4000"]).schedule.milestones == [
+        2000,
+        3000,
+    ]  # a preset that gives none gets the fractions too; cifar_quick gives its own, absolute:
+    with pytest.raises(ConfigError, match="must lie inside the schedule"):
+        compose(["+experiment=cifar_quick", "device=cpu", "schedule.iterations=40"])
 
 
-def test_public_overrides_reach_the_config():
-    cfg = to_object(compose_config([
-        "model.depth=56", "model.mode=plain", "model.shortcut=B", "data=cifar100", "data.root=/x",
-        "data.batch_size=64", "data.subset=1000", "optim.lr=0.05", "optim.momentum=0.8", "optim.weight_decay=5e-4",
-        "schedule.iterations=2000", "schedule.milestones=[1000,1500]", "eval_every=100", "seed=3", "device=cpu"]))
-    assert (cfg.model.depth, cfg.model.mode.value, cfg.model.shortcut.value) == (56, "plain", "B")
-    assert (cfg.data.name.value, cfg.data.root, cfg.data.batch_size, cfg.data.subset) == ("cifar100", "/x", 64, 1000)
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.05, 0.8, 5e-4)
-    assert (cfg.schedule.iterations, list(cfg.schedule.milestones), cfg.eval_every, cfg.seed, cfg.device) == \
-        (2000, [1000, 1500], 100, 3, "cpu")
+def test_the_plateau_yaml_divides_the_rate_when_the_error_stops_improving():
+    cfg = compose(["schedule=plateau", "schedule.patience=2", "device=cpu"])
+    assert cfg.schedule.name == ScheduleName.plateau and cfg.schedule.milestones is None
+    schedule = Schedule(cfg.optim.lr, cfg.schedule)
+    lrs = []
+    for error in (50, 40, 40, 40, 40, 40):
+        schedule.observe({"train/error": error, "test/error": error})
+        lrs.append(schedule.lr(0))
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
 
 
-@pytest.mark.parametrize("override,shown", [
-    ("model.mode=highway", "plain, residual"), ("model.shortcut=D", "A, B, C"), ("model.depth=deep", "deep"),
-    ("model.bogus=1", "bogus"), ("optim.lr=fast", "fast"), ("data.normalize=zca", "pixel_mean, channel"),
-    ("schedule.name=cosine", "multistep, plateau")])
-def test_bad_overrides_fail_at_composition(override, shown):
-    with pytest.raises(ConfigCompositionException) as e:
-        compose_config([override])
-    assert shown in str(e.value) + str(e.value.__cause__)
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.depth=21"], "model.depth=21 is not a CIFAR depth: valid depths are 6n+2"),
+        (["model=imagenet", "model.depth=20"], "valid depths are 18, 34, 50, 101, 152"),
+        (["schedule.milestones=[32000,70000]"], "must lie inside the schedule"),
+        (["schedule.milestones=[48000,32000]"], "strictly increasing"),
+        (["data.batch_size=0"], "data.batch_size=0 must be at least 1"),
+        (["optim.lr=0"], "optim.lr=0.0 must be a finite positive number"),
+        (["optim.lr=inf"], "optim.lr=inf must be a finite positive number"),
+        (["optim.weight_decay=-1"], "optim.weight_decay=-1.0 must be a finite non-negative number"),
+        (["optim.momentum=5"], "optim.momentum=5.0 must lie in [0, 1)"),
+        (["schedule.iterations=-5"], "schedule.iterations=-5 must be at least 1"),
+        (["data.subset=0"], "data.subset=0 must be at least 1"),
+        (["seed=-1"], "seed=-1 must be at least 0"),
+        (["seed=99999999999"], "seed=99999999999 is too large"),
+        (["schedule=plateau", "schedule.monitor=val/error"], "needs a validation set"),
+        (["schedule=plateau", "schedule.monitor=accuracy"], "valid choices are"),
+        (["schedule=plateau", "schedule.patience=0"], "schedule.patience=0 must be at least 1"),
+        (["schedule=plateau", "schedule.min_lr=-1"], "schedule.min_lr=-1.0 must be a finite non-negative"),
+        (["schedule=plateau", "schedule.min_delta=nan"], "schedule.min_delta=nan must be a finite"),
+        (["schedule.gamma=1"], "schedule.gamma=1.0 must lie in (0, 1)"),
+        (["schedule.warmup_until_error=0"], "schedule.warmup_until_error=0.0 must lie in (0, 100]"),
+        (["eval_every=0"], "eval_every=0 must be at least 1"),
+        (["name=.."], "name='..' must be a folder name below runs/"),
+        (["name=../../x"], "name='../../x' must be a folder name below runs/"),
+        (["name=/abs"], "must be a folder name below runs/"),
+        (["device=mps"], "device=mps is not supported: use auto, cpu, cuda or cuda:N"),
+        (["device=meta"], "device=meta is not supported"),
+        (["device=gpu7"], "is not a device"),
+        (["data=synthetic", "data.num_classes=1"], "data.num_classes=1 must be at least 2"),
+        (["data=synthetic", "data.train_size=10"], "larger than the 10 synthetic training images"),
+        (["model=imagenet", "data=imagenet", "data.crop_size=300"], "crop_size <= scale_min <= scale_max"),
+        (["data.root=x.npz", "data.file=y.npz"], "both name a file"),
+        (["resume=/no/such.pt"], "resume=/no/such.pt is not a file"),
+        (["model.depth=1000000004"], "needs about"),
+        (["data=synthetic", "data.image_size=100000"], "needs about"),
+    ],
+)
+def test_ranges_and_cross_field_rules(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        compose([*overrides, "device=cpu"] if not any(o.startswith("device=") for o in overrides) else overrides)
+    assert message in str(e.value)
 
 
-def test_unknown_group_option_fails():
-    with pytest.raises(MissingConfigException, match="data/imagenet21k"):
-        compose_config(["data=imagenet21k"])
-
-
-@pytest.mark.parametrize("overrides,message", [
-    (["model.depth=21"], "model.depth=21 is not a CIFAR depth: valid depths are 6n+2"),
-    (["model=imagenet", "model.depth=20"], "valid depths are 18, 34, 50, 101, 152"),
-    (["schedule.milestones=[32000,70000]"], "must lie inside the schedule"),
-    (["schedule.milestones=[48000,32000]"], "strictly increasing"),
-    (["data.batch_size=0"], "data.batch_size=0 must be positive"),
-    (["optim.lr=0"], "optim.lr=0.0 must be positive"),
-    (["optim.weight_decay=-1"], "must not be negative"),
-    (["schedule.iterations=-5", "schedule.milestones=[]"], "schedule.iterations=-5 must be positive"),
-    (["data.subset=0"], "data.subset=0 must be positive"),
-    (["schedule=plateau", "schedule.monitor=val/error"], "needs a validation set"),
-    (["schedule=plateau", "schedule.monitor=accuracy"], "valid choices are"),
-    (["eval_every=0"], "eval_every=0 must be positive")])
-def test_cross_field_rules(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("+", r"\+")):
-        validate(to_object(compose_config(overrides)))
-
-
-def test_run_directories_are_named_for_tensorboard():
-    assert run_path("cifar10", "plain", 56, "A", 0) == "cifar10/plain-56_s0"
+def test_run_directories_are_named_for_tensorboard(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_path("cifar10", Mode.plain, 56, "A", 0) == "cifar10/plain-56_s0"
     assert run_path("cifar10", "residual", 20, "B", 2) == "cifar10/residual-20B_s2"
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model.mode=plain", "model.depth=56", "seed=1"], return_hydra_config=True)
-        assert cfg.hydra.run.dir == "runs/default/cifar10/plain-56_s1"
-        assert cfg.hydra.sweep.dir == "runs/default" and cfg.hydra.sweep.subdir == "cifar10/plain-56_s1"
+    [job] = plan(["model.mode=plain", "model.depth=56", "seed=1", "data=synthetic", "device=cpu"], multirun=False)
+    assert str(job.run_dir) == "runs/default/synthetic/plain-56_s1" and job.sweep_dir is None
+
+
+def test_a_sweep_expands_as_hydras_basic_sweeper_does_and_the_command_line_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jobs = plan(["+experiment=cifar_quick", "data=synthetic", "seed=1", "device=cpu"], multirun=True)
+    assert [str(j.run_dir) for j in jobs] == [
+        "runs/cifar_quick/synthetic/plain-20_s1",
+        "runs/cifar_quick/synthetic/plain-56_s1",
+        "runs/cifar_quick/synthetic/residual-20A_s1",
+        "runs/cifar_quick/synthetic/residual-56A_s1",
+    ]  # the preset's seeds 0,1,2 replaced by the command line's 1
+    assert {str(j.sweep_dir) for j in jobs} == {"runs/cifar_quick"}
+    assert all(j.config.optim.lr == 0.02 and j.config.schedule.milestones == [300] for j in jobs)

@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from conftest import write_npz
 from resexp.config import DataConfig, DataName, Normalize
-from resexp.data import DataError, Normalizer, TensorTrainStream, build_data, crop_flip, load_arrays, synthetic_arrays
+from resexp.data import DataError, build_data, source
+from resexp.data.cifar import Normalizer, TensorTrainStream, crop_flip, load_arrays, synthetic_arrays
 
 
 def coordinate_image() -> np.ndarray:
@@ -45,8 +47,9 @@ def test_crop_flip_identity_flip_and_padding():
 def test_augmentation_matches_torchvision_reference_distribution():
     n = 4000
     img = coordinate_image()
-    stream = TensorTrainStream(np.repeat(img[None], n, 0), np.zeros(n, np.int64), n, lambda x: x, True, 0,
-                               torch.device("cpu"))
+    stream = TensorTrainStream(
+        np.repeat(img[None], n, 0), np.zeros(n, np.int64), n, lambda x: x, True, 0, torch.device("cpu")
+    )
     ours = [crop_of(o) for o in next(stream.batches(0))[0].numpy()]
     torch.manual_seed(0)
     reference = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
@@ -66,7 +69,7 @@ def test_resumed_epoch_gives_the_same_batches():
     full = list(stream.batches(3))
     resumed = list(stream.batches(3, start=2))
     assert len(full) == 6 and len(resumed) == 4
-    for (xa, ya), (xb, yb) in zip(full[2:], resumed):
+    for (xa, ya), (xb, yb) in zip(full[2:], resumed, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(full[0][1], next(stream.batches(4))[1])  # another epoch, another order
 
@@ -80,32 +83,52 @@ def test_pixel_mean_normaliser_centres_every_pixel_and_channel_one_standardises(
     assert standard.mean((0, 2, 3)).abs().max() < 1e-4 and (standard.std((0, 2, 3)) - 1).abs().max() < 1e-2
 
 
-def write_npz(path, **overrides):
-    rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 255, (50, 32, 32, 3), dtype=np.uint8), y_train=np.arange(50) % 10,
-                  x_test=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), y_test=np.arange(20) % 10)
-    arrays.update(overrides)
-    np.savez(path, **arrays)
-    return path
-
-
 def test_npz_in_root_is_found_and_split(tmp_path):
     write_npz(tmp_path / "cifar10.npz")
     data = build_data(DataConfig(root=str(tmp_path), batch_size=8, val_split=10, subset=30), 0, torch.device("cpu"))
     assert data.train_size == 30 and data.num_classes == 10
-    assert len(data.evals["val"]) == 10 and len(data.evals["test"]) == 20
+    assert len(data.evals["val"]) == 10 and len(data.evals["test"]) == 32
     assert len(data.train) == 3  # 30 // 8, the partial batch dropped
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(x_train=np.zeros((50, 32, 32, 3), np.float32)), "expected uint8"),
-    (dict(x_train=np.zeros((50, 32, 32), np.uint8)), "expected uint8 \\(N, H, W, 3\\)"),
-    (dict(y_train=np.arange(50) % 11), "expected 0..9"),
-    (dict(y_test=np.arange(19)), "one label per image")])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(x_train=np.zeros((64, 32, 32, 3), np.float32)), "expected uint8"),
+        (dict(x_train=np.zeros((64, 32, 32), np.uint8)), "expected uint8 (N, H, W, 3)"),
+        (dict(x_train=np.zeros((64, 64, 64, 3), np.uint8)), "x_train holds 64x64 images; expected 32x32"),
+        (dict(x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, np.int64)), "x_test holds no images"),
+        (dict(y_train=np.arange(64) % 11), "expected 0..9"),
+        (dict(y_train=(np.arange(64) % 10).astype(np.float32)), "y_train has dtype float32; expected integer labels"),
+        (dict(y_test=np.array([str(i % 10) for i in range(32)])), "y_test has dtype <U1; expected integer labels"),
+        (dict(y_test=np.arange(31)), "one label per image"),
+        (dict(y_train=np.arange(64) % 5, y_test=np.arange(32) % 5), "it holds 5 classes, not the 10"),
+    ],
+)
 def test_malformed_npz_is_rejected_with_what_was_expected(tmp_path, overrides, message):
     write_npz(tmp_path / "cifar10.npz", **overrides)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError) as e:
         load_arrays(DataConfig(root=str(tmp_path)))
+    assert message in str(e.value)
+
+
+def test_a_cifar10_file_read_as_cifar100_is_refused(tmp_path):
+    write_npz(tmp_path / "data.npz")
+    with pytest.raises(DataError, match="it holds 10 classes, not the 100 of this dataset"):
+        load_arrays(DataConfig(name=DataName.cifar100, root=str(tmp_path / "data.npz")))
+
+
+def test_the_fingerprint_follows_the_content_not_the_path(tmp_path):
+    a = write_npz(tmp_path / "a.npz")
+    (tmp_path / "copy").mkdir()
+    b = tmp_path / "copy" / "cifar10.npz"
+    b.write_bytes(a.read_bytes())
+    c = write_npz(tmp_path / "c.npz", n_train=80)
+    fingerprint = [source(DataConfig(root=str(p))).fingerprint for p in (a, b, c)]
+    assert fingerprint[0] == fingerprint[1] != fingerprint[2]
+    assert source(DataConfig(root=str(tmp_path / "copy"))).source == "cifar10.npz"
+    with pytest.raises(DataError, match="does not exist"):
+        source(DataConfig(root=str(tmp_path), file="missing.npz"))
 
 
 def test_truncated_npz_and_missing_dataset(tmp_path):

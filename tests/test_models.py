@@ -4,7 +4,17 @@ import pytest
 import torch
 import torchvision
 
-from resexp.models import Block, ZeroPadIdentity, build_net, count_macs, count_params, net_spec, variant_rows
+from resexp.models import (
+    Block,
+    ZeroPadIdentity,
+    build_net,
+    cost,
+    count_macs,
+    count_params,
+    net_spec,
+    training_memory,
+    variant_rows,
+)
 
 
 @pytest.mark.parametrize("depth,millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])
@@ -14,7 +24,9 @@ def test_cifar_parameter_counts_match_table_6(depth, millions):
     assert round(params / 1e6, digits) == millions
 
 
-@pytest.mark.parametrize("family,depth", [("cifar", 20), ("cifar", 56), ("imagenet", 18), ("imagenet", 34), ("imagenet", 50)])
+@pytest.mark.parametrize(
+    "family,depth", [("cifar", 20), ("cifar", 56), ("imagenet", 18), ("imagenet", 34), ("imagenet", 50)]
+)
 def test_plain_and_option_a_residual_have_the_same_parameters(family, depth):
     plain = build_net(family, depth, "plain", "A", 10)
     residual = build_net(family, depth, "residual", "A", 10)
@@ -22,8 +34,10 @@ def test_plain_and_option_a_residual_have_the_same_parameters(family, depth):
     assert [k for k, _ in plain.named_parameters()] == [k for k, _ in residual.named_parameters()]
 
 
-@pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34),
-                                             (50, torchvision.models.resnet50)])
+@pytest.mark.parametrize(
+    "depth,reference",
+    [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34), (50, torchvision.models.resnet50)],
+)
 def test_imagenet_option_b_matches_torchvision(depth, reference):
     assert count_params(build_net("imagenet", depth, "residual", "B", 1000)) == count_params(reference())
 
@@ -33,10 +47,18 @@ def test_shortcut_options_order_parameters():
     assert a < b < c  # B adds two projections (stages 2, 3), C one per block
 
 
-@pytest.mark.parametrize("family,depth,mode,shortcut,size", [
-    ("cifar", 8, "plain", "A", 32), ("cifar", 8, "residual", "A", 32), ("cifar", 8, "residual", "B", 32),
-    ("cifar", 8, "residual", "C", 32), ("imagenet", 18, "residual", "B", 64), ("imagenet", 50, "residual", "A", 64),
-    ("imagenet", 50, "plain", "C", 64)])
+@pytest.mark.parametrize(
+    "family,depth,mode,shortcut,size",
+    [
+        ("cifar", 8, "plain", "A", 32),
+        ("cifar", 8, "residual", "A", 32),
+        ("cifar", 8, "residual", "B", 32),
+        ("cifar", 8, "residual", "C", 32),
+        ("imagenet", 18, "residual", "B", 64),
+        ("imagenet", 50, "residual", "A", 64),
+        ("imagenet", 50, "plain", "C", 64),
+    ],
+)
 def test_output_shape_and_every_parameter_gets_a_gradient(family, depth, mode, shortcut, size):
     torch.manual_seed(0)
     net = build_net(family, depth, mode, shortcut, 7)
@@ -90,8 +112,9 @@ def test_imagenet_multiply_adds_match_table_1(depth, gflops):
     assert abs(count_macs(net, 224) / 1e9 - gflops) < 0.1
 
 
-@pytest.mark.parametrize("family,depth,listed", [("cifar", 21, "6n+2"), ("cifar", 2, "6n+2"),
-                                                 ("imagenet", 19, "18, 34, 50, 101, 152")])
+@pytest.mark.parametrize(
+    "family,depth,listed", [("cifar", 21, "6n+2"), ("cifar", 2, "6n+2"), ("imagenet", 19, "18, 34, 50, 101, 152")]
+)
 def test_invalid_depths_are_rejected_with_the_valid_ones(family, depth, listed):
     with pytest.raises(ValueError, match=f"model.depth={depth}") as e:
         build_net(family, depth, "residual", "A", 10)
@@ -115,3 +138,33 @@ def test_variant_table_covers_the_standard_variants():
         assert {("imagenet", depth, "residual", o) for o in "ABC"} <= keys
     r20 = next(r for r in rows if r["family"] == "cifar" and r["depth"] == 20 and r["shortcut"] == "A")
     assert r20["params"] == 269722 and r20["macs"] == 40551040
+
+
+@pytest.mark.parametrize(
+    "family,depth,mode,shortcut",
+    [
+        ("cifar", 20, "residual", "A"),
+        ("cifar", 56, "plain", "A"),
+        ("cifar", 110, "residual", "C"),
+        ("imagenet", 34, "residual", "B"),
+        ("imagenet", 101, "plain", "A"),
+    ],
+)
+def test_variant_costs_counted_per_block_equal_the_whole_net(family, depth, mode, shortcut):
+    """`resexp models` counts one block per stage shape and multiplies; the whole net must agree."""
+    classes = 10 if family == "cifar" else 1000
+    with torch.device("meta"):
+        net = build_net(family, depth, mode, shortcut, classes)
+    assert cost(family, depth, mode, shortcut, classes) == (
+        count_params(net),
+        count_macs(net, 32 if family == "cifar" else 224),
+    )
+
+
+def test_training_memory_is_estimated_from_the_spec_without_building_the_net():
+    params, needed = training_memory("cifar", 56, 128, 32, 10)
+    assert params == pytest.approx(count_params(build_net("cifar", 56, "residual", "A", 10)), rel=0.01)
+    assert 0.5e9 < needed < 1.5e9  # measured peak of a ResNet-56 step at batch 128: about 1.2 GiB
+    huge_params, huge = training_memory("cifar", 6 * 10**8 + 2, 128, 32, 10)  # instant, though 6n+2 is valid
+    assert huge_params > 10**12 and huge > 10**15
+    assert training_memory("cifar", 56, 256, 32, 10)[1] > needed

@@ -6,25 +6,44 @@ import math
 
 import pytest
 import yaml
+
 from conftest import resexp
-
 from resexp.report import render, summarise, verdicts
-from resexp.runs import find_runs
+from resexp.rundir import find_runs as find
 
 
-def fake_run(root, mode, depth, seed, train_errors, test_errors, status="complete", iterations=None,
-             shortcut="A", data="cifar10"):
+def find_runs(root, warnings=None):
+    return find(root, (warnings if warnings is not None else []).append)
+
+
+def fake_run(
+    root, mode, depth, seed, train_errors, test_errors, status="complete", iterations=None, shortcut="A", data="cifar10"
+):
     """A run directory as resexp train writes it, with evaluations every 100 iterations."""
     name = f"{mode}-{depth}{'' if mode == 'plain' else shortcut}_s{seed}"
     d = root / data / name
     d.mkdir(parents=True)
     steps = [100 * (i + 1) for i in range(len(train_errors))]
-    config = {"model": {"family": "cifar", "depth": depth, "mode": mode, "shortcut": shortcut},
-              "data": {"name": data}, "seed": seed, "schedule": {"iterations": iterations or steps[-1]}}
+    config = {
+        "model": {"family": "cifar", "depth": depth, "mode": mode, "shortcut": shortcut},
+        "data": {"name": data},
+        "seed": seed,
+        "schedule": {"iterations": iterations or steps[-1]},
+    }
     (d / "config.yaml").write_text(yaml.safe_dump(config))
-    rows = [{"step": s, "epoch": s / 50, "lr": 0.1, "train/loss": 1.0 if math.isfinite(tr) else tr,
-             "train/error": tr, "test/loss": 1.0, "test/error": te, "time": s / 10.0}
-            for s, tr, te in zip(steps, train_errors, test_errors)]
+    rows = [
+        {
+            "step": s,
+            "epoch": s / 50,
+            "lr": 0.1,
+            "train/loss": 1.0 if math.isfinite(tr) else tr,
+            "train/error": tr,
+            "test/loss": 1.0,
+            "test/error": te,
+            "time": s / 10.0,
+        }
+        for s, tr, te in zip(steps, train_errors, test_errors, strict=True)
+    ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "status.json").write_text(json.dumps({"status": status, "step": steps[-1]}))
     return d
@@ -92,17 +111,48 @@ def test_report_formats_through_the_cli(sweep):
     assert as_csv[0].startswith("data,net,mode,depth") and len(as_csv) == 5
     assert "40.50 ± 0.71" in as_csv[2]
     bad = resexp("report", str(sweep / "nothing"), cwd=sweep)
-    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    assert bad.code == 1 and bad.lines == [f"error: {sweep / 'nothing'} is not a folder"]
 
 
 def test_plot_writes_png_and_svg_for_finished_and_partial_runs(sweep, tmp_path):
     fake_run(sweep, "plain", 110, 0, [90], [90], status="running", iterations=1000)
     result = resexp("plot", str(sweep), cwd=sweep)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     png, svg = sweep / "curves.png", sweep / "curves.svg"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = svg.read_text()
     assert "plain-56 (2 seeds)" in text and "ResNet-56 (2 seeds)" in text and "plain-110" in text
     out = tmp_path / "figs" / "fig6"
-    assert resexp("plot", str(sweep), "--out", str(out), cwd=sweep).returncode == 0
+    assert resexp("plot", str(sweep), "--out", str(out), cwd=sweep).code == 0
     assert (out.parent / "fig6.png").exists() and (out.parent / "fig6.svg").exists()
+
+
+def test_malformed_runs_are_flagged_once_each_and_the_rest_reported(sweep):
+    """A torn last line is a crash's trace: the rows before it count, and the run is not
+    complete unless its last good row reaches its iteration count. Other malformed files are
+    left out, one warning each; report and plot go on with the rest."""
+    torn = fake_run(sweep, "plain", 110, 0, [90, 80], [90, 80], iterations=200)
+    (torn / "metrics.jsonl").write_text((torn / "metrics.jsonl").read_text().splitlines()[0] + '\n{"step": 200, "ep')
+    for seed, line in enumerate(["garbage", "null", "[1, 2, 3]", '{"step": 25}']):
+        bad = fake_run(sweep, "plain", 44, seed, [70, 60, 50], [70, 60, 50])
+        text = (bad / "metrics.jsonl").read_text().splitlines()
+        (bad / "metrics.jsonl").write_text("\n".join([text[0], line, *text[1:]]) + "\n")
+    (fake_run(sweep, "plain", 32, 0, [60], [60]) / "config.yaml").write_text("")
+    warnings = []
+    runs = find_runs(sweep, warnings)
+    assert len(warnings) == 6 and sum("torn" in w for w in warnings) == 1
+    assert sum("metrics.jsonl line 2 is not a metrics row" in w for w in warnings) == 4
+    assert any("plain-32_s0/config.yaml is not a resexp config" in w for w in warnings)
+    assert {r.depth for r in runs} == {20, 56, 110}
+    [torn_run] = [r for r in runs if r.depth == 110]
+    assert torn_run.step == 100 and not torn_run.complete  # status.json says complete, the rows stop at 100
+    text = resexp("report", str(sweep), cwd=sweep)
+    assert text.code == 0 and "| 0/1 complete |" in text.stdout and "plain-110_s0: incomplete (100/200" in text.stdout
+    assert len([line for line in text.stderr.splitlines() if line.startswith("warning")]) == 6
+    assert resexp("plot", str(sweep), cwd=sweep).code == 0
+
+
+def test_a_run_is_complete_only_when_its_rows_reach_its_iterations(tmp_path):
+    fake_run(tmp_path, "plain", 20, 0, [60, 50], [60, 50], iterations=300)  # status.json says complete
+    [run] = find_runs(tmp_path)
+    assert not run.complete and run.state == "incomplete (200/300 iterations)"

@@ -1,29 +1,33 @@
-"""Crash safety by fault injection: SIGKILL and resume, SIGINT, a truncated checkpoint, a NaN,
-resumable sweeps, and the bad inputs of issue 4, each with its exact outcome."""
+"""Crash safety by fault injection, each with its exact outcome: SIGKILL and SIGINT in a real
+process; signals, a full disk, a truncated checkpoint, a NaN, torn and garbage metrics, lost
+checkpoints, locks and resume=PATH in-process through the CLI's entry point."""
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from conftest import resexp
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import torch
 
-RUN = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.depth=8", "schedule.iterations=200",
-       "schedule.milestones=[100]", "eval_every=20", "device=cpu"]
+from conftest import leftovers, process_env, resexp, rows, without_time, write_npz
+from resexp import checkpoint, recorder, rundir, train
+from resexp.rundir import RunDir, RunLock
+
+RUN = [
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=64",
+    "model.depth=8",
+    "schedule.iterations=60",
+    "eval_every=10",
+    "device=cpu",
+]
 RUN_DIR = "runs/default/synthetic/residual-8A_s0"
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_time(metrics):
-    return [{k: v for k, v in r.items() if k != "time"} for r in metrics]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +35,35 @@ def reference(tmp_path_factory):
     """The metrics of an uninterrupted run."""
     cwd = tmp_path_factory.mktemp("reference")
     result = resexp("train", *RUN, cwd=cwd)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     return without_time(rows(cwd / RUN_DIR))
 
 
+def signal_at(monkeypatch, iteration: int, *signums: int) -> None:
+    """Deliver real signals to this process once the loop has done `iteration` iterations."""
+    real, done = recorder.Recorder.iteration, []
+
+    def iteration_then_signal(self):
+        real(self)
+        done.append(1)
+        if len(done) == iteration:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.01)  # let the handler run before the next signal
+
+    monkeypatch.setattr(recorder.Recorder, "iteration", iteration_then_signal)
+
+
+def status(cwd):
+    return json.loads((cwd / RUN_DIR / "status.json").read_text())
+
+
+# --------------------------------------------------------------------------- real processes
+
+
 def start(cwd, *extra):
-    env = {**os.environ, "COLUMNS": "200"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "resexp.cli", "train", *RUN, *extra], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "resexp", "train", *RUN, "schedule.iterations=100", *extra]
+    return subprocess.Popen(cmd, cwd=cwd, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_rows(cwd, n, proc, timeout=120):
@@ -49,179 +73,284 @@ def wait_for_rows(cwd, n, proc, timeout=120):
         if path.exists() and len(path.read_text().splitlines()) >= n:
             return
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
+        time.sleep(0.01)
     raise AssertionError("the run did not get going")
 
 
-def tensorboard_steps(run_dir, tag="test/error"):
-    acc = EventAccumulator(str(run_dir))
-    acc.Reload()
-    return [e.step for e in acc.Scalars(tag)]
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("long")
+    result = resexp("train", *RUN, "schedule.iterations=100", cwd=cwd)
+    assert result.code == 0, result.stderr
+    return without_time(rows(cwd / RUN_DIR))
 
 
-@pytest.mark.parametrize("after_rows,extra_delay", [(2, 0.0), (3, 0.05), (5, 0.13)])
-def test_sigkill_anywhere_then_rerun_gives_identical_metrics(tmp_path, reference, after_rows, extra_delay):
+@pytest.mark.parametrize("after_rows,extra_delay", [(2, 0.0), (3, 0.03)])
+def test_sigkill_anywhere_then_rerun_gives_identical_metrics(tmp_path, long_reference, after_rows, extra_delay):
     proc = start(tmp_path)
     wait_for_rows(tmp_path, after_rows, proc)
     time.sleep(extra_delay)
     proc.kill()
     proc.wait()
-    result = resexp("train", *RUN, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = resexp("train", *RUN, "schedule.iterations=100", cwd=tmp_path)
+    assert result.code == 0, result.stderr
     assert "resuming" in result.stderr
-    run_dir = tmp_path / RUN_DIR
-    assert without_time(rows(run_dir)) == reference
-    assert tensorboard_steps(run_dir) == [r["step"] for r in reference]  # no step counted twice
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    assert without_time(rows(tmp_path / RUN_DIR)) == long_reference
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / RUN_DIR))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("test/error")] == [r["step"] for r in long_reference]  # none twice
+    assert status(tmp_path)["status"] == "complete"
 
 
-def test_sigint_saves_mid_interval_and_resume_is_exact(tmp_path, reference):
+def test_sigint_in_a_real_process_saves_and_says_how_to_resume(tmp_path, long_reference):
     proc = start(tmp_path)
     wait_for_rows(tmp_path, 2, proc)
-    time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "SIGINT at iteration" in stderr and "run the same command again to resume" in stderr
-    run_dir = tmp_path / RUN_DIR
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["step"] >= 40
-    assert resexp("train", *RUN, cwd=tmp_path).returncode == 0
-    assert without_time(rows(run_dir)) == reference
+    assert status(tmp_path)["status"] == "interrupted" and status(tmp_path)["step"] >= 20
+    assert resexp("train", *RUN, "schedule.iterations=100", cwd=tmp_path).code == 0
+    assert without_time(rows(tmp_path / RUN_DIR)) == long_reference
 
 
-def test_sigterm_is_handled_like_preemption(tmp_path):
-    proc = start(tmp_path)
-    wait_for_rows(tmp_path, 1, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM at iteration" in stderr
-    assert (tmp_path / RUN_DIR / "last.pt").exists()
+# --------------------------------------------------------------------------- signals, in-process
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
-    proc = start(tmp_path)
-    wait_for_rows(tmp_path, 4, proc)
-    proc.kill()
-    proc.wait()
+def test_sigterm_mid_interval_saves_there_and_the_resume_is_exact(tmp_path, reference, monkeypatch):
+    signal_at(monkeypatch, 23, signal.SIGTERM)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 128 + signal.SIGTERM and "SIGTERM at iteration 23" in result.stderr
+    assert status(tmp_path) | {"iterations": 0} == {
+        "status": "interrupted",
+        "step": 23,
+        "iterations": 0,
+        "signal": "SIGTERM",
+    }
+    assert torch.load(tmp_path / RUN_DIR / "last.pt", weights_only=True)["step"] == 23
+    monkeypatch.undo()
+    again = resexp("train", *RUN, cwd=tmp_path)
+    assert again.code == 0 and "resuming runs/default/synthetic/residual-8A_s0 from iteration 23" in again.stderr
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+def test_a_second_signal_aborts_at_once_and_the_run_resumes_from_its_last_checkpoint(tmp_path, reference, monkeypatch):
+    signal_at(monkeypatch, 23, signal.SIGINT, signal.SIGINT)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 130 and result.lines[-1] == (
+        "aborted by a second SIGINT: no checkpoint since the last evaluation; run the same command again to resume "
+        "from it"
+    )
+    assert status(tmp_path)["status"] == "interrupted" and status(tmp_path)["saved"] is False
+    assert torch.load(tmp_path / RUN_DIR / "last.pt", weights_only=True)["step"] == 20
+    monkeypatch.undo()
+    assert resexp("train", *RUN, cwd=tmp_path).code == 0
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+def test_ctrl_c_while_the_data_loads_leaves_nothing(tmp_path, monkeypatch):
+    real = train.build_data
+
+    def slow_data(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return real(*args)
+
+    monkeypatch.setattr(train, "build_data", slow_data)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 130 and result.lines == ["interrupted by SIGINT before training started: nothing was written"]
+    assert leftovers(tmp_path) == []
+
+
+def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under nohup
+    with train.StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop.handle and signal.getsignal(signal.SIGTERM) == stop.handle
+        with pytest.raises(train.Aborted) as early:  # before training: at once, there is nothing to save
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        assert not early.value.started
+        stop.started = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(train.Aborted) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        assert second.value.started
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+
+
+# --------------------------------------------------------------------------- damaged run directories
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, monkeypatch):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    assert resexp("train", *RUN, cwd=tmp_path).code == 130
+    monkeypatch.undo()
     last = tmp_path / RUN_DIR / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     result = resexp("train", *RUN, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "is not a readable checkpoint" in result.stderr and "previous checkpoint" in result.stderr
+    assert result.code == 0, result.stderr
+    assert "is not a readable checkpoint" in result.stderr and "resuming from the previous checkpoint" in result.stderr
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+def test_a_torn_last_metrics_line_is_repaired_with_a_warning(tmp_path, reference, monkeypatch):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)
+    monkeypatch.undo()
+    metrics = tmp_path / RUN_DIR / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 40, "epoch": 5.0, "lr"')  # a crash mid-write
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 0 and "metrics.jsonl line 4 was torn by a crash mid-write; removed it" in result.stderr
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+@pytest.mark.parametrize("line", ["garbage", "null", "[1, 2, 3]", '{"step": 25}', '{"step": 5, "epoch": 1}'])
+def test_a_malformed_metrics_line_is_refused_by_number_and_nothing_is_dropped(tmp_path, monkeypatch, line):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)
+    monkeypatch.undo()
+    metrics = tmp_path / RUN_DIR / "metrics.jsonl"
+    good = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([good[0], line, *good[1:]]) + "\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / RUN_DIR).iterdir()}
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1
+    assert f"{RUN_DIR}/metrics.jsonl line 2 is not a metrics row" in result.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / RUN_DIR).iterdir()} == before
+
+
+def test_metrics_without_checkpoints_are_not_silently_started_over(tmp_path, monkeypatch):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)
+    monkeypatch.undo()
+    (tmp_path / RUN_DIR / "last.pt").unlink()
+    (tmp_path / RUN_DIR / "prev.pt").unlink()
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and "has metrics up to iteration 30 but no checkpoint to resume from" in result.stderr
+    assert len(rows(tmp_path / RUN_DIR)) == 3
 
 
 def test_nan_loss_stops_the_run_and_marks_it_diverged(tmp_path):
     result = resexp("train", *RUN, "optim.lr=1e6", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "diverged: training loss is nan at iteration 20" in result.stderr.lower()
-    run_dir = tmp_path / RUN_DIR
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
-    assert rows(run_dir)[-1]["diverged"] is True and rows(run_dir)[-1]["step"] == 20
+    assert result.code == 1
+    assert "diverged: training loss is nan at iteration 10" in result.stderr.lower()
+    assert status(tmp_path)["status"] == "diverged"
+    assert rows(tmp_path / RUN_DIR)[-1]["diverged"] is True and rows(tmp_path / RUN_DIR)[-1]["step"] == 10
 
 
-def test_sweep_goes_on_past_a_diverged_run_and_resumes_where_it_stopped(tmp_path):
+def test_sweep_goes_on_past_a_diverged_run_and_a_rerun_skips_both(tmp_path):
     sweep = ["-m", *RUN, "optim.lr=1e6,0.1", "hydra.sweep.subdir=lr${optim.lr}"]
     result = resexp("train", *sweep, cwd=tmp_path)
-    assert result.returncode == 1
-    statuses = {p.parent.name: json.loads(p.read_text())["status"]
-                for p in (tmp_path / "runs/default").rglob("status.json")}
+    assert result.code == 1 and "Error executing job" not in result.stderr
+    statuses = {
+        p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "runs/default").rglob("status.json")
+    }
     assert statuses == {"lr1000000.0": "diverged", "lr0.1": "complete"}
     report = resexp("report", "runs/default", cwd=tmp_path)
-    assert "lr1000000.0: diverged at iteration 20" in report.stdout
+    assert "lr1000000.0: diverged at iteration 10" in report.stdout
     again = resexp("train", *sweep, cwd=tmp_path)
-    assert again.returncode == 0 and "is diverged already" in again.stderr and "is complete already" in again.stderr
+    assert again.code == 0 and "is diverged already" in again.stderr and "is complete already" in again.stderr
 
 
-def test_rerunning_a_sweep_skips_complete_runs_and_resumes_interrupted_ones(tmp_path, reference):
-    proc = start(tmp_path)  # the residual run of the sweep, killed half way
-    wait_for_rows(tmp_path, 3, proc)
-    proc.kill()
-    proc.wait()
-    assert resexp("train", *RUN, "model.mode=plain", cwd=tmp_path).returncode == 0  # the plain run, complete
+def test_rerunning_a_sweep_skips_complete_runs_and_resumes_interrupted_ones(tmp_path, reference, monkeypatch):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    assert resexp("train", *RUN, cwd=tmp_path).code == 130  # the residual run of the sweep, half way
+    monkeypatch.undo()
+    assert resexp("train", *RUN, "model.mode=plain", cwd=tmp_path).code == 0  # the plain run, complete
     result = resexp("train", "-m", *RUN, "model.mode=plain,residual", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "plain-8_s0 is complete already" in result.stderr and "resuming" in result.stderr
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
 
 
-def test_a_run_directory_in_use_by_a_live_process_is_refused_and_a_stale_lock_is_taken(tmp_path):
+# --------------------------------------------------------------------------- the lock
+
+
+def test_a_run_directory_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     run_dir = tmp_path / RUN_DIR
-    run_dir.mkdir(parents=True)
-    (run_dir / ".lock").write_text(str(os.getpid()))  # this test process is alive
-    result = resexp("train", *RUN, cwd=tmp_path)
-    assert result.returncode == 1 and "being written by another resexp process" in result.stderr
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (run_dir / ".lock").write_text(str(dead.pid))
-    assert resexp("train", *RUN, cwd=tmp_path).returncode == 0
+    with RunLock(run_dir):  # another writer, alive
+        result = resexp("train", *RUN, cwd=tmp_path)
+        assert result.code == 1 and f"being written by another resexp process (pid {os.getpid()})" in result.stderr
+    (run_dir / ".lock").write_text(str(os.getppid()))  # a pid that is alive, but holds no lock: stale
+    assert resexp("train", *RUN, cwd=tmp_path).code == 0
     assert not (run_dir / ".lock").exists()
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-    assert resexp("train", *RUN, cwd=tmp_path).returncode == 0
-    result = resexp("train", *RUN, "model.depth=14", f"resume={tmp_path / RUN_DIR / 'last.pt'}", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "was made for another model (model.depth: 8 vs 14)" in result.stderr
+def test_no_space_for_the_lock_leaves_nothing(tmp_path, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "write", full)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and result.lines == ["error: No space left on device"]
+    assert leftovers(tmp_path) == []
 
 
-def test_output_directory_that_cannot_be_made(tmp_path):
-    (tmp_path / "blocked").write_text("a file where a folder should be")
-    result = resexp("train", *RUN, "hydra.run.dir=blocked/run", cwd=tmp_path)
-    assert result.returncode == 1 and "blocked" in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+# --------------------------------------------------------------------------- a full disk
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_output_directory(tmp_path):
-    (tmp_path / "ro").mkdir()
-    os.chmod(tmp_path / "ro", 0o500)
-    result = resexp("train", *RUN, "hydra.run.dir=ro/run", cwd=tmp_path)
-    assert result.returncode == 1 and "Permission denied" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_broken_data_file_is_one_line(tmp_path):
-    np.savez(tmp_path / "cifar10.npz", x_train=np.zeros((10, 32, 32, 3), np.uint8), y_train=np.full(10, 12),
-             x_test=np.zeros((5, 32, 32, 3), np.uint8), y_test=np.zeros(5))
-    result = resexp("train", f"data.root={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 1 and "labels in [12, 12]; expected 0..9" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
-
-
-def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import errno
-
-    from typer.testing import CliRunner
-
-    from resexp import checkpoint
-    from resexp.cli import app
-
+def test_full_disk_while_checkpointing_is_one_line_and_the_run_stays_resumable(tmp_path, reference, monkeypatch):
     real_save, calls = checkpoint.save, []
 
-    def save_until_disk_is_full(run_dir, state):
+    def save_until_disk_is_full(run, state):
         calls.append(state["step"])
         if len(calls) > 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "last.pt.tmp"))
-        return real_save(run_dir, state)
+            raise OSError(errno.ENOSPC, "No space left on device", str(run.file("last.pt.tmp")))
+        return real_save(run, state)
 
     monkeypatch.setattr(checkpoint, "save", save_until_disk_is_full)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    result = CliRunner().invoke(app, ["train", *RUN])
-    assert result.exit_code == 1
-    assert "No space left on device" in result.output and "Traceback" not in result.output
-    saved = checkpoint.load_latest(tmp_path / RUN_DIR)
-    assert saved["step"] == 40  # the last checkpoint that was written whole
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and [line for line in result.lines if not line.startswith("[")] == [result.lines[-1]]
+    assert result.lines[-1].startswith("error: No space left on device: ") and "at iteration 30" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert status(tmp_path)["status"] == "failed" and not list((tmp_path / RUN_DIR).glob("*.tmp"))
+    assert checkpoint.load_latest(RunDir(tmp_path / RUN_DIR), print)["step"] == 20  # the last whole checkpoint
+    monkeypatch.undo()
+    assert resexp("train", *RUN, cwd=tmp_path).code == 0
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+def test_a_checkpoint_that_fails_to_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    run = RunDir(tmp_path)
+    checkpoint.save(run, {"step": 1})
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError):
+        checkpoint.save(run, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_torchs_error_for_a_full_disk_becomes_one_plain_line(tmp_path, monkeypatch):
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 470")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and result.lines[-1].startswith(
+        f"error: could not write the checkpoint {RUN_DIR}/last.pt: no space left on device (0 MiB free) "
+        "(at iteration 10;"
+    )
+    assert "enforce fail" not in result.stderr and not list((tmp_path / RUN_DIR).glob("*.tmp"))
+    assert status(tmp_path)["status"] == "failed"
 
 
 @pytest.mark.parametrize("hard_links", [True, False])
 def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path, monkeypatch, hard_links):
-    """A SIGKILL between two renames must not leave a run without last.pt (CI once caught that window);
-    on a filesystem without hard links the old last.pt is copied to prev.pt instead."""
-    from resexp import checkpoint
-
+    """A SIGKILL between two renames must not leave a run without last.pt; on a filesystem
+    without hard links the old last.pt is copied to prev.pt instead."""
     if not hard_links:
+
         def no_link(src, dst):
             raise OSError(1, "Operation not permitted")
 
@@ -233,40 +362,106 @@ def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path
         seen.append((tmp_path / "last.pt").exists())
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
-    checkpoint.save(tmp_path, {"step": 1})
+    monkeypatch.setattr(os, "replace", replace)
+    run = RunDir(tmp_path)
+    checkpoint.save(run, {"step": 1})
     seen.clear()
-    checkpoint.save(tmp_path, {"step": 2})
+    checkpoint.save(run, {"step": 2})
     assert seen and all(seen)
-    assert checkpoint.load_file(tmp_path / "last.pt")["step"] == 2
-    assert checkpoint.load_file(tmp_path / "prev.pt")["step"] == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "prev.pt", weights_only=True)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
 
 
-def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
-    from resexp.train import StopSignals
-
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under nohup
-    with StopSignals() as stop:
-        assert signal.getsignal(signal.SIGINT) == stop.handle and signal.getsignal(signal.SIGTERM) == stop.handle
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert stop.received == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+# --------------------------------------------------------------------------- resume=PATH
 
 
-def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path):
-    proc = start(tmp_path)
-    wait_for_rows(tmp_path, 3, proc)
-    proc.kill()
-    proc.wait()
+def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path, monkeypatch):
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)
+    monkeypatch.undo()
     source = tmp_path / "kept.pt"
     source.write_bytes((tmp_path / RUN_DIR / "last.pt").read_bytes())
-    step = __import__("torch").load(source, weights_only=False)["step"]
     result = resexp("train", *RUN, "name=branch", f"resume={source}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     branch = rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")
-    assert branch[0]["step"] == (step // 20 + 1) * 20 and branch[-1]["step"] == 200
+    assert [r["step"] for r in branch] == [40, 50, 60]
+
+
+def test_a_run_started_from_a_checkpoint_resumes_from_its_own_after_an_interrupt(tmp_path, monkeypatch):
+    signal_at(monkeypatch, 15, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)  # a checkpoint at 15
+    source = tmp_path / "kept.pt"
+    source.write_bytes((tmp_path / RUN_DIR / "last.pt").read_bytes())
+    monkeypatch.undo()
+    signal_at(monkeypatch, 20, signal.SIGINT)  # the branch is interrupted at 15 + 20 = 35
+    branch = ["name=branch", f"resume={source}"]
+    assert resexp("train", *RUN, *branch, cwd=tmp_path).code == 130
+    monkeypatch.undo()
+    again = resexp("train", *RUN, *branch, cwd=tmp_path)  # "run the same command again to resume"
+    assert again.code == 0 and "has a checkpoint of its own (iteration 35): resuming from it" in again.stderr
+    assert [r["step"] for r in rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")] == [20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"weights": torch.zeros(2)}, "is not a resexp checkpoint (it lacks model, model_fields, optimizer"),
+        (torch.zeros(3), "is not a resexp checkpoint"),
+        (b"not a zip file at all", "is not a readable checkpoint"),
+        ("pickled-object", "is not a readable checkpoint (UnpicklingError)"),
+    ],
+)
+def test_a_file_that_is_not_a_resexp_checkpoint_is_one_line(tmp_path, content, message):
+    path = tmp_path / "other.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "pickled-object":
+        torch.save({"model": object.__new__(RunLock)}, path)  # loading it would run code: refused
+    else:
+        torch.save(content, path)
+    result = resexp("train", *RUN, f"resume={path}", cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1 and message in result.stderr, result.stderr
+    assert leftovers(tmp_path) == ["other.pt"]
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, monkeypatch):
+    signal_at(monkeypatch, 15, signal.SIGINT)
+    resexp("train", *RUN, cwd=tmp_path)
+    monkeypatch.undo()
+    result = resexp("train", *RUN, "model.depth=14", f"resume={tmp_path / RUN_DIR / 'last.pt'}", cwd=tmp_path)
+    assert result.code == 1 and "was made for another model (model.depth: 8 vs 14)" in result.stderr
+    assert not (tmp_path / "runs/default/synthetic/residual-14A_s0").exists()
+
+
+# --------------------------------------------------------------------------- data identity
+
+
+def test_the_same_command_on_other_data_is_refused_and_on_a_copy_accepted(tmp_path):
+    small = ["data.batch_size=16", "model.depth=8", "schedule.iterations=8", "eval_every=4", "device=cpu"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "copy").mkdir()
+    write_npz(tmp_path / "a" / "cifar10.npz")
+    write_npz(tmp_path / "b" / "cifar10.npz", n_train=80)
+    (tmp_path / "copy" / "cifar10.npz").write_bytes((tmp_path / "a" / "cifar10.npz").read_bytes())
+    assert resexp("train", "data.root=a", *small, cwd=tmp_path).code == 0
+    other = resexp("train", "data.root=b", *small, cwd=tmp_path)
+    assert other.code == 1 and "holds a run of other data: it was trained on cifar10.npz" in other.stderr
+    copy = resexp("train", "data.root=copy", *small, cwd=tmp_path)
+    assert copy.code == 0 and "complete already" in copy.stderr
+    wrong = resexp("train", "data=cifar100", "data.root=a", "data.file=cifar10.npz", "name=c100", *small, cwd=tmp_path)
+    assert wrong.code == 1 and "it holds 10 classes, not the 100 of this dataset" in wrong.stderr
+    assert not (tmp_path / "runs/c100").exists()
+
+
+def test_output_directory_that_cannot_be_made(tmp_path):
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    result = resexp("train", *RUN, "hydra.run.dir=blocked/run", cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1 and "blocked" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_directory(tmp_path):
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    result = resexp("train", *RUN, "hydra.run.dir=ro/run", cwd=tmp_path)
+    assert result.code == 1 and "Permission denied" in result.stderr and len(result.lines) == 1

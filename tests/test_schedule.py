@@ -9,7 +9,8 @@ from resexp.schedule import Schedule
 def test_multistep_divides_by_ten_at_32k_and_48k():
     s = Schedule(0.1, ScheduleConfig())
     assert [s.lr(i) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
 
 
 def test_warmup_holds_0_01_until_training_error_is_below_80_percent():
@@ -23,9 +24,19 @@ def test_warmup_holds_0_01_until_training_error_is_below_80_percent():
 
 def test_plateau_divides_after_patience_and_stops_at_the_floor():
     s = Schedule(0.1, ScheduleConfig(name=ScheduleName.plateau, patience=2, min_delta=0.5, min_lr=0.001))
-    errors = [50, 40, 39.8, 39.9,  # no gain above min_delta for 2 evaluations -> 0.01
-              30, 30, 30,          # -> 0.001 (the floor)
-              30, 30, 30, 30]      # stays at the floor
+    errors = [
+        50,
+        40,
+        39.8,
+        39.9,  # no gain above min_delta for 2 evaluations -> 0.01
+        30,
+        30,
+        30,  # -> 0.001 (the floor)
+        30,
+        30,
+        30,
+        30,
+    ]  # stays at the floor
     lrs = []
     for e in errors:
         s.observe({"train/error": e, "test/error": e})
@@ -46,3 +57,9 @@ def test_state_dict_round_trip_continues_identically():
         a.observe({"train/error": e, "test/error": e})
         b.observe({"train/error": e, "test/error": e})
         assert a.lr(0) == b.lr(0)
+
+
+def test_milestones_left_out_are_half_and_three_quarters_of_any_schedule():
+    s = Schedule(0.1, ScheduleConfig(iterations=400))
+    assert [s.lr(i) for i in (0, 199, 200, 299, 300, 399)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert Schedule(0.1, ScheduleConfig(iterations=400, milestones=[100])).lr(150) == pytest.approx(0.01)

@@ -1,15 +1,14 @@
-"""Datasets and batches: CIFAR-10/100 and the synthetic set as one uint8 tensor on the device,
-ImageNet as an ImageFolder tree through a DataLoader.
+"""CIFAR-10/100 and the synthetic set as one uint8 tensor on the device.
 
-CIFAR (He et al. 2015, Sec. 4.2): "4 pixels are padded on each side, and a 32x32 crop is
-randomly sampled from the padded image or its horizontal flip", with the per-pixel mean
-subtracted. Here the crop offsets and flips of a whole epoch are drawn up front from a generator
-seeded by (seed, epoch), and applied to each batch with one gather on the device. So no worker
-processes are needed, the same crops come out on CPU and GPU, and a run resumed in the middle
-of an epoch sees exactly the batches it would have seen.
+He et al. 2015, Sec. 4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly
+sampled from the padded image or its horizontal flip", with the per-pixel mean subtracted. Here
+the crop offsets and flips of a whole epoch are drawn up front from a generator seeded by
+(seed, epoch) and applied to each batch with one gather on the device. So no worker processes
+are needed, the same crops come out on CPU and GPU, and a run resumed in the middle of an epoch
+sees exactly the batches it would have seen.
 
-ImageNet (Sec. 3.4): shorter side resized to a random size in [256, 480], a random 224 crop or
-its flip, centre-crop (or 10-crop) evaluation.
+Sources: an .npz with uint8 x_train, y_train, x_test, y_test (or JPEG bytes + offsets, decoded on
+load), torchvision's folder layout (downloaded on request), or a generated synthetic set.
 """
 
 from __future__ import annotations
@@ -19,23 +18,23 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resexp.config import DataConfig, _value
+from resexp.config import DataConfig, DataName
+from resexp.data.common import Batch, Data, DataSource, epoch_generator, file_fingerprint
+from resexp.errors import DataError
 
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
-TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLASSES = {DataName.cifar10: 10, DataName.cifar100: 100}
+IMAGE_SIZE = 32
+TORCHVISION_FOLDERS = {DataName.cifar10: "cifar-10-batches-py", DataName.cifar100: "cifar-100-python"}
+TORCHVISION_FILES = {
+    DataName.cifar10: [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+    DataName.cifar100: ["train", "test"],
+}
 SYNTHETIC_SEED = 20151210  # the data never depend on the run's seed
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class DataError(RuntimeError):
-    """The dataset is missing or malformed; the message says what was expected."""
 
 
 @dataclass
@@ -49,22 +48,7 @@ class Arrays:
     num_classes: int
 
 
-class TrainStream(Protocol):
-    """What the loop needs of training data: batches of one epoch, from batch `start` on."""
-
-    def __len__(self) -> int: ...  # batches per epoch
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
-
-
-@dataclass
-class Data:
-    train: TrainStream
-    evals: dict[str, EvalSet]  # "test", and "val" when data.val_split > 0
-    num_classes: int
-    train_size: int
-
-
-# --------------------------------------------------------------------------- loading arrays
+# --------------------------------------------------------------------------- where the data is
 
 
 def npz_path(cfg: DataConfig) -> Path | None:
@@ -74,8 +58,44 @@ def npz_path(cfg: DataConfig) -> Path | None:
         return root
     if cfg.file is not None:
         return root / cfg.file
-    candidate = root / f"{_value(cfg.name)}.npz"
+    candidate = root / f"{cfg.name}.npz"
     return candidate if candidate.exists() else None
+
+
+def torchvision_dataset(cfg: DataConfig, train: bool):
+    import torchvision
+
+    dataset = {DataName.cifar10: torchvision.datasets.CIFAR10, DataName.cifar100: torchvision.datasets.CIFAR100}
+    root = Path(cfg.root).expanduser()
+    try:
+        return dataset[cfg.name](str(root), train=train, download=cfg.download)
+    except Exception as e:  # network errors, corrupt pickles, failed checksums
+        raise DataError(f"could not load {cfg.name} from {root}/ with torchvision ({type(e).__name__}: {e})") from None
+
+
+def source(cfg: DataConfig) -> DataSource:
+    """Which data the config reads (downloading it first when asked), before loading it."""
+    if cfg.name == DataName.synthetic:
+        return DataSource(cfg.name, "generated", f"synthetic-{SYNTHETIC_SEED}")
+    path = npz_path(cfg)
+    if path is not None:
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        return DataSource(cfg.name, path.name, file_fingerprint([path]))
+    root = Path(cfg.root).expanduser()
+    folder = root / TORCHVISION_FOLDERS[cfg.name]
+    if cfg.download:
+        torchvision_dataset(cfg, train=True), torchvision_dataset(cfg, train=False)
+    if not folder.is_dir():
+        raise DataError(
+            f"{cfg.name} not found in {root}/: expected {root / (cfg.name + '.npz')} (uint8 x_train, y_train, x_test, "
+            f"y_test) or torchvision's {folder}/. Add data.download=true to download it there (needs internet), "
+            "or point data.root at a copy"
+        )
+    return DataSource(cfg.name, f"{folder.name}/", file_fingerprint(folder / f for f in TORCHVISION_FILES[cfg.name]))
+
+
+# --------------------------------------------------------------------------- loading arrays
 
 
 def decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -92,14 +112,19 @@ def decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def load_npz(path: Path, num_classes: int) -> Arrays:
     """x_train/y_train/x_test/y_test as uint8 arrays, or train_/test_ jpeg_bytes + offsets."""
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
     try:
         with np.load(path) as z:
             keys = set(z.files)
             if {"x_train", "y_train", "x_test", "y_test"} <= keys:
                 arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            elif {"train_jpeg_bytes", "train_jpeg_offsets", "y_train", "test_jpeg_bytes"} <= keys:
+            elif {
+                "train_jpeg_bytes",
+                "train_jpeg_offsets",
+                "y_train",
+                "test_jpeg_bytes",
+                "test_jpeg_offsets",
+                "y_test",
+            } <= keys:
                 arrays = {
                     "x_train": decode_jpegs(z["train_jpeg_bytes"], z["train_jpeg_offsets"]),
                     "y_train": z["y_train"],
@@ -111,49 +136,43 @@ def load_npz(path: Path, num_classes: int) -> Arrays:
                     f"{path} holds arrays {sorted(keys)}; expected x_train, y_train, x_test, y_test "
                     "(uint8 images N x 32 x 32 x 3 and their labels)"
                 )
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated or not an npz at all
-        raise DataError(f"{path} could not be read as an .npz file ({e}); is it truncated?") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, pickled objects, not an npz
+        raise DataError(
+            f"{path} could not be read as an .npz file of arrays ({type(e).__name__}); is it truncated?"
+        ) from None
     return check_arrays(Arrays(num_classes=num_classes, **arrays), str(path))
 
 
-def check_arrays(a: Arrays, source: str) -> Arrays:
+def check_arrays(a: Arrays, source: str, image_size: int = IMAGE_SIZE) -> Arrays:
+    """Everything the loop will rely on: uint8 RGB images of the family's size, one integer
+    label per image in 0..K-1, and labels that use the last class (a CIFAR-10 file given as
+    data=cifar100 has K = 10, not 100)."""
     for split in ("train", "test"):
         x, y = getattr(a, f"x_{split}"), getattr(a, f"y_{split}")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+            raise DataError(f"{source}: x_{split} has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, H, W, 3)")
+        if len(x) == 0:
+            raise DataError(f"{source}: x_{split} holds no images")
+        if x.shape[1:3] != (image_size, image_size):
             raise DataError(
-                f"{source}: x_{split} has dtype {x.dtype} and shape {x.shape}; expected uint8 (N, H, W, 3)"
+                f"{source}: x_{split} holds {x.shape[1]}x{x.shape[2]} images; expected {image_size}x{image_size}"
             )
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{source}: y_{split} has shape {y.shape}; expected ({len(x)},), one label per image")
-        if len(y) and (y.min() < 0 or y.max() >= a.num_classes):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: y_{split} has dtype {y.dtype}; expected integer labels 0..{a.num_classes - 1}")
+        if y.min() < 0 or y.max() >= a.num_classes:
             raise DataError(
                 f"{source}: y_{split} has labels in [{y.min()}, {y.max()}]; expected 0..{a.num_classes - 1}"
             )
-    if a.x_train.shape[1:] != a.x_test.shape[1:]:
-        raise DataError(f"{source}: train images are {a.x_train.shape[1:]} but test images {a.x_test.shape[1:]}")
+    top = max(a.y_train.max(), a.y_test.max())
+    if top != a.num_classes - 1:
+        raise DataError(
+            f"{source}: labels run from 0 to {top}, so it holds {top + 1} classes, not the "
+            f"{a.num_classes} of this dataset: is data= the right one?"
+        )
     a.y_train, a.y_test = a.y_train.astype(np.int64), a.y_test.astype(np.int64)
     return a
-
-
-def load_torchvision_cifar(cfg: DataConfig) -> Arrays:
-    import torchvision
-
-    name = _value(cfg.name)
-    dataset = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
-    root = Path(cfg.root).expanduser()
-    if not cfg.download and not (root / TORCHVISION_FOLDERS[name]).is_dir():
-        raise DataError(
-            f"{name} not found in {root}/: expected {root / (name + '.npz')} (uint8 x_train, y_train, x_test, "
-            f"y_test) or torchvision's {root / TORCHVISION_FOLDERS[name]}/. Add data.download=true to download "
-            f"it there (needs internet), or point data.root at a copy"
-        )
-    try:
-        train = dataset(str(root), train=True, download=cfg.download)
-        test = dataset(str(root), train=False, download=cfg.download)
-    except Exception as e:  # download errors, corrupt pickles
-        raise DataError(f"could not load {name} from {root}/ with torchvision: {e}") from None
-    arrays = Arrays(train.data, np.asarray(train.targets), test.data, np.asarray(test.targets), CIFAR_CLASSES[name])
-    return check_arrays(arrays, str(root / TORCHVISION_FOLDERS[name]))
 
 
 def synthetic_arrays(cfg: DataConfig) -> Arrays:
@@ -173,17 +192,21 @@ def synthetic_arrays(cfg: DataConfig) -> Arrays:
 
     x_train, y_train = sample(cfg.train_size)
     x_test, y_test = sample(cfg.test_size)
-    return Arrays(x_train, y_train, x_test, y_test, k)
+    return Arrays(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), k)
 
 
 def load_arrays(cfg: DataConfig) -> Arrays:
-    name = _value(cfg.name)
-    if name == "synthetic":
+    if cfg.name == DataName.synthetic:
         return synthetic_arrays(cfg)
     path = npz_path(cfg)
     if path is not None:
-        return load_npz(path, CIFAR_CLASSES[name])
-    return load_torchvision_cifar(cfg)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        return load_npz(path, CLASSES[cfg.name])
+    source(cfg)  # the folder is there (or downloaded), else a DataError saying how to get it
+    train, test = torchvision_dataset(cfg, train=True), torchvision_dataset(cfg, train=False)
+    arrays = Arrays(train.data, np.asarray(train.targets), test.data, np.asarray(test.targets), CLASSES[cfg.name])
+    return check_arrays(arrays, str(Path(cfg.root).expanduser() / TORCHVISION_FOLDERS[cfg.name]))
 
 
 def split(a: Arrays, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -198,6 +221,8 @@ def split(a: Arrays, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str,
         if cfg.subset > len(x):
             raise DataError(f"data.subset={cfg.subset} is larger than the {len(x)} training images available")
         x, y = x[: cfg.subset], y[: cfg.subset]
+    if cfg.batch_size > len(x):
+        raise DataError(f"data.batch_size={cfg.batch_size} is larger than the {len(x)} training images")
     return x, y, evals
 
 
@@ -215,7 +240,7 @@ class Normalizer:
             self.std = torch.ones(3, 1, 1, dtype=torch.float64)
         else:
             self.mean = x.mean((0, 1, 2)).view(3, 1, 1)
-            self.std = x.std((0, 1, 2)).view(3, 1, 1)
+            self.std = x.std((0, 1, 2)).clamp_min(1 / 255).view(3, 1, 1)
         self.mean = self.mean.to(device, torch.float32)
         self.scale = (1 / (255 * self.std)).to(device, torch.float32)
 
@@ -236,17 +261,20 @@ def crop_flip(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.T
     return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 class TensorTrainStream:
     """Shuffled, augmented batches from a uint8 tensor held on the device."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer, augment: bool,
-                 seed: int, device: torch.device, pad: int = 4) -> None:  # fmt: skip
-        if batch_size > len(x):
-            raise DataError(f"data.batch_size={batch_size} is larger than the {len(x)} training images")
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        normalize: Normalizer,
+        augment: bool,
+        seed: int,
+        device: torch.device,
+        pad: int = 4,
+    ) -> None:
         self.x = torch.from_numpy(x).to(device)
         self.y = torch.from_numpy(y).to(device)
         self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
@@ -271,8 +299,9 @@ class TensorTrainStream:
 class EvalSet:
     """A fixed evaluation set, in large unaugmented batches."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer,
-                 device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer, device: torch.device
+    ) -> None:
         self.x = torch.from_numpy(x).to(device)
         self.y = torch.from_numpy(y).to(device)
         self.batch_size, self.normalize = batch_size, normalize
@@ -288,16 +317,7 @@ class EvalSet:
 def tensor_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
     arrays = load_arrays(cfg)
     x, y, evals = split(arrays, cfg)
-    normalize = Normalizer(x, _value(cfg.normalize), device)
+    normalize = Normalizer(x, cfg.normalize, device)
     train = TensorTrainStream(x, y, cfg.batch_size, normalize, cfg.augment, seed, device)
     eval_sets = {k: EvalSet(ex, ey, cfg.eval_batch_size, normalize, device) for k, (ex, ey) in evals.items()}
     return Data(train, eval_sets, arrays.num_classes, len(x))
-
-
-def build_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
-    """The one function that turns the data config into batches."""
-    if _value(cfg.name) == "imagenet":
-        from resexp.imagenet import imagenet_data
-
-        return imagenet_data(cfg, seed, device)
-    return tensor_data(cfg, seed, device)

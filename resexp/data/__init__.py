@@ -1,0 +1,35 @@
+"""Datasets and batches: CIFAR-10/100 and the synthetic set as one uint8 tensor on the device
+(resexp.data.cifar), ImageNet as an ImageFolder tree through DataLoader workers
+(resexp.data.imagenet). The loop sees only `Data` (resexp.data.common)."""
+
+from __future__ import annotations
+
+import torch
+
+from resexp.config import DataConfig, DataName
+from resexp.data.common import Batch, Data, DataSource, EvalStream, TrainStream, endless
+from resexp.errors import DataError
+
+__all__ = ["Batch", "Data", "DataError", "DataSource", "EvalStream", "TrainStream", "build_data", "endless", "source"]
+
+
+def source(cfg: DataConfig) -> DataSource:
+    """Which data the config reads, with a cheap fingerprint, before anything is loaded."""
+    if cfg.name == DataName.imagenet:
+        from resexp.data import imagenet
+
+        return imagenet.source(cfg)
+    from resexp.data import cifar
+
+    return cifar.source(cfg)
+
+
+def build_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
+    """The one function that turns the data config into batches."""
+    if cfg.name == DataName.imagenet:
+        from resexp.data.imagenet import imagenet_data
+
+        return imagenet_data(cfg, seed, device)
+    from resexp.data.cifar import tensor_data
+
+    return tensor_data(cfg, seed, device)

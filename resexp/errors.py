@@ -1,0 +1,101 @@
+"""The error boundary's vocabulary: mistakes a user can fix, and any exception as one line.
+
+resexp's own errors carry a finished one-line message naming the field or file and what would
+be valid. Errors raised by libraries (Hydra composing the config, OmegaConf checking a value,
+the OS) are turned into one line from their type and fields, never by reading their text.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from enum import Enum
+from typing import Any
+
+
+class Reported(Exception):
+    """An error whose message is already the one line to show."""
+
+
+class UserError(Reported):
+    """A mistake the user can fix; the message is one line that says what and where."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config that composes but breaks a range or a rule that ties fields together."""
+
+
+class DataError(UserError):
+    """The dataset is missing or malformed; the message says what was expected."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used as asked: in use, another config, another dataset."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be read, or belongs to another model."""
+
+
+class MetricsError(RunDirError):
+    """A metrics.jsonl line that is not a metrics row (file and line number in the message)."""
+
+
+def one_line(e: BaseException) -> str:
+    """Any exception as one line for the console."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(e, Reported):
+        return first_line(str(e))
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if isinstance(e, MissingConfigException):
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        options = [o for o in e.options or [] if not o.startswith("base_")]
+        if group and options:
+            return f"{group}={option} is not a config: available options are {', '.join(options)}"
+        return f"config {e.missing_cfg_file!r} not found"
+    if isinstance(e, OverrideParseException):
+        return f"an override does not parse: {first_line(str(e))} (write key=value, e.g. model.depth=56)"
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        return unknown_key(cause.full_key, cause.object_type)
+    if isinstance(cause, ValidationError) and cause.full_key:
+        expected = field_type(cause.object_type, cause.key)
+        shown = f"{cause.full_key}={cause.value}"
+        return f"{shown} is not valid: expected {describe_type(expected)}" if expected else f"{shown} is not valid"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {first_line(cause.msg or str(cause))}"
+    return f"{type(e).__name__}: {first_line(str(e))} (an unexpected error: --debug shows the traceback)"
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def unknown_key(full_key: str, object_type: Any) -> str:
+    fields = list(getattr(object_type, "__dataclass_fields__", {}))
+    parent = full_key.rpartition(".")[0]
+    where = f"{parent} has" if parent else "the top level has"
+    return f"{full_key} is not a field: {where} {', '.join(fields)}" if fields else f"{full_key} is not a field"
+
+
+def field_type(object_type: Any, key: Any) -> Any:
+    try:
+        return typing.get_type_hints(object_type)[key]
+    except (TypeError, KeyError, NameError):
+        return None
+
+
+def describe_type(t: Any) -> str:
+    """'one of plain, residual', 'an integer', 'a list of integers, e.g. [100,200]', ..."""
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1:
+        return "null or " + describe_type(args[0])
+    if typing.get_origin(t) is list:
+        return f"a list of {describe_type(args[0]).removeprefix('an ').removeprefix('a ')}s, e.g. [100,200]"
+    if isinstance(t, type) and issubclass(t, Enum):
+        return "one of " + ", ".join(m.value for m in t)
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, str(t))

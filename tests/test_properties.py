@@ -1,0 +1,105 @@
+"""Property: whatever a user types, `resexp train` ends in exit 0, or in exactly one error line
+with no traceback; and a failure before training leaves nothing on disk. Hypothesis draws override
+sets, valid and invalid values of every public field, on top of a run that takes a fraction of a
+second; through the CLI's entry point, in-process."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from conftest import resexp, write_npz
+
+BASE = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.test_size=16",
+    "data.batch_size=16",
+    "model.depth=8",
+    "schedule.iterations=2",
+    "device=cpu",
+]
+NPZ = Path(tempfile.mkdtemp(prefix="resexp-properties-")) / "small.npz"
+write_npz(NPZ, n_train=64, n_test=16)
+
+# Every public field: values that are valid on a CPU, then values that are not.
+FIELDS = {
+    "model": ["cifar", "imagenet", "resnet"],
+    "model.depth": ["8", "14", "18", "21", "0", "-4", "deep", "1000000004", "1.5"],
+    "model.mode": ["plain", "residual", "highway", "PLAIN"],
+    "model.shortcut": ["A", "B", "C", "D", "a"],
+    "data": ["synthetic", "cifar10", "cifar100", "imagenet", "mnist"],
+    "data.root": [str(NPZ), str(NPZ.parent), "/nonexistent", str(NPZ.parent / "missing.npz")],
+    "data.file": ["small.npz", "null", "missing.npz", "../x"],
+    "data.batch_size": ["8", "16", "0", "-1", "1000000", "big"],
+    "data.eval_batch_size": ["1", "64", "0"],
+    "data.subset": ["32", "null", "0", "100000"],
+    "data.val_split": ["0", "16", "-1", "64", "100000"],
+    "data.augment": ["true", "false", "maybe"],
+    "data.normalize": ["pixel_mean", "channel", "zca"],
+    "data.workers": ["0", "2", "-1"],
+    "data.image_size": ["8", "32", "0", "100000"],
+    "data.num_classes": ["2", "10", "1", "0"],
+    "data.train_size": ["32", "64", "0", "8"],
+    "data.test_size": ["8", "0", "-3"],
+    "optim.lr": ["0.01", "0.1", "0", "-0.1", "inf", "nan", "fast"],
+    "optim.momentum": ["0", "0.9", "1", "5", "-0.5"],
+    "optim.weight_decay": ["0", "1e-4", "-1", "inf"],
+    "schedule": ["multistep", "plateau", "cosine"],
+    "schedule.iterations": ["2", "3", "0", "-5", "1e3"],
+    "schedule.milestones": ["[1]", "null", "[]", "[2]", "[1,1]", "[0]", "5"],
+    "schedule.gamma": ["0.1", "0.5", "0", "1", "2"],
+    "schedule.monitor": ["train/error", "test/loss", "val/error", "accuracy"],
+    "schedule.patience": ["1", "5", "0", "-2"],
+    "schedule.min_delta": ["0", "0.1", "-1", "nan"],
+    "schedule.min_lr": ["0", "1e-4", "-1"],
+    "schedule.warmup_lr": ["null", "0.01", "0", "-0.01"],
+    "schedule.warmup_until_error": ["80", "100", "0", "101"],
+    "speed.precision": ["auto", "fp32", "bf16", "fp8"],
+    "speed.channels_last": ["true", "false", "null", "maybe"],
+    "speed.compile": ["auto", "off", "fastest"],
+    "speed.fused_optimizer": ["true", "false", "null"],
+    "speed.cuda_graph": ["false", "null", "true"],
+    "speed.cudnn_benchmark": ["true", "false"],
+    "name": ["default", "a/b", "x-1.2", "..", "../../escape", "/abs", "a//b", "'a b'"],
+    "seed": ["0", "7", "4294967295", "-1", "4294967296", "1.5"],
+    "device": ["auto", "cpu", "cuda", "mps", "meta", "cpu:0", "gpu"],
+    "eval_every": ["1", "null", "0", "-1"],
+    "resume": ["null", "/nonexistent.pt", str(NPZ)],
+    "+experiment": ["cifar_quick", "fig99"],
+    "+bogus": ["1"],
+}
+
+overrides = st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size=4).flatmap(
+    lambda keys: st.tuples(*[st.sampled_from(FIELDS[k]).map(lambda v, k=k: f"{k}={v}") for k in keys])
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=overrides)
+def test_every_override_set_ends_in_success_or_one_line_and_a_failed_start_leaves_nothing(drawn):
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        outcome = resexp("train", *BASE, *drawn, cwd=cwd)
+        messages = [line for line in outcome.lines if not line.startswith("[")]  # evaluation lines start with [
+        event(f"exit {outcome.code}")
+        assert "Traceback" not in outcome.stderr and "Error executing job" not in outcome.stderr
+        assert "an unexpected error" not in outcome.stderr, (drawn, outcome.stderr)
+        if outcome.code == 0:
+            assert all("complete already" not in m for m in messages), drawn
+            assert list(cwd.rglob("status.json")), drawn
+            return
+        assert outcome.code == 1, (drawn, outcome.code, outcome.stderr)
+        assert len(messages) == 1 and messages[0].startswith(("error: ", "diverged: ")), (drawn, outcome.stderr)
+        if not list(cwd.rglob("status.json")):  # failed before training: no trace at all
+            assert not list(cwd.rglob("*")), (drawn, sorted(map(str, cwd.rglob("*"))))
+        assert not (cwd.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("text", ["model.depth=8 data=synthetic", "=", "model..depth=1", "~model", "data@x=y"])
+def test_strange_override_syntax_is_one_line_too(tmp_path, text):
+    outcome = resexp("train", *BASE, *text.split(), cwd=tmp_path)
+    assert outcome.code in (0, 1) and "Traceback" not in outcome.stderr
+    assert outcome.code == 0 or len(outcome.lines) == 1, outcome.stderr
