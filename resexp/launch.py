@@ -157,7 +157,7 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
 def task(cfg: DictConfig) -> float | None:
     """One job, called by Hydra with its composed config. Reports its own failure in one line
     and returns None, so that Hydra goes on with the other jobs of a sweep and prints nothing
-    more; the command's exit status is decided from the run directories afterwards."""
+    more; `launch` decides the command's exit status from `failures` and the run directories."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

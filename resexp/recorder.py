@@ -182,7 +182,7 @@ class Recorder:
         for key in ("train/error", "test/error"):
             if key in metrics:
                 self.writer.add_scalar("final/" + key.replace("/", "_"), metrics[key], step)
-                self.writer.add_scalar("best/" + key.replace("/", "_"), self.best[key], step)
+                self.writer.add_scalar("best/" + key.replace("/", "_"), self.best.get(key, metrics[key]), step)
         self.writer.flush()
         self.message(format_line(metrics, self.total))
 

@@ -14,6 +14,7 @@ load), torchvision's folder layout (downloaded on request), or a generated synth
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,7 +86,13 @@ def source(cfg: DataConfig) -> DataSource:
     root = Path(cfg.root).expanduser()
     folder = root / TORCHVISION_FOLDERS[cfg.name]
     if cfg.download:
-        torchvision_dataset(cfg, train=True), torchvision_dataset(cfg, train=False)
+        existed = root.exists()
+        try:
+            torchvision_dataset(cfg, train=True), torchvision_dataset(cfg, train=False)
+        except DataError:
+            if not existed:  # the folder and the partial download are this command's: leave no trace
+                shutil.rmtree(root, ignore_errors=True)
+            raise
     if not folder.is_dir():
         raise DataError(
             f"{cfg.name} not found in {root}/: expected {root / (cfg.name + '.npz')} (uint8 x_train, y_train, x_test, "
