@@ -7,7 +7,7 @@ DATA ?= $(if $(wildcard ../shared/data/cifar10.npz),../shared/data,data)
 DOWNLOAD := $(if $(wildcard $(DATA)/cifar10.npz $(DATA)/cifar-10-batches-py),,data.download=true)
 EXTRA ?=
 
-.PHONY: help install test test-all lint format demo bench tb clean
+.PHONY: help install test test-all lint format demo analyze bench tb clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -34,10 +34,17 @@ format: install  ## apply ruff's fixes and formatting
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~35 min on 2 CPU cores), then plot + report
+demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~31 min on 2 CPU cores), then plot + report
 	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
+
+analyze: install  ## after make demo: why it works, on its sweep (responses, gradients, lesion, landscape), then report.html
+	$(BIN)/resexp analyze responses runs/cifar_quick
+	$(BIN)/resexp analyze gradients runs/cifar_quick
+	$(BIN)/resexp analyze lesion runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0
+	$(BIN)/resexp analyze landscape runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0 --workers 2
+	$(BIN)/resexp report runs/cifar_quick --format html
 
 bench: install  ## training images/s of resexp vs a common-way reference loop on this machine (resexp bench)
 	$(BIN)/resexp bench

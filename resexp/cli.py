@@ -199,14 +199,108 @@ def plot(
 
 @app.command(
     help="Tabulate the runs under RUNS_DIR per mode x depth (mean ± std over seeds) beside the paper's numbers, "
-    "with a verdict on the degradation problem. Works on unfinished sweeps."
+    "with a verdict on the degradation problem. Works on unfinished sweeps. --format html writes RUNS_DIR/report.html: "
+    "one self-contained page with the curves, the table and every analysis run on the folder."
 )
 def report(
     runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
-    form: str = typer.Option("markdown", "--format", help="markdown, csv or json."),
+    form: str = typer.Option("markdown", "--format", help="markdown, csv, json or html."),
 ) -> None:
     from resexp.report import FORMATS, render
 
     if form not in FORMATS:
         raise fail(f"--format {form} is unknown: use {', '.join(FORMATS)}")
-    typer.echo(render(runs_in(runs_dir), form), nl=False)
+    runs = runs_in(runs_dir)
+    if form != "html":
+        typer.echo(render(runs, form), nl=False)
+        return
+    from resexp.report_html import render as page
+    from resexp.rundir import atomic_write
+
+    path = runs_dir / "report.html"
+    try:
+        atomic_write(path, page(runs, runs_dir))
+    except OSError as e:
+        raise fail(f"{e.strerror}: {e.filename}") from None
+    typer.echo(str(path))
+
+
+@app.command(
+    help="Why residual learning works, measured on the runs under FOLDER (a run or a folder of runs). KIND: "
+    "responses (He et al. Fig. 7: std of each 3x3 layer's response), gradients (gradient norms by layer, at "
+    "initialisation and at the checkpoint), lesion (Veit et al. 2016: test error with blocks removed), landscape "
+    "(Li et al. 2018: loss around the weights along filter-normalised directions). Writes FOLDER/analysis/KIND.png, "
+    ".svg and .json, and prints a table and a verdict beside the paper's claim."
+)
+def analyze(
+    kind: str = typer.Argument(..., help="responses, gradients, lesion or landscape."),
+    folder: Path = typer.Argument(..., help="A run folder or a folder of runs (e.g. runs/cifar_quick)."),
+    at_init: bool = typer.Option(False, "--at-init", help="Analyse freshly initialised nets of the same configs."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    data_root: str | None = typer.Option(
+        None, help="Where the runs' data is, when not at the data.root their config.yaml names."
+    ),
+    images: int | None = typer.Option(
+        None,
+        help="Images per evaluation: responses and lesion: test images; gradients: the training batch; landscape: "
+        "training images.",
+        show_default="responses, lesion: the whole test set; gradients: the run's batch; landscape: 512",
+    ),
+    draws: int = typer.Option(3, help="lesion: random draws per number of removed blocks."),
+    grid: int = typer.Option(21, help="landscape: points per axis of the 2D grid."),
+    span: float = typer.Option(1.0, help="landscape: the grid covers [-span, span] along each direction."),
+    workers: int = typer.Option(1, help="landscape: processes computing chunks side by side (CPU)."),
+    nets: str = typer.Option(
+        "", help="Only these nets, by the names report shows, e.g. ResNet-56,plain-56.", show_default="all"
+    ),
+    seeds: str = typer.Option("", help="Only runs of these seeds, e.g. 0 or 0,1.", show_default="all"),
+) -> None:
+    from rich.table import Table
+
+    from resexp.analysis import Options
+    from resexp.analysis import analyze as run_analysis
+    from resexp.errors import one_line
+    from resexp.train import pick_device
+
+    if not folder.is_dir():
+        raise fail(f"{folder} is not a folder")
+    for option, value, low in (
+        ("--images", images, 1),
+        ("--draws", draws, 1),
+        ("--grid", grid, 2),
+        ("--workers", workers, 1),
+    ):
+        if value is not None and value < low:
+            raise fail(f"{option} {value} must be at least {low}")
+    if not span > 0:
+        raise fail(f"--span {span} must be positive")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise fail(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
+    net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
+    note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        result, paths = run_analysis(
+            kind,
+            folder,
+            Options(at_init, images, draws, grid, span, workers, nets=net_list, seeds=seed_list),
+            pick_device(device),
+            data_root,
+            note,
+            note,
+        )
+    except Exception as e:
+        raise fail(one_line(e)) from None
+    table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder}")
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*row)
+    console = Console()
+    console.width = max(console.width, 140)
+    console.print(table)
+    for line in result.verdicts:
+        console.print(f"- {line}", highlight=False, soft_wrap=True, markup=False)
+    for path in paths:
+        typer.echo(str(path))

@@ -140,12 +140,20 @@ class SpeedConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run records besides its metrics; none of it changes the results."""
+
+    grad_norms: bool = False  # per-stage gradient norms of the last training step at each evaluation
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     name: str = "default"  # the folder under runs/ that groups a set of runs (presets set it)
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N

@@ -17,7 +17,7 @@ from typing import Any
 
 from resexp.rundir import Run
 
-FORMATS = ("markdown", "csv", "json")
+FORMATS = ("markdown", "csv", "json", "html")  # html: resexp.report_html, a file
 
 # (data, family, mode, depth, shortcut) -> (test error %, source). Plain nets have no printed
 # numbers; the two plain CIFAR values are read off Figure 6.

@@ -54,6 +54,7 @@ NOT_RESULTS = (
     "speed.fused_optimizer",
     "speed.cuda_graph",
     "speed.cudnn_benchmark",
+    "log.grad_norms",
 )
 Warn = Callable[[str], None]
 

@@ -140,3 +140,15 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, running:
     """The iteration as `speed` says: compiled or not, graphed or not."""
     net = speed.for_training(model)
     return (GraphedStep if speed.cuda_graph else EagerStep)(net, optimizer, running, speed)
+
+
+def stage_grad_norms(model: torch.nn.Module) -> dict[str, float]:
+    """The norm of the last step's gradient over the stem, each stage and the head: the
+    `log.grad_norms` probe (per-stage gradient flow in TensorBoard, as grad_norm/*)."""
+    parts = {"stem": model.stem, **{f"stage{i + 1}": s for i, s in enumerate(model.stages)}, "head": model.head}
+    norms = {}
+    for name, module in parts.items():
+        grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+        if grads:
+            norms[f"grad_norm/{name}"] = torch.stack(grads).norm().item()
+    return norms

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from resexp.recorder import Recorder, environment
 from resexp.rundir import RunDir
 from resexp.schedule import Schedule
 from resexp.speed import EAGER, Speed, resolve
-from resexp.step import Running, make_step
+from resexp.step import Running, make_step, stage_grad_norms
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 
@@ -111,6 +112,7 @@ class Parts:
     schedule: Schedule
     data: Data
     speed: Speed
+    probes: tuple[Callable[[nn.Module], dict[str, float]], ...] = ()  # extra numbers at each evaluation
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -232,6 +234,8 @@ def train(
         if evaluating:
             metrics = {"step": state.step, "epoch": state.step / per_epoch, "lr": lr, **running.summary("train")}
             running.reset()
+            for probe in parts.probes:
+                metrics.update(probe(parts.model))
             if not math.isfinite(metrics["train/loss"]):
                 state.time = time.perf_counter() - started
                 recorder.evaluation({**metrics, "time": state.time, "diverged": True})
@@ -314,7 +318,8 @@ def start(
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
     checkpoints = Checkpointer(run, cfg, model, optimizer, schedule)
     state = TrainState() if saved is None else checkpoints.restore(saved, origin)
-    return Start(Parts(model, optimizer, schedule, data, speed), state, checkpoints, rows, data_source)
+    probes = (stage_grad_norms,) if cfg.log.grad_norms else ()
+    return Start(Parts(model, optimizer, schedule, data, speed, probes), state, checkpoints, rows, data_source)
 
 
 def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:

@@ -1,0 +1,292 @@
+"""Loss landscapes, Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets" (Fig. 5): the
+loss and error of a trained net at w + a*d1 + b*d2, for two random directions d1, d2 that are
+filter-normalised: each filter of a direction (one output channel of a conv, one row of the
+linear layer) is rescaled to the norm of the same filter of the weights, and the directions are
+zero for BN parameters and biases, as in the paper. BN uses its running statistics (eval mode),
+as in the paper's code.
+
+A 1D curve along d1 (2 * grid - 1 points) and a 2D grid of grid x grid points over
+[-span, span]^2 (default 21 x 21 over [-1, 1], step 0.1; Li et al. used 51 x 51), on the first
+`images` training images without augmentation (default 512). The points are computed in chunks
+(the line, then one grid row per chunk), each written to a file as it finishes, so a computation
+that is killed resumes where it stopped; on a CPU, --workers processes compute chunks side by
+side; on a GPU, one process takes the images in large batches.
+
+Their finding: ResNet-56's surface is smooth and nearly convex around the minimum, the same 56
+layers without shortcuts give a chaotic, non-convex one, and 110 plain layers a worse one still.
+Measured here: the share of interior grid points where the surface curves downward (a negative
+discrete Laplacian; 0 for a convex bowl) and the number of local minima.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resexp.analysis import Options, Result, pyplot
+from resexp.analysis.subjects import Subject, load
+from resexp.rundir import atomic_write
+
+DEFAULT_IMAGES = 512
+
+
+def filter_normalised(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random direction in weight space, each filter scaled to its weight filter's norm; zero
+    for BN parameters and biases (every parameter of one dimension)."""
+    direction = {}
+    for name, p in model.named_parameters():
+        if p.dim() <= 1:
+            direction[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        scale = p.detach().flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        direction[name] = d * scale.view(-1, *([1] * (p.dim() - 1)))
+    return direction
+
+
+def training_images(subject: Subject, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` training images, normalised, without augmentation (CIFAR and synthetic);
+    for folder datasets, the first augmented batches of the run's first epoch."""
+    train = subject.data.train
+    if hasattr(train, "x"):
+        return train.normalize(train.x[:n]), train.y[:n]
+    xs, ys = [], []
+    for x, y in train.batches(0):
+        xs.append(x)
+        ys.append(y)
+        if sum(map(len, ys)) >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+class Surface:
+    """The net at w + a*d1 + b*d2: loss and error (%) on fixed images."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        directions: list[dict[str, torch.Tensor]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 1000,
+    ) -> None:
+        self.model, self.directions, self.x, self.y, self.batch_size = model.eval(), directions, x, y, batch_size
+        self.origin = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def at(self, a: float, b: float) -> tuple[float, float]:
+        d1, d2 = self.directions
+        for name, p in self.model.named_parameters():
+            p.copy_(self.origin[name] + a * d1[name] + b * d2[name])
+        loss, errors = 0.0, 0
+        for i in range(0, len(self.y), self.batch_size):
+            logits = self.model(self.x[i : i + self.batch_size]).float()
+            y = self.y[i : i + self.batch_size]
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            errors += (logits.argmax(1) != y).sum().item()
+        for name, p in self.model.named_parameters():
+            p.copy_(self.origin[name])
+        return loss / len(self.y), 100.0 * errors / len(self.y)
+
+
+def chunks(options: Options) -> dict[str, list[tuple[float, float]]]:
+    """The points of each chunk: the 1D line along d1, then one row of the 2D grid per chunk."""
+    line = np.linspace(-options.span, options.span, 2 * options.grid - 1)
+    axis = np.linspace(-options.span, options.span, options.grid)
+    out = {"line": [(float(a), 0.0) for a in line]}
+    for j, b in enumerate(axis):
+        out[f"row-{j:03d}"] = [(float(a), float(b)) for a in axis]
+    return out
+
+
+def compute_chunk(job: dict[str, Any], subject: Subject | None = None) -> str:
+    """One chunk, in this process (`subject` given) or in a worker (the net rebuilt from its run):
+    compute the chunk's points at the saved directions and write them. Returns the chunk's name."""
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    if subject is None:
+        subject = load(job["run"], job["at_init"], torch.device(job["device"]), job["data_root"])
+    folder = Path(job["folder"])
+    directions = torch.load(folder / "directions.pt", map_location=subject.device, weights_only=True)
+    x, y = training_images(subject, job["images"])
+    surface = Surface(subject.model, directions, x, y)
+    values = [[a, b, *surface.at(a, b)] for a, b in job["points"]]
+    atomic_write(folder / f"{job['name']}.json", json.dumps(values))
+    return job["name"]
+
+
+def landscape(subject: Subject, options: Options, folder: Path, progress) -> dict[str, Any]:
+    """Compute (or finish) one net's landscape in `folder`; returns the 1D and 2D values."""
+    images = options.images or DEFAULT_IMAGES
+    meta = {"grid": options.grid, "span": options.span, "images": images, "seed": options.seed, "state": subject.state}
+    if folder.exists() and (folder / "meta.json").exists() and json.loads((folder / "meta.json").read_text()) != meta:
+        progress(f"landscape: {subject.name}: other settings than the chunks in {folder}; starting again")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "directions.pt").exists():
+        generator = torch.Generator().manual_seed(options.seed)
+        directions = [filter_normalised(subject.model, generator) for _ in range(2)]
+        atomic_write(folder / "directions.pt", lambda f: torch.save(directions, f))
+        atomic_write(folder / "meta.json", json.dumps(meta))
+    todo = {name: points for name, points in chunks(options).items() if not (folder / f"{name}.json").exists()}
+    if todo:
+        progress(f"landscape: {subject.name}: {len(todo)} of {len(chunks(options))} chunks to compute")
+    jobs = [
+        {
+            "run": subject.run,
+            "at_init": options.at_init,
+            "device": str(subject.device),
+            "data_root": subject.cfg.data.root,
+            "folder": str(folder),
+            "images": images,
+            "name": name,
+            "points": points,
+        }
+        for name, points in todo.items()
+    ]
+    workers = 1 if subject.device.type == "cuda" else min(options.workers, len(jobs))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for done, name in enumerate(pool.map(compute_chunk, [{**j, "threads": threads} for j in jobs]), 1):
+                progress(f"landscape: {subject.name}: chunk {name} done ({done}/{len(jobs)})")
+    else:
+        for done, job in enumerate(jobs, 1):
+            compute_chunk(job, subject)
+            progress(f"landscape: {subject.name}: chunk {job['name']} done ({done}/{len(jobs)})")
+    values = {name: json.loads((folder / f"{name}.json").read_text()) for name in chunks(options)}
+    line = np.array(values.pop("line"))
+    grid = np.array([values[name] for name in sorted(values)])  # (rows b, columns a, 4)
+    return {"line": line.tolist(), "grid": grid.tolist(), **shape_of(grid[:, :, 2]), "images": images}
+
+
+CEILING = 10.0  # the basin: points whose loss is within this of the lowest (the figures clip there too)
+
+
+def shape_of(loss: np.ndarray) -> dict[str, float]:
+    """How far the basin around the weights is from a convex bowl, measured where the loss is
+    within CEILING of its lowest value (outside it, the loss explodes and any surface looks
+    convex): the share of the basin's points whose discrete Laplacian is negative (the surface
+    curves downward there; 0 for a bowl), and the number of strict local minima (3x3)."""
+    basin = loss <= loss.min() + CEILING
+    inner = loss[1:-1, 1:-1]
+    around = [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
+    neighbours = np.stack([loss[1 + i : loss.shape[0] - 1 + i, 1 + j : loss.shape[1] - 1 + j] for i, j in around])
+    in_basin = basin[1:-1, 1:-1] & np.stack(
+        [basin[1 + i : basin.shape[0] - 1 + i, 1 + j : basin.shape[1] - 1 + j] for i, j in around]
+    ).all(0)
+    laplacian = neighbours[[1, 3, 4, 6]].sum(0) - 4 * inner  # the 4 direct neighbours
+    minima = int(((inner[None] < neighbours).all(0) & in_basin).sum())
+    share = float((laplacian[in_basin] < 0).mean()) if in_basin.any() else float("nan")
+    return {"concave_share": share, "local_minima": minima, "basin_points": int(basin.sum())}
+
+
+def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
+    records = []
+    for net in nets:
+        settings = (
+            f"grid{options.grid}-span{options.span:g}-images{options.images or DEFAULT_IMAGES}-seed{options.seed}"
+        )
+        folder = base.parent / f"{base.name}.chunks" / f"{net.run.path.name}-{settings}"
+        records.append({**net.record(), **landscape(net, options, folder, progress)})
+    columns = [
+        "net",
+        "seed",
+        "loss at the weights",
+        "grid",
+        "images",
+        "basin points",
+        "concave share",
+        "local minima",
+        "max loss",
+    ]
+    rows = []
+    for r in records:
+        grid = np.array(r["grid"])
+        centre = grid[grid.shape[0] // 2, grid.shape[1] // 2, 2]
+        rows.append(
+            [
+                r["net"],
+                str(r["seed"]),
+                f"{centre:.3f}",
+                f"{grid.shape[0]}x{grid.shape[1]}",
+                str(r["images"]),
+                str(r["basin_points"]),
+                f"{r['concave_share']:.2f}",
+                str(r["local_minima"]),
+                f"{grid[:, :, 2].max():.3g}",
+            ]
+        )
+    return Result("landscape", records, columns, rows, verdicts(records), figure(records))
+
+
+def verdicts(records: list[dict]) -> list[str]:
+    parts = [
+        f"{r['net']} s{r['seed']}: {r['local_minima']} local minima, concave share {r['concave_share']:.2f} in a "
+        f"basin of {r['basin_points']} points"
+        for r in records
+    ]
+    pairs = [
+        (r, p)
+        for r in records
+        for p in records
+        if r["mode"] == "residual" and p["mode"] == "plain" and r["depth"] == p["depth"]
+    ]
+    if not pairs:
+        return [f"landscape: {'; '.join(parts)}. No verdict: needs a plain and a residual net of one depth"]
+    smoother = [compare(r, p) for r, p in pairs]
+    claim = "Li et al. 2018 (with shortcuts the surface is smoother and closer to convex than without)"
+    if all(s == 0 for s in smoother):
+        head = f"no difference at this resolution (a smaller --span or a finer --grid looks closer); {claim}"
+    elif all(s > 0 for s in smoother):
+        head = f"agrees with {claim}"
+    elif all(s <= 0 for s in smoother):
+        head = f"does NOT agree with {claim}"
+    else:
+        head = f"partly agrees with {claim}"
+    return [f"landscape: {'; '.join(parts)}: {head}"]
+
+
+def compare(residual: dict, plain: dict) -> int:
+    """+1 when the residual basin is smoother (fewer local minima, or as many and a concave share
+    smaller by more than 0.02), -1 when the plain one is, 0 when they measure alike."""
+    if residual["local_minima"] != plain["local_minima"]:
+        return 1 if residual["local_minima"] < plain["local_minima"] else -1
+    gap = plain["concave_share"] - residual["concave_share"]
+    return 0 if abs(gap) <= 0.02 or gap != gap else (1 if gap > 0 else -1)
+
+
+def figure(records: list[dict]):
+    plt = pyplot()
+    n = len(records)
+    fig = plt.figure(figsize=(4.2 * n, 11))
+    for k, r in enumerate(records):
+        line, grid = np.array(r["line"]), np.array(r["grid"])
+        ax = fig.add_subplot(3, n, k + 1)
+        ax.plot(line[:, 0], line[:, 2], color="#1f77b4", label="loss")
+        ax2 = ax.twinx()
+        ax2.plot(line[:, 0], line[:, 3], color="#d62728", ls="--", label="error (%)")
+        ax.set(title=f"{r['net']} s{r['seed']}", xlabel="a (along d1)", ylabel="loss")
+        ax2.set_ylabel("error (%)")
+        a, b, loss = grid[:, :, 0], grid[:, :, 1], grid[:, :, 2]
+        contour = fig.add_subplot(3, n, n + k + 1)
+        levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 30)
+        contour.contour(a, b, loss, levels=levels, cmap="viridis", linewidths=0.8)
+        contour.set(xlabel="a", ylabel="b", aspect="equal")
+        surface = fig.add_subplot(3, n, 2 * n + k + 1, projection="3d")
+        surface.plot_surface(a, b, np.minimum(loss, loss.min() + 10), cmap="viridis", linewidth=0)
+        surface.set(xlabel="a", ylabel="b", zlabel="loss")
+    fig.suptitle("Loss around the trained weights along two filter-normalised directions (Li et al. 2018, Fig. 5)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,247 @@
+"""Lesions, Veit, Wilber and Belongie 2016, "Residual networks behave like ensembles of relatively
+shallow networks" (Figs. 3 and 5): the test error of a trained net with blocks removed.
+
+Removing a residual block leaves its shortcut (the identity, or option A's zero-padded identity,
+or a projection): the signal still flows. Removing a plain block leaves the identity, which is
+only possible where the block keeps the shape of its input; the blocks that change it cannot be
+removed and are reported as such. First each block alone, then k random blocks at once (k = 1 up
+to every removable block, several draws each).
+
+Their finding: for a ResNet, removing one block (one that does not downsample) barely changes the
+error, and the error rises smoothly with k, as for an ensemble losing members; for a plain net,
+removing any block sends the error to chance.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis.subjects import Subject
+from resexp.errors import UserError
+from resexp.models import Block
+
+SMALL = 5.0  # points of error: "barely changes"
+NEAR_CHANCE = 0.85  # of the chance error: "sends it to chance"
+
+
+class NotRemovable(UserError):
+    pass
+
+
+def blocks_of(model: nn.Module) -> list[tuple[nn.Sequential, int, Block]]:
+    """(stage, index in the stage, block) for every block, in forward order."""
+    return [(stage, i, block) for stage in model.stages for i, block in enumerate(stage)]
+
+
+def changes_shape(block: Block) -> bool:
+    convs = [m for m in block.body.modules() if isinstance(m, nn.Conv2d)]
+    return convs[0].stride != (1, 1) or convs[0].in_channels != convs[-1].out_channels
+
+
+def removable(block: Block) -> bool:
+    return block.shortcut is not None or not changes_shape(block)
+
+
+def what_remains(block: Block) -> nn.Module:
+    """A block without its residual branch: its shortcut, or in a plain net the identity."""
+    if block.shortcut is not None:
+        return block.shortcut
+    if changes_shape(block):
+        raise NotRemovable("a plain block that changes the shape of its input cannot be removed")
+    return nn.Identity()
+
+
+@contextmanager
+def without(model: nn.Module, indices: set[int]) -> Iterator[nn.Module]:
+    """The model with the blocks at `indices` removed (swapped in place, put back on exit)."""
+    places = blocks_of(model)
+    swapped = []
+    try:
+        for index in sorted(indices):
+            stage, i, block = places[index]
+            stage[i] = what_remains(block)
+            swapped.append((stage, i, block))
+        yield model
+    finally:
+        for stage, i, block in swapped:
+            stage[i] = block
+
+
+class Evaluator:
+    """Test error with blocks removed. The input of every block of the intact net is kept, so a
+    lesion starting at block i runs only the blocks from i on."""
+
+    def __init__(self, model: nn.Module, batches, limit: int | None) -> None:
+        xs, ys, seen = [], [], 0
+        for x, y in batches:
+            if limit is not None:
+                x, y = x[: limit - seen], y[: limit - seen]
+            xs.append(x)
+            ys.append(y)
+            seen += len(y)
+            if limit is not None and seen >= limit:
+                break
+        self.model, self.y = model.eval(), torch.cat(ys)
+        self.inputs: list[list[torch.Tensor]] = [[] for _ in blocks_of(model)]
+        handles = [block.register_forward_pre_hook(self.keep(i)) for i, (_, _, block) in enumerate(blocks_of(model))]
+        try:
+            with torch.no_grad():
+                self.intact = self.errors_of([model(x) for x in xs])
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def keep(self, index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.inputs[index].append(args[0])
+
+        return hook
+
+    def errors_of(self, logits: list[torch.Tensor]) -> float:
+        return 100.0 * (torch.cat(logits).argmax(1) != self.y).float().mean().item()
+
+    @torch.no_grad()
+    def error(self, removed: set[int]) -> float:
+        if not removed:
+            return self.intact
+        first = min(removed)
+        with without(self.model, removed):
+            flat = [module for stage in self.model.stages for module in stage]
+            logits = []
+            for x in self.inputs[first]:
+                for module in flat[first:]:
+                    x = module(x)
+                logits.append(self.model.head(x))
+        return self.errors_of(logits)
+
+
+def lesion(model: nn.Module, batches, limit: int | None, draws: int, seed: int, progress) -> dict:
+    evaluator = Evaluator(model, batches, limit)
+    places = blocks_of(model)
+    candidates = [i for i, (_, _, block) in enumerate(places) if removable(block)]
+    single = [evaluator.error({i}) if i in candidates else None for i in range(len(places))]
+    rng = random.Random(seed)
+    by_k = {}
+    for k in range(1, len(candidates) + 1):
+        progress(k, len(candidates))
+        by_k[k] = [evaluator.error(set(rng.sample(candidates, k))) for _ in range(draws if k < len(candidates) else 1)]
+    downsampling = [i for i, (_, _, block) in enumerate(places) if changes_shape(block)]
+    return {
+        "intact": evaluator.intact,
+        "images": len(evaluator.y),
+        "single": single,
+        "by_k": by_k,
+        "downsampling": downsampling,
+    }
+
+
+def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
+    records = []
+    for net in nets:
+
+        def note(k: int, total: int, name: str = net.name) -> None:
+            if k in (1, total) or k % 10 == 0:
+                progress(f"lesion: {name}: {k} of {total} blocks removed")
+
+        result = lesion(net.model, net.data.evals["test"], options.images, options.draws, options.seed, note)
+        chance = 100.0 * (1 - 1 / net.data.num_classes)
+        records.append({**net.record(), "chance": chance, **result})
+    columns = [
+        "net",
+        "seed",
+        "test error",
+        "one block removed: median",
+        "max",
+        "not removable",
+        "half removed",
+        "all removed",
+    ]
+    rows = []
+    for r in records:
+        kept = single_removals(r)
+        half = r["by_k"][max(1, len(r["by_k"]) // 2)]
+        rows.append(
+            [
+                r["net"],
+                str(r["seed"]),
+                f"{r['intact']:.2f}",
+                f"{statistics.median(kept):.2f}",
+                f"{max(kept):.2f}",
+                str(sum(e is None for e in r["single"])),
+                f"{statistics.fmean(half):.2f}",
+                f"{r['by_k'][len(r['by_k'])][0]:.2f}",
+            ]
+        )
+    return Result("lesion", records, columns, rows, verdicts(records), figure(nets, records))
+
+
+def single_removals(record: dict) -> list[float]:
+    """Errors with one block removed, for the blocks that do not downsample."""
+    return [e for i, e in enumerate(record["single"]) if e is not None and i not in record["downsampling"]]
+
+
+def verdicts(records: list[dict]) -> list[str]:
+    lines = []
+    for mode, claim in (("residual", "barely changes the error"), ("plain", "sends the error to chance")):
+        mine = [r for r in records if r["mode"] == mode]
+        if not mine:
+            continue
+        parts, agree = [], []
+        for r in mine:
+            median = statistics.median(single_removals(r))
+            agree.append(median - r["intact"] < SMALL if mode == "residual" else median >= NEAR_CHANCE * r["chance"])
+            parts.append(f"{r['net']} s{r['seed']} {r['intact']:.1f} -> {median:.1f}")
+        head = "agrees" if all(agree) else "does NOT agree" if not any(agree) else "partly agrees"
+        lines.append(
+            f"lesion ({mode}): test error intact -> median with one non-downsampling block removed: "
+            f"{'; '.join(parts)} (chance {mine[0]['chance']:.0f}): {head} with Veit et al. 2016 "
+            f"(removing one block of a {mode} net {claim})"
+        )
+    return lines
+
+
+def figure(nets: list[Subject], records: list[dict]):
+    plt = pyplot()
+    colour = colour_of(nets)
+    fig, (single, many) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in records:
+        c = colour[(r["mode"], r["depth"])]
+        label = f"{r['net']} s{r['seed']}"
+        errors = [math.nan if e is None else e for e in r["single"]]  # gaps where a block is not removable
+        single.plot(range(1, len(errors) + 1), errors, "o-", color=c, ms=3, lw=1, label=label)
+        single.axhline(r["intact"], color=c, ls=":", lw=1)
+        ks = sorted(r["by_k"], key=int)
+        means = [statistics.fmean(r["by_k"][k]) for k in ks]
+        many.plot([int(k) for k in ks], means, color=c, lw=1.5, label=label)
+        many.fill_between(
+            [int(k) for k in ks],
+            [min(r["by_k"][k]) for k in ks],
+            [max(r["by_k"][k]) for k in ks],
+            color=c,
+            alpha=0.15,
+            lw=0,
+        )
+    chance = records[0]["chance"]
+    for ax in (single, many):
+        ax.axhline(chance, color="grey", ls="--", lw=1)
+        ax.set_ylabel("test error (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    single.set(
+        xlabel="block removed (dotted: intact; gaps: not removable)", title="one block removed (Veit et al. Fig. 3)"
+    )
+    many.set(
+        xlabel="blocks removed at random", title="k blocks removed (Veit et al. Fig. 5; band: min to max of draws)"
+    )
+    single.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

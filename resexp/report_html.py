@@ -1,0 +1,120 @@
+"""`resexp report FOLDER --format html`: one self-contained page (figures embedded as data URIs,
+styles inline, nothing fetched) with the curves, the table and verdict of `resexp report`, and
+every analysis of FOLDER/analysis that has been run, each with what to look at and where it
+comes from. Opens in any browser, offline; mail it or put it on a course page as it is."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+from resexp.analysis import KINDS
+from resexp.report import COLUMNS, summarise, table_rows, verdicts
+from resexp.rundir import Run
+
+ABOUT = {
+    "curves": "Training error (thin, dashed) and test error (bold) against iterations, plain nets left, residual "
+    "right, as in He et al. 2015, Figures 1, 4 and 6. The degradation problem shows on the left: the deeper plain "
+    "net's <em>training</em> error is higher, so it is not overfitting; on the right the deeper net is not worse.",
+    "responses": "He et al. 2015, Fig. 7: the standard deviation of each 3x3 layer's response (after BN, before the "
+    "addition and ReLU) on the test set. Look at whether the residual curves lie below the plain ones, and the "
+    "deeper residual net's below the shallower one's: residual blocks learn small corrections to the identity.",
+    "gradients": "Gradient flow on one training batch: the norm of the loss gradient for each conv layer's weights "
+    "and each block's input, at initialisation (dotted) and at the checkpoint (solid). If plain nets failed "
+    "because gradients vanish, their early layers would sit orders of magnitude below the last ones; He et al. "
+    "(Sec. 4.1) argue that batch norm prevents that.",
+    "lesion": "Veit, Wilber and Belongie 2016, Figs. 3 and 5: test error with one block removed (left), and with k "
+    "random blocks removed (right). In a residual net the signal still flows through the shortcut, so removing a "
+    "block should barely matter and the error should rise smoothly with k, like an ensemble losing members; in a "
+    "plain net, any removal should send the error to chance (dashed grey).",
+    "landscape": "Li et al. 2018, Fig. 5: loss around the trained weights along two random, filter-normalised "
+    "directions: a 1D slice, the contours and the surface. Look for a smooth, bowl-shaped surface with shortcuts "
+    "and a rougher, non-convex one without.",
+}
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def section(title: str, about: str, png: bytes | None, body: str = "") -> str:
+    image = f'<img src="{data_uri(png)}" alt="{html.escape(title)}">' if png else ""
+    return f"<section><h2>{html.escape(title)}</h2><p class=about>{about}</p>{image}{body}</section>"
+
+
+def analyses(folder: Path) -> list[str]:
+    out = []
+    for kind in KINDS:
+        for stem, when in ((kind, ""), (f"{kind}-init", " at initialisation")):
+            doc_path, png_path = folder / "analysis" / f"{stem}.json", folder / "analysis" / f"{stem}.png"
+            if not (doc_path.exists() and png_path.exists()):
+                continue
+            try:
+                doc = json.loads(doc_path.read_text())
+            except ValueError:
+                continue
+            nets = sorted({f"{r['net']} s{r['seed']} ({r['state']})" for r in doc.get("records", [])})
+            body = "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in doc.get("verdicts", [])) + "</ul>"
+            body += f"<p class=meta>{len(nets)} nets: {html.escape(', '.join(nets))}; {doc.get('seconds', '?')} s on "
+            body += f"{html.escape(str(doc.get('device', '?')))}.</p>"
+            out.append(section(f"{kind}{when}", ABOUT[kind], png_path.read_bytes(), body))
+    return out
+
+
+def render(runs: list[Run], folder: Path) -> str:
+    from resexp.plot import figure
+
+    rows = summarise(runs)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table_rows(rows))
+    table = f"<table><tr>{head}</tr>{cells}</table>"
+    found = "<ul>" + "".join(f"<li><b>{html.escape(v)}</b></li>" for v in verdicts(rows)) + "</ul>"
+    unfinished = [f"{r.path}: {r.state}" for r in runs if not r.complete]
+    if unfinished:
+        found += "<p>Runs not complete:</p><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unfinished) + "</ul>"
+    parts = [
+        section(f"curves ({data})", ABOUT["curves"], figure_png(figure([r for r in runs if r.data == data], data)))
+        for data in sorted({r.data for r in runs})
+    ]
+    parts.append(
+        f"<section><h2>table and verdict</h2>{table}<p class=meta>Errors in %, mean ± std over seeds; "
+        f"training error = running error of the last evaluation interval.</p>{found}</section>"
+    )
+    parts += analyses(folder)
+    if len(parts) == 1 + len({r.data for r in runs}):
+        parts.append(
+            "<p class=meta>No analyses yet: <code>resexp analyze responses|gradients|lesion|landscape "
+            f"{html.escape(str(folder))}</code> adds them here.</p>"
+        )
+    return PAGE.format(
+        title=html.escape(f"resexp: {folder}"), made=time.strftime("%Y-%m-%d %H:%M"), body="\n".join(parts)
+    )
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }}
+img {{ max-width: 100%; display: block; margin: .5em 0; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 3px 6px; }}
+th {{ background: #f3f3f3; }} .about {{ color: #444; }} .meta {{ color: #777; font-size: 13px; }}
+</style></head><body>
+<h1>{title}</h1>
+<p class=meta>Made by resexp on {made}. He et al. 2015, "Deep Residual Learning for Image Recognition".</p>
+{body}
+</body></html>
+"""

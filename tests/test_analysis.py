@@ -1,0 +1,277 @@
+"""`resexp analyze` and the HTML report: the facts each analysis rests on (which layers, what a
+removed block computes, filter-normalised directions, gradients against autograd), resuming a
+killed landscape, unfinished and diverged runs, and the files and lines the CLI writes."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, resexp
+from resexp.analysis import Options, landscape
+from resexp.analysis.gradients import conv_layers, gradient_norms
+from resexp.analysis.lesion import NotRemovable, blocks_of, removable, without
+from resexp.analysis.responses import response_layers, response_stds
+from resexp.analysis.subjects import subjects
+from resexp.models import build_net
+
+SWEEP = [*TINY, "model.mode=plain,residual"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = resexp("train", "-m", *SWEEP, cwd=cwd)
+    assert result.code == 0, result.stderr
+    return cwd
+
+
+def test_response_hooks_capture_exactly_the_3x3_layers_and_are_removed():
+    for depth, mode, expected in ((20, "residual", 19), (20, "plain", 19), (56, "residual", 55)):
+        net = build_net("cifar", depth, mode, "B", 10)
+        layers = response_layers(net)
+        assert len(layers) == expected and all(isinstance(m, torch.nn.BatchNorm2d) for m in layers)
+    assert len(response_layers(build_net("imagenet", 18, "residual", "B", 10))) == 16  # the 7x7 stem is not 3x3
+    net = build_net("cifar", 20, "residual", "A", 10)
+    stds = response_stds(net, [(torch.randn(8, 3, 32, 32), None)])
+    assert len(stds) == 19 and all(s > 0 for s in stds)
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_the_std_is_over_every_value_of_the_response():
+    net = build_net("cifar", 8, "plain", "A", 10).eval()
+    x = torch.randn(16, 3, 32, 32)
+    first_bn = response_layers(net)[0]
+    expected = first_bn(net.stem[0](x)).std(unbiased=False).item()
+    assert response_stds(net, [(x[:10], None), (x[10:], None)])[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_removing_residual_blocks_gives_the_net_built_without_them():
+    torch.manual_seed(0)
+    deep, shallow = (
+        build_net("cifar", 14, "residual", "A", 10).eval(),
+        build_net("cifar", 8, "residual", "A", 10).eval(),
+    )
+    state = {k: v for k, v in deep.state_dict().items() if not re.match(r"stages\.\d\.1\.", k)}
+    shallow.load_state_dict(state)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), without(deep, {1, 3, 5}):  # the second block of each stage
+        torch.testing.assert_close(deep(x), shallow(x))
+    assert [type(b).__name__ for _, _, b in blocks_of(deep)] == ["Block"] * 6  # put back
+
+
+def test_a_removed_downsampling_block_leaves_its_zero_padded_shortcut():
+    net = build_net("cifar", 14, "residual", "A", 10).eval()
+    stage, i, block = blocks_of(net)[2]  # the first block of stage 2: 16 -> 32 channels, stride 2
+    x = torch.relu(torch.randn(2, 16, 32, 32))
+    with without(net, {2}):
+        out = stage[i](x)
+    assert out.shape == (2, 32, 16, 16) and torch.equal(out[:, :16], x[:, :, ::2, ::2]) and not out[:, 16:].any()
+
+
+def test_a_plain_block_that_changes_shape_is_refused():
+    net = build_net("cifar", 14, "plain", "A", 10)
+    assert [removable(b) for _, _, b in blocks_of(net)] == [True, True, False, True, False, True]
+    with pytest.raises(NotRemovable, match="changes the shape"), without(net, {2}):
+        pass
+    assert all(type(b).__name__ == "Block" for _, _, b in blocks_of(net))
+
+
+def test_each_filter_of_a_normalised_direction_has_its_weight_filters_norm():
+    net = build_net("cifar", 8, "residual", "B", 10)
+    direction = landscape.filter_normalised(net, torch.Generator().manual_seed(0))
+    for name, p in net.named_parameters():
+        d = direction[name]
+        if p.dim() == 1:  # BN weights and biases, the head's bias
+            assert not d.any(), name
+        else:
+            torch.testing.assert_close(d.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1))
+            assert not torch.allclose(d, p.detach())
+
+
+def test_the_landscape_at_the_origin_is_the_unperturbed_loss():
+    torch.manual_seed(0)
+    net = build_net("cifar", 8, "residual", "A", 10).eval()
+    x, y = torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,))
+    g = torch.Generator().manual_seed(1)
+    surface = landscape.Surface(net, [landscape.filter_normalised(net, g) for _ in range(2)], x, y, batch_size=7)
+    with torch.no_grad():
+        expected = F.cross_entropy(net(x), y).item()
+    loss, _ = surface.at(0.0, 0.0)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert surface.at(0.5, -0.3)[0] != pytest.approx(expected, rel=1e-3)
+    assert surface.at(0.0, 0.0)[0] == pytest.approx(expected, rel=1e-5)  # the weights are put back
+
+
+def test_the_gradient_norms_equal_a_direct_autograd_computation():
+    torch.manual_seed(0)
+    net = build_net("cifar", 14, "plain", "A", 10)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    norms = gradient_norms(net, x, y)
+    reference = build_net("cifar", 14, "plain", "A", 10)
+    reference.load_state_dict(before)
+    loss = F.cross_entropy(reference.train()(x), y)
+    grads = torch.autograd.grad(loss, [c.weight for c in conv_layers(reference)])
+    assert norms["weight_norm"] == pytest.approx([g.norm().item() for g in grads], rel=1e-5)
+    assert len(norms["input_norm"]) == 6 and norms["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics untouched
+
+
+def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(sweep):
+    for kind in ("responses", "gradients", "lesion"):
+        result = resexp("analyze", kind, "runs/default", cwd=sweep)
+        assert result.code == 0, result.stderr
+        assert f"- {kind}" in result.stdout and "plain-8" in result.stdout and "ResNet-8" in result.stdout
+        doc = json.loads((sweep / f"runs/default/analysis/{kind}.json").read_text())
+        assert {r["net"] for r in doc["records"]} == {"plain-8", "ResNet-8"}
+        assert all(r["state"] == "complete (16)" for r in doc["records"]) and doc["verdicts"]
+        assert (sweep / f"runs/default/analysis/{kind}.png").stat().st_size > 10_000
+    gradients = json.loads((sweep / "runs/default/analysis/gradients.json").read_text())["records"]
+    assert sorted(r["at"] for r in gradients) == ["checkpoint", "checkpoint", "init", "init"]
+    at_init = resexp("analyze", "responses", "runs/default", "--at-init", cwd=sweep)
+    assert at_init.code == 0 and (sweep / "runs/default/analysis/responses-init.json").exists()
+    assert json.loads((sweep / "runs/default/analysis/responses-init.json").read_text())["records"][0]["state"] == (
+        "initialised"
+    )
+
+
+def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(sweep, monkeypatch, tmp_path):
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+    run_dir = tmp_path / "runs/default/synthetic/residual-8A_s0"
+    [net] = subjects(run_dir, False, torch.device("cpu"), None, print)
+    options = Options(grid=3, images=32)
+    real, computed = landscape.compute_chunk, []
+
+    def killed_after_two(job, subject=None):
+        if len(computed) == 2:
+            raise KeyboardInterrupt
+        computed.append(job["name"])
+        return real(job, subject)
+
+    monkeypatch.setattr(landscape, "compute_chunk", killed_after_two)
+    folder = tmp_path / "chunks"
+    with pytest.raises(KeyboardInterrupt):
+        landscape.landscape(net, options, folder, print)
+    assert sorted(p.name for p in folder.glob("*.json")) == ["line.json", "meta.json", "row-000.json"]
+    first, computed[:] = list(computed), []
+    monkeypatch.setattr(
+        landscape, "compute_chunk", lambda job, subject=None: computed.append(job["name"]) or real(job, subject)
+    )
+    values = landscape.landscape(net, options, folder, print)
+    assert computed == ["row-001", "row-002"] and first == ["line", "row-000"]
+    assert len(values["line"]) == 5 and len(values["grid"]) == 3
+    centre = values["grid"][1][1]
+    assert centre[:2] == [0.0, 0.0] and centre[2] == pytest.approx(values["line"][2][2])
+
+
+def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(sweep):
+    args = ["--grid", "3", "--images", "32", "--workers", "2", "--nets", "ResNet-8", "--seeds", "0"]
+    result = resexp("analyze", "landscape", "runs/default", *args, cwd=sweep)
+    assert result.code == 0, result.stderr
+    doc = json.loads((sweep / "runs/default/analysis/landscape.json").read_text())
+    assert [r["net"] for r in doc["records"]] == ["ResNet-8"] and len(doc["records"][0]["grid"]) == 3
+    assert "landscape:" in result.stdout and "concave share" in result.stdout
+
+
+def test_unfinished_and_diverged_runs_are_said_so(tmp_path):
+    resexp("train", *TINY, "name=x", "optim.lr=1e6", cwd=tmp_path)  # diverges at its first evaluation
+    (tmp_path / "runs/x/synthetic/residual-8A_s0/status.json").write_text('{"status": "running", "step": 8}')
+    resexp("train", *TINY, "name=x", "model.mode=plain", "schedule.iterations=32", cwd=tmp_path)
+    status = tmp_path / "runs/x/synthetic/plain-8_s0/status.json"
+    status.write_text(status.read_text().replace("complete", "interrupted"))
+    rows = (tmp_path / "runs/x/synthetic/plain-8_s0/metrics.jsonl").read_text().splitlines()
+    (tmp_path / "runs/x/synthetic/plain-8_s0/metrics.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    result = resexp("analyze", "responses", "runs/x", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "skipping runs/x/synthetic/residual-8A_s0: diverged at iteration 8" in result.stderr
+    [record] = json.loads((tmp_path / "runs/x/analysis/responses.json").read_text())["records"]
+    assert record["net"] == "plain-8" and record["state"] == "unfinished (32 of 32)"
+
+
+def test_analyze_mistakes_are_one_line(sweep, tmp_path):
+    for args, message in (
+        (["ensembles", "runs/default"], "'ensembles' is not an analysis: choose one of responses"),
+        (["lesion", "nowhere"], "nowhere is not a folder"),
+        (["lesion", "runs/default", "--draws", "0"], "--draws 0 must be at least 1"),
+        (["lesion", "empty"], "no run under empty can be analysed"),
+        (["lesion", "runs/default", "--nets", "ResNet-99"], "no run under runs/default matching --nets ResNet-99"),
+        (["lesion", "runs/default", "--seeds", "x"], "--seeds x must be a comma list of integers"),
+    ):
+        (sweep / "empty").mkdir(exist_ok=True)
+        result = resexp("analyze", *args, cwd=sweep)
+        assert result.code == 1 and message in result.lines[-1], result.stderr
+        assert [line for line in result.lines if line.startswith("error")] == [result.lines[-1]]
+
+
+def test_grad_norms_are_logged_per_stage_only_when_asked(tmp_path):
+    assert resexp("train", *TINY, "log.grad_norms=true", cwd=tmp_path).code == 0
+    row = json.loads((tmp_path / "runs/default/synthetic/residual-8A_s0/metrics.jsonl").read_text().splitlines()[0])
+    assert {k for k in row if k.startswith("grad_norm/")} == {
+        f"grad_norm/{p}" for p in ("stem", "stage1", "stage2", "stage3", "head")
+    }
+    assert all(row[k] > 0 for k in row if k.startswith("grad_norm/"))
+    assert resexp("train", *TINY, "name=off", cwd=tmp_path).code == 0
+    row = json.loads((tmp_path / "runs/off/synthetic/residual-8A_s0/metrics.jsonl").read_text().splitlines()[0])
+    assert not [k for k in row if k.startswith("grad_norm")]
+
+
+def test_the_html_report_is_one_self_contained_file(sweep):
+    assert resexp("analyze", "responses", "runs/default", cwd=sweep).code == 0
+    result = resexp("report", "runs/default", "--format", "html", cwd=sweep)
+    assert result.code == 0 and result.stdout.strip() == "runs/default/report.html"
+    page = (sweep / "runs/default/report.html").read_text()
+    assert "<h2>responses</h2>" in page and "<h2>table and verdict</h2>" in page and "He et al. 2015, Fig. 7" in page
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing fetched
+    assert "http://" not in page and "https://" not in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_the_html_report_renders_in_a_real_browser(sweep, tmp_path):
+    """What a reader sees: Chromium draws the page with its figures (a blank or broken page would
+    be one colour)."""
+    from PIL import Image
+
+    assert resexp("report", "runs/default", "--format", "html", cwd=sweep).code == 0
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            (sweep / "runs/default/report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2400)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 500  # text, tables and plotted curves, not a blank page
+
+
+def test_a_bowl_is_convex_and_a_bumpy_basin_is_not():
+    import numpy as np
+
+    a, b = np.meshgrid(np.linspace(-1, 1, 21), np.linspace(-1, 1, 21))
+    bowl = landscape.shape_of(2 * (a**2 + b**2))
+    assert bowl["local_minima"] == 1 and bowl["concave_share"] == 0 and bowl["basin_points"] == 21 * 21
+    bumpy = landscape.shape_of(2 * (a**2 + b**2) + 0.5 * np.cos(12 * a) * np.cos(12 * b))
+    assert bumpy["local_minima"] > 3 and bumpy["concave_share"] > 0.2
+    exploding = landscape.shape_of(np.where(a**2 + b**2 < 0.25, a**2 + b**2, 1e6))  # only the basin counts
+    assert exploding["basin_points"] < 21 * 21 and exploding["concave_share"] == 0 and exploding["local_minima"] == 1
