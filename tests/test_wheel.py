@@ -23,10 +23,10 @@ def test_a_wheel_built_from_the_checkout_trains_from_another_directory(tmp_path)
         capture_output=True,
     )
     [wheel] = (tmp_path / "dist").glob("resexp-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert {"resexp/configs/config.yaml", "resexp/configs/experiment/cifar_quick.yaml", "resexp/__main__.py"} <= set(
-        names
-    )
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {str(p.relative_to(REPO)) for p in (REPO / "resexp").rglob("*.py")}
+    configs = {"resexp/" + str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")}
+    assert sources <= names and configs <= names and "resexp/configs/experiment/cifar_quick.yaml" in configs
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
