@@ -39,7 +39,7 @@ demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~31 m
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
 
-analyze: install  ## after make demo: why it works, on its sweep (responses, gradients, lesion, landscape), then report.html
+analyze: install  ## after make demo: why it works on its sweep (4 analyses, ~15 min on 2 CPU cores), then report.html
 	$(BIN)/resexp analyze responses runs/cifar_quick
 	$(BIN)/resexp analyze gradients runs/cifar_quick
 	$(BIN)/resexp analyze lesion runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0

@@ -27,6 +27,13 @@ from resexp.rundir import LAST, PREVIOUS, RunDir, Warn, atomic_write, flat_confi
 from resexp.schedule import Schedule
 
 KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "model_fields")
+# Checkpoints of resexp 0.1 hold numpy's RNG state as an array: let weights_only load exactly that.
+NUMPY_STATE = [
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+    (getattr(np, "_core", None) or np.core).multiarray._reconstruct,
+]
 
 
 @dataclass
@@ -59,7 +66,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
     kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # an array in resexp 0.1's checkpoints
+    np.random.set_state((kind, keys.astype(np.uint32), position, has_gauss, cached))
     random.setstate(states["python"])
 
 
@@ -97,7 +105,8 @@ def load_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist (resume= takes a checkpoint file, e.g. runs/.../last.pt)")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_STATE):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, a pickle of other objects, not a torch file at all
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(saved, dict) or not set(KEYS) <= set(saved):

@@ -403,6 +403,24 @@ def test_a_run_started_from_a_checkpoint_resumes_from_its_own_after_an_interrupt
     assert [r["step"] for r in rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")] == [20, 30, 40, 50, 60]
 
 
+def test_a_checkpoint_of_resexp_0_1_still_resumes_exactly(tmp_path, reference, monkeypatch):
+    """0.1 stored numpy's RNG state as an array; loading it must not need weights_only=False."""
+    import random
+
+    import numpy as np
+
+    def old_rng_states():
+        return {"torch": torch.get_rng_state(), "cuda": [], "numpy": np.random.get_state(), "python": random.getstate()}
+
+    monkeypatch.setattr(checkpoint, "rng_states", old_rng_states)
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    assert resexp("train", *RUN, cwd=tmp_path).code == 130
+    monkeypatch.undo()
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 0 and "resuming" in result.stderr, result.stderr
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
