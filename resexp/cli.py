@@ -23,6 +23,13 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def at_least(*options: tuple[str, int | None, int]) -> None:
+    """Check (option, value, lowest) triples of numeric options; ValueError names the first bad one."""
+    for option, value, low in options:
+        if value is not None and value < low:
+            raise ValueError(f"{option} {value} must be at least {low}")
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -134,14 +141,12 @@ def bench(
         batch_size = cfg.data.batch_size
         if images < batch_size:
             raise ValueError(f"--images {images} must be at least data.batch_size={batch_size}")
-        for option, value, low in (
+        at_least(
             ("--iterations", iterations, 1),
             ("--reference-iterations", reference_iterations, 1),
             ("--warmup", warmup, 0),
             ("--workers", workers, 0),
-        ):
-            if value is not None and value < low:
-                raise ValueError(f"{option} {value} must be at least {low}")
+        )
     except Exception as e:
         raise fail(one_line(e)) from None
     cuda = device.type == "cuda"
@@ -264,16 +269,12 @@ def analyze(
 
     if not folder.is_dir():
         raise fail(f"{folder} is not a folder")
-    for option, value, low in (
-        ("--images", images, 1),
-        ("--draws", draws, 1),
-        ("--grid", grid, 2),
-        ("--workers", workers, 1),
-    ):
-        if value is not None and value < low:
-            raise fail(f"{option} {value} must be at least {low}")
-    if not span > 0:
-        raise fail(f"--span {span} must be positive")
+    try:
+        at_least(("--images", images, 1), ("--draws", draws, 1), ("--grid", grid, 2), ("--workers", workers, 1))
+        if not span > 0:
+            raise ValueError(f"--span {span} must be positive")
+    except ValueError as e:
+        raise fail(str(e)) from None
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
