@@ -291,6 +291,10 @@ def analyze(
             note,
             note,
         )
+    except KeyboardInterrupt:
+        kept = "; its finished chunks are kept and the same command goes on from them" if kind == "landscape" else ""
+        err.print(f"interrupted: nothing of this analysis was written{kept}", highlight=False)
+        raise typer.Exit(130) from None
     except Exception as e:
         raise fail(one_line(e)) from None
     table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder}")

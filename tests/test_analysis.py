@@ -275,3 +275,30 @@ def test_a_bowl_is_convex_and_a_bumpy_basin_is_not():
     assert bumpy["local_minima"] > 3 and bumpy["concave_share"] > 0.2
     exploding = landscape.shape_of(np.where(a**2 + b**2 < 0.25, a**2 + b**2, 1e6))  # only the basin counts
     assert exploding["basin_points"] < 21 * 21 and exploding["concave_share"] == 0 and exploding["local_minima"] == 1
+
+
+def test_data_moved_since_training_is_one_line_that_names_data_root(tmp_path):
+    from conftest import write_npz
+
+    (tmp_path / "a").mkdir()
+    write_npz(tmp_path / "c.npz")
+    small = ["data.batch_size=16", "model.depth=8", "schedule.iterations=4", "eval_every=2", "device=cpu"]
+    assert resexp("train", "data.root=../c.npz", *small, cwd=tmp_path / "a").code == 0
+    moved = resexp("analyze", "responses", "a/runs/default", cwd=tmp_path)  # ../c.npz is relative to a/
+    assert moved.code == 1 and len(moved.lines) == 1 and "--data-root says where the data is" in moved.stderr
+    assert not (tmp_path / "a/runs/default/analysis").exists()
+    assert resexp("analyze", "responses", "a/runs/default", "--data-root", "c.npz", cwd=tmp_path).code == 0
+
+
+def test_an_interrupted_analysis_leaves_nothing(sweep, monkeypatch, tmp_path):
+    from resexp.analysis import lesion
+
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lesion, "lesion", interrupted)
+    result = resexp("analyze", "lesion", "runs/default", cwd=tmp_path)
+    assert result.code == 130 and result.lines[-1] == "interrupted: nothing of this analysis was written"
+    assert not (tmp_path / "runs/default/analysis").exists()

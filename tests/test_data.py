@@ -156,3 +156,22 @@ def test_real_cifar10_subset_loads(cifar_npz):
     assert np.bincount(a.y_train, minlength=10)[0] == 831
     mean = a.x_train.reshape(-1, 3).mean(0) / 255
     assert np.allclose(mean, (0.4931, 0.4833, 0.4468), atol=1e-3)
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    from resexp.data import cifar
+
+    def offline(cfg, train):
+        (tmp_path / "new" / "cifar-10-python.tar.gz").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "new" / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise DataError("could not load cifar10 with torchvision (URLError: no network)")
+
+    monkeypatch.setattr(cifar, "torchvision_dataset", offline)
+    with pytest.raises(DataError, match="URLError"):
+        source(DataConfig(root=str(tmp_path / "new"), download=True))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made is left as it was
+    monkeypatch.setattr(cifar, "torchvision_dataset", lambda cfg, train: (_ for _ in ()).throw(DataError("offline")))
+    with pytest.raises(DataError):
+        source(DataConfig(root=str(tmp_path / "kept"), download=True))
+    assert (tmp_path / "kept").is_dir()

@@ -78,8 +78,7 @@ def analyze(
             f"--{k} {','.join(map(str, v))}" for k, v in (("nets", options.nets), ("seeds", options.seeds)) if v
         )
         raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed")
-    out = folder / "analysis"
-    out.mkdir(exist_ok=True)
+    out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
     module = importlib.import_module(f"resexp.analysis.{kind}")
     result: Result = module.analyze(nets, options, out / stem(kind, options), progress)
@@ -93,6 +92,7 @@ def analyze(
         "records": result.records,
     }
     base = out / stem(kind, options)
+    out.mkdir(exist_ok=True)
     atomic_write(base.with_suffix(".json"), json.dumps(document, indent=1, allow_nan=True) + "\n")
     paths = [base.with_suffix(".json")]
     for suffix in (".png", ".svg"):

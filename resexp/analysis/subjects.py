@@ -17,7 +17,7 @@ from torch import nn
 from resexp import checkpoint
 from resexp.config import Config, register, to_object
 from resexp.data import Data, build_data, source
-from resexp.errors import RunDirError
+from resexp.errors import DataError, RunDirError
 from resexp.rundir import CONFIG, Run, RunDir, find_runs
 from resexp.train import build_model, seed_everything
 
@@ -79,7 +79,14 @@ def cached_data(data_yaml: str, device: str) -> Data:
 
 def load(run: Run, at_init: bool, device: torch.device, data_root: str | None) -> Subject:
     cfg = run_config(run.path, data_root)
-    change = RunDir(run.path).data_change(source(cfg.data).identity())
+    try:
+        identity = source(cfg.data).identity()
+    except DataError as e:
+        raise DataError(
+            f"{e} (the data of {run.path}, as its config.yaml names it; a relative data.root is "
+            "relative to where the run was trained: --data-root says where the data is)"
+        ) from None
+    change = RunDir(run.path).data_change(identity)
     if change:
         raise RunDirError(f"{run.path}: {change}; point --data-root at the data it was trained on")
     data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))
