@@ -294,6 +294,7 @@ def test_an_interrupted_analysis_leaves_nothing(sweep, monkeypatch, tmp_path):
     from resexp.analysis import lesion
 
     shutil.copytree(sweep / "runs", tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)  # what other tests analysed
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -223,7 +223,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
                 f"{grid.shape[0]}x{grid.shape[1]}",
                 str(r["images"]),
                 str(r["basin_points"]),
-                f"{r['concave_share']:.2f}",
+                "-" if r["concave_share"] != r["concave_share"] else f"{r['concave_share']:.2f}",
                 str(r["local_minima"]),
                 f"{grid[:, :, 2].max():.3g}",
             ]
@@ -231,12 +231,15 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     return Result("landscape", records, columns, rows, verdicts(records), figure(records))
 
 
+def basin(r: dict) -> str:
+    if r["concave_share"] != r["concave_share"]:  # NaN: no point of the basin has its neighbours in it
+        return f"a basin of {r['basin_points']} grid points, too few to measure its shape (use a smaller --span)"
+    share, points = r["concave_share"], r["basin_points"]
+    return f"{r['local_minima']} local minima, concave share {share:.2f} in a basin of {points} points"
+
+
 def verdicts(records: list[dict]) -> list[str]:
-    parts = [
-        f"{r['net']} s{r['seed']}: {r['local_minima']} local minima, concave share {r['concave_share']:.2f} in a "
-        f"basin of {r['basin_points']} points"
-        for r in records
-    ]
+    parts = [f"{r['net']} s{r['seed']}: {basin(r)}" for r in records]
     pairs = [
         (r, p)
         for r in records
