@@ -48,7 +48,8 @@ class TrainState:
 def model_fields(cfg: Config) -> dict[str, Any]:
     """What a checkpoint given as resume=PATH must agree on with the config that resumes it."""
     flat = flat_config(cfg)
-    return {k: v for k, v in flat.items() if k.startswith("model.")} | {"data.name": flat["data.name"]}
+    weights = {k: v for k, v in flat.items() if k.startswith("model.") and k != "model.sync_bn"}  # how BN trains
+    return weights | {"data.name": flat["data.name"]}
 
 
 def rng_states() -> dict[str, Any]:
@@ -136,10 +137,16 @@ class Checkpointer:
     """Saves one run's training state into its directory and restores it from a checkpoint."""
 
     def __init__(
-        self, run: RunDir, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule
+        self,
+        run: RunDir,
+        cfg: Config,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        writes: bool = True,  # under torchrun only rank 0 writes; the others hold the same state
     ) -> None:
         self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
-        self.fields = model_fields(cfg)
+        self.fields, self.writes = model_fields(cfg), writes
 
     def check(self, saved: dict[str, Any], source: str) -> None:
         """Refuse a checkpoint made for another model before anything is loaded."""
@@ -149,6 +156,8 @@ class Checkpointer:
             raise CheckpointError(f"the checkpoint {source} was made for another model ({diff})")
 
     def save(self, state: TrainState) -> None:
+        if not self.writes:
+            return
         save(
             self.run,
             {

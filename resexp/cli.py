@@ -46,10 +46,13 @@ def train(
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep: one run per combination of comma lists."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
+    from resexp import distributed
     from resexp.errors import one_line
     from resexp.launch import launch
     from resexp.train import Aborted, Interrupted
 
+    if not distributed.current().main:  # under torchrun rank 0 speaks for all (resexp.distributed.voice)
+        err.quiet = True
     try:
         finished = launch(list(overrides or []), multirun, debug)
     except Aborted as e:

@@ -71,7 +71,8 @@ class ModelConfig:
     family: Family = Family.cifar
     depth: int = 20
     mode: Mode = Mode.residual
-    shortcut: ShortcutOption = ShortcutOption.A
+    shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)
 
 
 @dataclass
@@ -92,6 +93,8 @@ class DataConfig:
     scale_max: int = 480
     crop_size: int = 224
     ten_crop: bool = False  # evaluate on 10 crops (4 corners + centre, and their flips)
+    lighting: float = 0.1  # AlexNet's PCA colour noise: the std of its coefficients (0 = off)
+    test_scales: list[int] | None = None  # multi-scale test: whole images at these shorter sides + flips
     # synthetic: a generated, learnable, deterministic dataset
     image_size: int = 32
     num_classes: int = 10
@@ -174,11 +177,21 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def run_path(data: str, mode: str, depth: Any, shortcut: str, seed: Any) -> str:
+def run_path(data: str, family: str, mode: str, depth: Any, shortcut: str | None, seed: Any) -> str:
     """A run's folder below runs/<name>/, e.g. cifar10/plain-56_s0 or cifar10/residual-56A_s1
     (a plain net has no shortcut option). TensorBoard shows it as the run's name."""
-    option = "" if mode == Mode.plain else shortcut
+    option = "" if mode == Mode.plain else shortcut or paper_shortcut(family, depth)
     return f"{data}/{mode}-{depth}{option}_s{seed}"
+
+
+def paper_shortcut(family: str, depth: Any) -> ShortcutOption:
+    """The paper's option when none is set: B for the bottleneck nets (Sec. 3.4, "ResNet-50/101/152
+    use option B"), A for the others (CIFAR, Sec. 4.2; ImageNet 18/34, Table 2)."""
+    try:
+        bottleneck = net_spec(family, int(depth)).block == "bottleneck"
+    except ValueError:  # validate() names the bad depth
+        bottleneck = False
+    return ShortcutOption.B if bottleneck else ShortcutOption.A
 
 
 def paper_warmup(depth: Any) -> float | None:
@@ -262,6 +275,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"schedule.monitor={s.monitor!r} is unknown: valid choices are {', '.join(MONITORS)}")
     if s.monitor.startswith("val/") and d.val_split == 0:
         raise ConfigError(f"schedule.monitor={s.monitor} needs a validation set: set data.val_split (e.g. 5000)")
+    if not math.isfinite(d.lighting) or d.lighting < 0:
+        raise ConfigError(f"data.lighting={d.lighting} must be a finite non-negative number (AlexNet: 0.1; 0 = off)")
+    if d.test_scales is not None:
+        scales = list(d.test_scales)
+        if d.name != DataName.imagenet:
+            raise ConfigError(f"data.test_scales={scales} is ImageNet's multi-scale test: it needs data=imagenet")
+        if not scales or min(scales) < 1:
+            raise ConfigError(
+                f"data.test_scales={scales} must list shorter sides >= 1 (the paper: [224,256,384,480,640])"
+            )
+        if d.ten_crop:
+            raise ConfigError("data.ten_crop=true and data.test_scales are two test methods: choose one")
     if d.name == DataName.imagenet and not d.crop_size <= d.scale_min <= d.scale_max:
         raise ConfigError(
             f"data.crop_size={d.crop_size}, data.scale_min={d.scale_min} and data.scale_max={d.scale_max} "
@@ -285,6 +310,8 @@ def to_object(cfg: DictConfig) -> Config:
     """The composed DictConfig (without its hydra node) as typed dataclasses, with the defaults
     that depend on other fields filled in: the run's config.yaml holds the milestones it used."""
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if config.model.shortcut is None:
+        config.model.shortcut = paper_shortcut(config.model.family, config.model.depth)
     if config.schedule.name == ScheduleName.multistep and config.schedule.milestones is None:
         config.schedule.milestones = paper_milestones(config.schedule.iterations)
     return config

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
+from resexp.distributed import current, voice
 from resexp.errors import ConfigError, UserError, one_line
 from resexp.rundir import RunDir
 
@@ -178,7 +179,9 @@ def task(cfg: DictConfig) -> float | None:
         if os.environ.get("RESEXP_DEBUG"):
             raise
         kind = "diverged" if isinstance(e, Diverged) else "error"
-        err.print(f"[bold red]{kind}:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
+        line = voice(e, one_line(e))
+        if line is not None:
+            err.print(f"[bold red]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
         failures.append(str(run_dir))
         return None
 
@@ -229,6 +232,8 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
             if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
                 (folder / "multirun.yaml").unlink()
                 remove_empty(folder)
+    if not current().main:  # rank 0 reads the run directories, which other nodes may not see
+        return not failures
     return not failures and not failed(jobs)
 
 

@@ -188,3 +188,28 @@ class Recorder:
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+class Quiet:
+    """The recorder of a torchrun process other than rank 0: the same calls, no side effects."""
+
+    def __enter__(self) -> Quiet:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def describe(self, cfg: Config, data: dict[str, Any], env: dict[str, Any]) -> None:
+        pass
+
+    def status(self, status: str, step: int, **extra: Any) -> None:
+        pass
+
+    def iteration(self) -> None:
+        pass
+
+    def evaluation(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass

@@ -17,6 +17,7 @@ one thing a crash can leave there, a torn last line, is repaired with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -269,6 +270,8 @@ class RunDir:
         if saved is None:
             return []
         before, now = flat_config(saved), flat_config(cfg)
+        if dataclasses.is_dataclass(cfg):  # a field newer than the run counts as its default there
+            before = {**flat_config(type(cfg)()), **before}
         keys = sorted((set(before) | set(now)) - set(NOT_RESULTS))
         return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
 

@@ -53,11 +53,13 @@ class Running:
         self.accumulate(loss, logits, labels)
         self.count += len(labels)
 
-    def summary(self, prefix: str) -> dict[str, float]:
-        return {
-            f"{prefix}/loss": self.loss.item() / self.count,
-            f"{prefix}/error": 100.0 * self.errors.item() / self.count,
-        }
+    def totals(self) -> list[float]:
+        """[loss sum, errors, images]: what processes add up under torchrun."""
+        return [self.loss.item(), float(self.errors.item()), float(self.count)]
+
+    def summary(self, prefix: str, totals: list[float] | None = None) -> dict[str, float]:
+        loss, errors, count = totals or self.totals()
+        return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -106,10 +106,38 @@ def test_ranges_and_cross_field_rules(overrides, message):
 
 def test_run_directories_are_named_for_tensorboard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_path("cifar10", Mode.plain, 56, "A", 0) == "cifar10/plain-56_s0"
-    assert run_path("cifar10", "residual", 20, "B", 2) == "cifar10/residual-20B_s2"
+    assert run_path("cifar10", "cifar", Mode.plain, 56, "A", 0) == "cifar10/plain-56_s0"
+    assert run_path("cifar10", "cifar", "residual", 20, "B", 2) == "cifar10/residual-20B_s2"
+    assert run_path("imagenet", "imagenet", "residual", 50, None, 0) == "imagenet/residual-50B_s0"
     [job] = plan(["model.mode=plain", "model.depth=56", "seed=1", "data=synthetic", "device=cpu"], multirun=False)
     assert str(job.run_dir) == "runs/default/synthetic/plain-56_s1" and job.sweep_dir is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shortcut", "folder"),
+    [
+        (["model.depth=18"], "A", "residual-18A_s0"),
+        (["model.depth=34"], "A", "residual-34A_s0"),
+        (["model.depth=50"], "B", "residual-50B_s0"),
+        (["model.depth=101"], "B", "residual-101B_s0"),
+        (["model.depth=152"], "B", "residual-152B_s0"),
+        (["model.depth=50", "model.shortcut=C"], "C", "residual-50C_s0"),  # the user's choice wins
+        (["model.depth=152", "model.shortcut=A"], "A", "residual-152A_s0"),
+        (["+experiment=imagenet_fig4", "model.depth=34"], "A", "residual-34A_s0"),
+    ],
+)
+def test_imagenet_shortcut_defaults_are_the_papers(tmp_path, monkeypatch, overrides, shortcut, folder):
+    """Option B for the bottleneck nets (Sec. 3.4) unless the user sets one; A for 18/34 and in imagenet_fig4."""
+    monkeypatch.chdir(tmp_path)
+    base = ["model=imagenet", "data=imagenet", "data.batch_size=8", "device=cpu"]
+    [job] = plan([*base, *overrides], multirun=False)
+    assert job.config.model.shortcut == shortcut
+    assert job.run_dir.name == folder
+
+
+def test_cifar_keeps_option_a_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compose(["model.depth=56", "device=cpu"]).model.shortcut == "A"
 
 
 def test_a_sweep_expands_as_hydras_basic_sweeper_does_and_the_command_line_wins(tmp_path, monkeypatch):

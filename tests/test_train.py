@@ -51,7 +51,7 @@ def test_train_writes_metrics_tensorboard_and_a_self_describing_run_dir(tiny_run
     assert b"^train/error$" in layout and b"^test/error$" in layout
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] == []  # no extra TensorBoard runs
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["model"] == {"family": "cifar", "depth": 8, "mode": "residual", "shortcut": "A"}
+    assert config["model"] == {"family": "cifar", "depth": 8, "mode": "residual", "shortcut": "A", "sync_bn": False}
     assert config["schedule"]["milestones"] == [8, 12]  # the run records the milestones it used
     assert json.loads((run_dir / "data.json").read_text())["name"] == "synthetic"
     env = json.loads((run_dir / "environment.json").read_text())

@@ -8,6 +8,7 @@ import torch
 
 from resexp.config import DataConfig, DataName
 from resexp.data.common import Batch, Data, DataSource, EvalStream, TrainStream, endless
+from resexp.distributed import ONE, World
 from resexp.errors import DataError
 
 __all__ = ["Batch", "Data", "DataError", "DataSource", "EvalStream", "TrainStream", "build_data", "endless", "source"]
@@ -24,12 +25,13 @@ def source(cfg: DataConfig) -> DataSource:
     return cifar.source(cfg)
 
 
-def build_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
-    """The one function that turns the data config into batches."""
+def build_data(cfg: DataConfig, seed: int, device: torch.device, world: World = ONE) -> Data:
+    """The one function that turns the data config into batches (this process's share of them
+    under torchrun)."""
     if cfg.name == DataName.imagenet:
         from resexp.data.imagenet import imagenet_data
 
-        return imagenet_data(cfg, seed, device)
+        return imagenet_data(cfg, seed, device, world)
     from resexp.data.cifar import tensor_data
 
-    return tensor_data(cfg, seed, device)
+    return tensor_data(cfg, seed, device, world)

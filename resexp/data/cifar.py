@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from resexp.config import DataConfig, DataName
-from resexp.data.common import Batch, Data, DataSource, epoch_generator, file_fingerprint
+from resexp.data.common import Batch, Data, DataSource, epoch_generator, file_fingerprint, shard
+from resexp.distributed import ONE, World
 from resexp.errors import DataError
 
 CLASSES = {DataName.cifar10: 10, DataName.cifar100: 100}
@@ -281,22 +282,27 @@ class TensorTrainStream:
         seed: int,
         device: torch.device,
         pad: int = 4,
+        world: World = ONE,
     ) -> None:
         self.x = torch.from_numpy(x).to(device)
         self.y = torch.from_numpy(y).to(device)
         self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
         self.seed, self.pad, self.device = seed, pad, device
+        self.share, self.rank = world.share(batch_size), world.rank
 
     def __len__(self) -> int:
         return len(self.x) // self.batch_size  # the last partial batch is dropped: fixed shapes
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Global batch i is positions [i*B, (i+1)*B) of the epoch's order, whatever the number of
+        processes; each process takes its consecutive share of it, crops and flips included."""
         n, g = len(self.x), epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g).to(self.device)
         dx, dy = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g).to(self.device)
         flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
         for i in range(start, len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            first = i * self.batch_size + self.rank * self.share
+            idx = slice(first, first + self.share)
             x = self.x[order[idx]]
             if self.augment:
                 x = crop_flip(x, dx[idx], dy[idx], flip[idx], self.pad)
@@ -307,10 +313,17 @@ class EvalSet:
     """A fixed evaluation set, in large unaugmented batches."""
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, batch_size: int, normalize: Normalizer, device: torch.device
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        normalize: Normalizer,
+        device: torch.device,
+        world: World = ONE,
     ) -> None:
-        self.x = torch.from_numpy(x).to(device)
-        self.y = torch.from_numpy(y).to(device)
+        part = shard(len(y), world)  # under torchrun each process evaluates its own slice
+        self.x = torch.from_numpy(x[part]).to(device)
+        self.y = torch.from_numpy(y[part]).to(device)
         self.batch_size, self.normalize = batch_size, normalize
 
     def __len__(self) -> int:
@@ -321,10 +334,10 @@ class EvalSet:
             yield self.normalize(self.x[i : i + self.batch_size]), self.y[i : i + self.batch_size]
 
 
-def tensor_data(cfg: DataConfig, seed: int, device: torch.device) -> Data:
+def tensor_data(cfg: DataConfig, seed: int, device: torch.device, world: World = ONE) -> Data:
     arrays = load_arrays(cfg)
     x, y, evals = split(arrays, cfg)
     normalize = Normalizer(x, cfg.normalize, device)
-    train = TensorTrainStream(x, y, cfg.batch_size, normalize, cfg.augment, seed, device)
-    eval_sets = {k: EvalSet(ex, ey, cfg.eval_batch_size, normalize, device) for k, (ex, ey) in evals.items()}
+    train = TensorTrainStream(x, y, cfg.batch_size, normalize, cfg.augment, seed, device, world=world)
+    eval_sets = {k: EvalSet(ex, ey, cfg.eval_batch_size, normalize, device, world) for k, (ex, ey) in evals.items()}
     return Data(train, eval_sets, arrays.num_classes, len(x))

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from resexp.distributed import World
 from resexp.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -48,6 +49,12 @@ class DataSource:
 
     def identity(self) -> dict[str, str]:
         return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint}
+
+
+def shard(n: int, world: World) -> slice:
+    """This process's contiguous slice of n evaluation items: the slices of all processes cover
+    every item exactly once (sizes differ by at most one)."""
+    return slice(n * world.rank // world.size, n * (world.rank + 1) // world.size)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -1,0 +1,222 @@
+"""One run on several processes: torchrun's environment, the process group, and what the loop
+needs of it (sums over processes, a decision taken together, per-process batch shares).
+
+torchrun (`torchrun --standalone --nproc_per_node=N -m resexp train ...`, or its multi-node
+rendezvous) starts N copies of the same command and tells each its RANK, LOCAL_RANK and
+WORLD_SIZE; nothing here launches processes. Without those variables a run is one process, a
+`World` of size 1, and every function below is the identity, so the loop reads the same either way.
+Gradients are averaged by DistributedDataParallel; the data is split by resexp.data (each rank
+takes its share of every global batch, and of the evaluation sets).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from resexp.errors import ConfigError, Reported
+
+ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer than this fails instead of hanging
+
+
+@dataclass(frozen=True)
+class World:
+    """Which process of how many this is. `main` (rank 0) alone writes the run directory."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def share(self, batch_size: int, what: str = "data.batch_size") -> int:
+        """This process's part of a global batch; refuse a batch the processes cannot split evenly."""
+        if batch_size % self.size:
+            raise ConfigError(
+                f"{what}={batch_size} is the global batch and does not divide among {self.size} processes: "
+                f"use a multiple of {self.size} (e.g. {batch_size // self.size * self.size or self.size})"
+            )
+        return batch_size // self.size
+
+
+ONE = World()
+
+
+@functools.cache
+def current() -> World:
+    """The world torchrun describes in the environment (one process when it describes none)."""
+    if "WORLD_SIZE" not in os.environ:
+        return ONE
+    try:
+        rank, local, size = (int(os.environ[k]) for k in ENV)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"torchrun's environment is incomplete or malformed ({', '.join(f'{k}={os.environ.get(k)}' for k in ENV)})"
+        ) from None
+    return World(rank, size, local)
+
+
+def init(device: torch.device) -> None:
+    """Join the process group (once per process): NCCL for CUDA, gloo for the CPU."""
+    if not current().distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    options: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, timeout=TIMEOUT, **options)
+
+
+def device_for(name: str) -> str:
+    """Under torchrun with CUDA, each process takes the GPU of its LOCAL_RANK."""
+    world = current()
+    if not world.distributed or not name.startswith(("cuda", "auto")):
+        return name
+    if name == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    if name not in ("auto", "cuda"):
+        raise ConfigError(
+            f"device={name} names one GPU, but under torchrun each of the {world.size} processes takes the GPU "
+            "of its LOCAL_RANK: use device=cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+    return f"cuda:{world.local_rank}"
+
+
+def sum_(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over the processes (in float64)."""
+    if not current().distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def max_(values: list[float], device: torch.device) -> list[float]:
+    """Each value's maximum over the processes."""
+    if not current().distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def any_(flag: bool, device: torch.device) -> bool:
+    """True on every process when it is true on one (a stop signal, a failure)."""
+    if not current().distributed:
+        return flag
+    return sum_([float(flag)], device)[0] > 0
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj`, on every process."""
+    if not current().distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """The module that trains: `model` itself in one process; under torchrun, DDP around it (with
+    BatchNorm synchronised over the processes when `sync_bn`). Checkpoints keep `model`."""
+    if not current().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+class AllReduce(torch.autograd.Function):
+    """A sum over the processes that autograd differentiates: the gradient of a sum that every
+    process uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return AllReduce.apply(x)
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch, for gloo on the CPU
+    (torch's SyncBatchNorm runs on GPUs only). The per-channel sums travel through a
+    differentiable all-reduce, so autograd gives the gradient of the global batch's statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        dims, c = (0, 2, 3), x.shape[1]
+        total = all_reduce(torch.cat([x.sum(dims), x.new_tensor([x.numel() / c])]))
+        count = total[c]
+        mean = total[:c] / count
+        centred = x - mean.view(1, c, 1, 1)
+        var = all_reduce((centred * centred).sum(dims)) / count  # two passes, as BatchNorm2d computes it
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
+        shape = (1, c, 1, 1)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> None:
+    """Turn every BatchNorm2d of `module` into a CPUSyncBatchNorm, keeping its tensors."""
+    for child in module.modules():
+        if type(child) is nn.BatchNorm2d:
+            child.__class__ = CPUSyncBatchNorm
+
+
+def peer_error(e: BaseException) -> bool:
+    """Whether `e` is a collective failing because another process is gone: NCCL raises
+    DistBackendError; gloo raises a plain RuntimeError from its transport, recognised by its
+    source file in the message (it has no type of its own)."""
+    if not current().distributed:
+        return False
+    return isinstance(e, dist.DistBackendError) or (isinstance(e, RuntimeError) and "/gloo/" in str(e))
+
+
+class PeerLost(Reported):
+    def __init__(self) -> None:
+        super().__init__(
+            "lost contact with another process of this torchrun run (it ended or failed; its own message or "
+            "torchrun's report says which)"
+        )
+
+
+def voice(e: BaseException, line: str) -> str | None:
+    """The line this process prints for `e`: every error in one process; under torchrun rank 0
+    speaks for all, and another rank only about a failure of its own (prefixed with its rank)."""
+    world = current()
+    if world.main:
+        return line
+    return f"rank {world.rank}: {line}" if getattr(e, "own", False) else None
