@@ -67,8 +67,8 @@ def train(
         raise typer.Exit(128 + e.signum) from None
     except Interrupted as e:
         raise typer.Exit(128 + e.signum) from None  # the run said where its checkpoint is and how to resume
-    except KeyboardInterrupt:
-        err.print("interrupted before training started: nothing was written", highlight=False)
+    except KeyboardInterrupt as e:
+        err.print(str(e) or "interrupted before training started: nothing was written", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except Exception as e:
         if debug:

@@ -287,6 +287,11 @@ def validate(cfg: Config) -> None:
             )
         if d.ten_crop:
             raise ConfigError("data.ten_crop=true and data.test_scales are two test methods: choose one")
+    if d.name == DataName.imagenet and d.normalize != Normalize.channel:
+        raise ConfigError(
+            f"data.normalize={d.normalize} is not available for ImageNet: its images are normalised with the "
+            "per-channel mean and std (data.normalize=channel; the README lists this deviation from the paper)"
+        )
     if d.name == DataName.imagenet and not d.crop_size <= d.scale_min <= d.scale_max:
         raise ConfigError(
             f"data.crop_size={d.crop_size}, data.scale_min={d.scale_min} and data.scale_max={d.scale_max} "

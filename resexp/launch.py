@@ -227,6 +227,11 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     try:
         with mock.patch.object(sys, "argv", argv), mock.patch.dict(os.environ, env):
             main()
+    except KeyboardInterrupt:
+        started = [job for job in jobs if RunDir(job.run_dir).status().get("status") in ("running", "interrupted")]
+        if started:  # a launcher that runs the jobs in other processes (submitit) was waiting for them
+            raise SweepInterrupted(len(started)) from None
+        raise
     finally:
         for folder in new_dirs:  # a sweep folder holding only Hydra's multirun.yaml: no run was written
             if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
@@ -235,6 +240,16 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     if not current().main:  # rank 0 reads the run directories, which other nodes may not see
         return not failures
     return not failures and not failed(jobs)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a launcher waited for jobs running in their own processes, which received it too."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"interrupted: {count} job(s) of the sweep had started; each saves a checkpoint and stops (their "
+            "logs say where); run the same command again to resume"
+        )
 
 
 def failed(jobs: list[Job]) -> list[Job]:

@@ -250,13 +250,25 @@ def test_a_divergence_stops_every_rank(tmp_path):
     assert sum(line.startswith("diverged:") for line in err.splitlines()) == 1
 
 
-def test_a_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path):
-    launcher = torchrun(*RUN, "data.batch_size=33", cwd=tmp_path)
-    out, err = launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
-    ours = [line for line in err.splitlines() if line.startswith("error:")]
-    assert ours == [
-        "error: data.batch_size=33 is the global batch and does not divide among 2 processes: use a "
-        "multiple of 2 (e.g. 32)"
+def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from resexp import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
+    out = resexp("train", *RUN, "data.batch_size=33", cwd=tmp_path)
+    assert out.code == 1
+    assert out.lines == [
+        "error: data.batch_size=33 is the global batch and does not divide among 2 processes: use a multiple of 2 "
+        "(e.g. 32)"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from resexp import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: World(3, 4, 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.device_for("auto") == distributed.device_for("cuda") == "cuda:1"
+    assert distributed.device_for("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="device=cuda:0 names one GPU, but under torchrun each of the 4 processes"):
+        distributed.device_for("cuda:0")

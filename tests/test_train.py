@@ -5,6 +5,10 @@ evaluation over crops; the joblib launcher."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, resexp, rows
+from conftest import TINY, process_env, resexp, resexp_process, rows
 from resexp.train import evaluate
 
 KEYS = {"step", "epoch", "lr", "train/loss", "train/error", "test/loss", "test/error", "time"}
@@ -199,6 +203,54 @@ def test_parallel_sweep_through_the_joblib_launcher_shares_the_cores(tmp_path):
     assert result.code == 0, result.stderr
     envs = [json.loads(p.read_text()) for p in (tmp_path / "runs/default").rglob("environment.json")]
     assert len(envs) == 2 and all(e["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2) for e in envs)
+
+
+def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
+    """hydra/launcher=submitit_local runs each job through submitit in its own process, as
+    submitit_slurm does on a cluster. Ctrl-C (SIGINT to the terminal's process group) while the
+    jobs train: each saves a checkpoint, the command says how to resume; the same command again
+    finishes both runs, going on from their checkpoints."""
+    sweep = [
+        "train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "data=synthetic",
+        "data.train_size=256",
+        "data.test_size=64",
+        "model.depth=8",
+        "schedule.iterations=100",
+        "eval_every=10",
+        "device=cpu",
+        "seed=0,1",
+    ]
+    runs = [tmp_path / f"runs/default/synthetic/residual-8A_s{seed}" for seed in (0, 1)]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "resexp", *sweep],
+        cwd=tmp_path,
+        env=process_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not all((run / "last.pt").exists() for run in runs):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGINT)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130
+    assert "interrupted: 2 job(s) of the sweep had started" in err and "run the same command again" in err
+    stopped = [json.loads((run / "status.json").read_text()) for run in runs]
+    assert [s["status"] for s in stopped] == ["interrupted", "interrupted"] and all(s["step"] < 100 for s in stopped)
+    again = resexp_process(*sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for run in runs:
+        assert json.loads((run / "status.json").read_text())["status"] == "complete"
+        assert [r["step"] for r in rows(run)] == list(range(10, 101, 10))  # each evaluation once
+    logs = "".join(p.read_text() for p in (tmp_path / "runs/default/.submitit").rglob("*_log.err"))
+    for run, before in zip(runs, stopped, strict=True):
+        assert f"resuming runs/default/synthetic/{run.name} from iteration {before['step']}" in logs
 
 
 @pytest.mark.slow
