@@ -67,7 +67,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker: one thread each
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or write_jpegs(Path(tmp), args.images + args.batch_size)
         results = []

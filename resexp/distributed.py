@@ -128,6 +128,16 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def rank0_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's BatchNorm running statistics (with per-process BatchNorm each
+    process updated its own in the last step), so that all of them evaluate the net that rank 0
+    checkpoints."""
+    if not current().distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     """The module that trains: `model` itself in one process; under torchrun, DDP around it (with
     BatchNorm synchronised over the processes when `sync_bn`). Checkpoints keep `model`."""

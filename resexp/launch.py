@@ -217,7 +217,10 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     import hydra
 
     register()
-    jobs = plan(overrides, multirun) if not any(o.startswith("-") for o in overrides) else []
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's own: --cfg job, --info, ...
+    if flags and multirun:
+        raise ConfigError(f"{flags[0]} prints one job and cannot be combined with -m: drop -m (and the comma lists)")
+    jobs = plan(overrides, multirun) if not flags else []
     admit_all(jobs)
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
     main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)

@@ -264,6 +264,7 @@ def train(
                 state.time = time.perf_counter() - started
                 recorder.evaluation({**metrics, "time": state.time, "diverged": True})
                 raise Diverged(f"training loss is {metrics['train/loss']} at iteration {state.step}")
+            distributed.rank0_buffers(parts.model)
             for name, batches in parts.data.evals.items():
                 metrics.update(evaluate(parts.model, batches, name, parts.speed))
             parts.schedule.observe(metrics)

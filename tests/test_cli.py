@@ -75,6 +75,13 @@ def test_a_sweep_is_checked_whole_before_its_first_job_trains(tmp_path):
     assert leftovers(tmp_path) == []  # depth 8 did not train, no multirun.yaml either
 
 
+def test_printing_the_config_of_a_sweep_says_to_drop_m(tmp_path):
+    result = resexp("train", "-m", *TINY, "seed=0,1", "--cfg", "job", cwd=tmp_path)
+    assert result.code == 1
+    assert result.lines == ["error: --cfg prints one job and cannot be combined with -m: drop -m (and the comma lists)"]
+    assert leftovers(tmp_path) == []
+
+
 def test_a_failure_inside_hydras_job_is_one_line_too(tmp_path):
     """A data error is found after Hydra made the run directory: still one line (no Hydra
     'Error executing job'), exit 1, and the folders Hydra made are gone."""

@@ -18,7 +18,9 @@ from resexp.data.common import shard
 from resexp.data.imagenet import FolderEvalSet, FolderTrainStream
 from resexp.distributed import World
 from resexp.errors import ConfigError
+from resexp.data import build_data
 from resexp.launch import compose
+from resexp.train import build_model, evaluate
 
 # 8 iterations of a small lr: two processes with SyncBatchNorm follow one process within float noise.
 RUN = [
@@ -240,6 +242,16 @@ def test_a_rank_that_dies_ends_the_other_with_one_line(tmp_path):
     assert len(ours) == 1 and "lost contact with another process of this torchrun run" in ours[0]
     assert "run the same command again to resume" in ours[0] and "Traceback" not in err.split("error:")[0]
     assert '"failed"' in (run_dir / "status.json").read_text()
+    # BatchNorm per process: both processes evaluated rank 0's net, the one its checkpoint holds
+    saved = torch.load(run_dir / "last.pt", weights_only=True)
+    [row] = [r for r in rows(run_dir) if r["step"] == saved["step"]]
+    cfg = compose([*RUN, "schedule.iterations=100000"])
+    data = build_data(cfg.data, cfg.seed, torch.device("cpu"))
+    net = build_model(cfg, data.num_classes)
+    net.load_state_dict(saved["model"])
+    again = evaluate(net, data.evals["test"], "test")
+    assert again["test/error"] == row["test/error"]
+    assert again["test/loss"] == pytest.approx(row["test/loss"], rel=1e-5)
 
 
 def test_a_divergence_stops_every_rank(tmp_path):

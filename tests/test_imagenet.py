@@ -154,3 +154,17 @@ def test_the_multi_scale_test_is_imagenets(tmp_path):
 
     with pytest.raises(ConfigError, match="needs data=imagenet"):
         compose(["data=synthetic", "data.test_scales=[32]", "device=cpu"])
+
+
+def test_the_input_pipeline_benchmark_prints_images_per_second(capsys):
+    """benchmarks/input_pipeline.py at a tiny size: it generates JPEGs and times the real pipeline."""
+    import runpy
+
+    from conftest import REPO
+
+    main = runpy.run_path(str(REPO / "benchmarks" / "input_pipeline.py"))["main"]
+    threads = torch.get_num_threads()
+    [result] = main(["--workers", "0", "--images", "8", "--batch-size", "4"])
+    assert torch.get_num_threads() == threads  # the rest of the session trains as before
+    assert result["workers"] == 0 and result["images_per_s"] > 0
+    assert "images/s" in capsys.readouterr().out
