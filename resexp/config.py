@@ -49,7 +49,7 @@ class ScheduleName(StrEnum):
 
 
 class Precision(StrEnum):
-    auto = "auto"  # bf16 on CUDA, fp32 elsewhere
+    auto = "auto"  # bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 elsewhere
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 autocast: convolutions in bf16, weights, BN statistics and the loss in fp32
 
@@ -135,7 +135,7 @@ class SpeedConfig:
     be fastest on the device (resexp/speed.py)."""
 
     precision: Precision = Precision.auto
-    channels_last: bool | None = None  # NHWC activations; null = on for CUDA
+    channels_last: bool | None = None  # NHWC activations; null = on for CUDA and with bf16 on a CPU
     compile: CompileMode = CompileMode.auto
     fused_optimizer: bool | None = None  # one fused SGD kernel; null = on for CUDA
     cuda_graph: bool | None = None  # the whole iteration as one CUDA graph; null = on for CUDA

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import process_env, resexp, rows
+from resexp.data import build_data
 from resexp.data.cifar import EvalSet, Normalizer, TensorTrainStream
 from resexp.data.common import shard
 from resexp.data.imagenet import FolderEvalSet, FolderTrainStream
 from resexp.distributed import World
 from resexp.errors import ConfigError
-from resexp.data import build_data
 from resexp.launch import compose
 from resexp.train import build_model, evaluate
 
@@ -29,6 +29,7 @@ RUN = [
     "data.test_size=65",  # odd: the two processes evaluate 32 and 33 images
     "model.depth=8",
     "optim.lr=0.01",
+    "speed.precision=fp32",  # equality within float32 rounding; bf16 rounds coarser
     "device=cpu",
 ]
 RUN_DIR = "runs/default/synthetic/residual-8A_s0"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, resexp
-from resexp import reference
+from resexp import reference, speed
 from resexp.bench import Timing, fig6_projection
 from resexp.config import CompileMode, SpeedConfig
 from resexp.data.cifar import EvalSet, Normalizer
@@ -24,7 +24,38 @@ from resexp.train import evaluate
 CUDA = torch.device("cuda")  # resolving settings for a device needs no such device
 
 
-def test_auto_means_everything_off_on_cpu_and_on_for_cuda():
+def test_auto_picks_bf16_and_channels_last_on_a_cpu_with_bf16_units(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    fast = resolve(compose(["device=cpu"]).speed, cpu)
+    assert (fast.precision, fast.channels_last, fast.compile, fast.fused_optimizer, fast.cuda_graph) == (
+        "bf16",
+        True,
+        "off",
+        False,
+        False,
+    )
+    pinned = resolve(compose(["device=cpu", "speed.precision=fp32"]).speed, cpu)
+    assert pinned == EAGER  # fp32 asked for: channels_last follows it, as measured (no gain in fp32)
+    assert resolve(compose(["device=cpu", "speed.channels_last=false"]).speed, cpu).channels_last is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "has"),
+    [
+        ("fpu sse2 avx2 avx512f avx512bw", False),
+        ("fpu avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+        ("fpu avx512f amx_tile amx_bf16 amx_int8", True),  # Intel Sapphire Rapids
+    ],
+)
+def test_bf16_units_are_read_from_the_cpus_flags(flags, has):
+    cpuinfo = f"processor\t: 0\nvendor_id\t: X\nflags\t\t: {flags}\nbugs\t\t: none\n"
+    assert bool(speed.cpu_flags(cpuinfo) & set(speed.BF16_CPU_FLAGS)) is has
+    assert speed.cpu_flags("no flags line") == set()
+
+
+def test_auto_means_everything_off_on_cpu_and_on_for_cuda(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)
     cfg = compose(["device=cpu"]).speed
     assert resolve(cfg, torch.device("cpu")) == EAGER
     cuda = resolve(cfg, CUDA)
@@ -85,7 +116,7 @@ def test_channels_last_gives_the_same_logits_and_gradients():
 
 
 def test_a_run_may_resume_under_other_speed_settings(tmp_path):
-    first = resexp("train", *TINY, "speed.channels_last=true", cwd=tmp_path)
+    first = resexp("train", *TINY, "speed.precision=fp32", "speed.channels_last=true", cwd=tmp_path)
     assert first.code == 0, first.stderr
     env = json.loads(next(tmp_path.glob("runs/*/*/*/environment.json")).read_text())
     assert env["speed"] == {

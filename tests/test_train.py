@@ -17,6 +17,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, process_env, resexp, resexp_process, rows
+from resexp.speed import cpu_has_bf16
 from resexp.train import evaluate
 
 KEYS = {"step", "epoch", "lr", "train/loss", "train/error", "test/loss", "test/error", "time"}
@@ -59,7 +60,9 @@ def test_train_writes_metrics_tensorboard_and_a_self_describing_run_dir(tiny_run
     assert config["schedule"]["milestones"] == [8, 12]  # the run records the milestones it used
     assert json.loads((run_dir / "data.json").read_text())["name"] == "synthetic"
     env = json.loads((run_dir / "environment.json").read_text())
-    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["speed"]["precision"] == "fp32"
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    expected = "bf16" if cpu_has_bf16() else "fp32"  # speed.precision=auto on this CPU
+    assert env["speed"]["precision"] == expected and env["speed"]["channels_last"] == (expected == "bf16")
     assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["step"] == 16 and "optimizer" in state and "rng" in state
