@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,20 @@ def cifar_npz() -> Path:
     if not CIFAR_NPZ.exists():
         pytest.skip(f"real CIFAR-10 subset not found at {CIFAR_NPZ}")
     return CIFAR_NPZ
+
+
+def signal_at(monkeypatch, iteration: int, *signums: int) -> None:
+    """Deliver real signals to this process once the loop has done `iteration` iterations."""
+    from resexp import recorder
+
+    real, done = recorder.Recorder.iteration, []
+
+    def iteration_then_signal(self):
+        real(self)
+        done.append(1)
+        if len(done) == iteration:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.01)  # let the handler run before the next signal
+
+    monkeypatch.setattr(recorder.Recorder, "iteration", iteration_then_signal)

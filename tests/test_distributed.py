@@ -3,6 +3,7 @@ over gloo, real subprocesses: the process boundary is what these tests are about
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import process_env, resexp, rows
+from conftest import process_env, resexp, rows, signal_at
 from resexp.data import build_data
 from resexp.data.cifar import EvalSet, Normalizer, TensorTrainStream
 from resexp.data.common import shard
@@ -189,12 +190,18 @@ def one_process(tmp_path_factory) -> Path:
     return cwd
 
 
-def test_two_processes_with_sync_bn_train_as_one(tmp_path, one_process):
-    """Every evaluation once in one metrics.jsonl (rank 0's), the world size recorded, and with
+def test_one_process_resumed_on_two_with_sync_bn_trains_as_one(tmp_path, one_process, monkeypatch):
+    """A run stopped after 4 iterations in one process goes on under torchrun with 2: every
+    evaluation once in one metrics.jsonl (rank 0's), the world size recorded, and with
     SyncBatchNorm the same weights and metrics as one process with the same global batch."""
+    signal_at(monkeypatch, 4, signal.SIGTERM)
+    first = resexp("train", *RUN, "schedule.iterations=8", "eval_every=4", "model.sync_bn=true", cwd=tmp_path)
+    assert first.code == 128 + signal.SIGTERM and "model.sync_bn=true has no effect in one process" in first.stderr
+    monkeypatch.undo()
     launcher = torchrun(*RUN, "schedule.iterations=8", "eval_every=4", "model.sync_bn=true", cwd=tmp_path)
     out, err = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, err
+    assert f"resuming {RUN_DIR} from iteration 4" in err
     run_dir = tmp_path / RUN_DIR
     reference = one_process / "runs/i8/synthetic/residual-8A_s0"
     assert [r["step"] for r in rows(run_dir)] == [4, 8]
@@ -205,7 +212,9 @@ def test_two_processes_with_sync_bn_train_as_one(tmp_path, one_process):
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
     env = (run_dir / "environment.json").read_text()
     assert '"world_size": 2' in env and '"batch_per_process": 16' in env
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert (
+        len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    )  # one per process that wrote: the first run's, rank 0's
     assert sum("[8/8]" in line for line in err.splitlines()) == 1  # rank 0 alone prints
 
 

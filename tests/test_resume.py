@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import leftovers, process_env, resexp, rows, without_time, write_npz
-from resexp import checkpoint, recorder, rundir, train
+from conftest import leftovers, process_env, resexp, rows, signal_at, without_time, write_npz
+from resexp import checkpoint, rundir, train
 from resexp.rundir import RunDir, RunLock
 
 RUN = [
@@ -37,21 +37,6 @@ def reference(tmp_path_factory):
     result = resexp("train", *RUN, cwd=cwd)
     assert result.code == 0, result.stderr
     return without_time(rows(cwd / RUN_DIR))
-
-
-def signal_at(monkeypatch, iteration: int, *signums: int) -> None:
-    """Deliver real signals to this process once the loop has done `iteration` iterations."""
-    real, done = recorder.Recorder.iteration, []
-
-    def iteration_then_signal(self):
-        real(self)
-        done.append(1)
-        if len(done) == iteration:
-            for signum in signums:
-                os.kill(os.getpid(), signum)
-                time.sleep(0.01)  # let the handler run before the next signal
-
-    monkeypatch.setattr(recorder.Recorder, "iteration", iteration_then_signal)
 
 
 def status(cwd):

@@ -1,0 +1,81 @@
+"""benchmarks/gpu_verify.py at a tiny size on the CPU: the paired JPEG-vs-exact experiment and
+the precision comparison run end to end, on generated stand-ins for the two CIFAR-10 files."""
+
+from __future__ import annotations
+
+import io
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+
+def fake_cifar(folder: Path, n_train: int = 150, n_test: int = 30) -> Path:
+    """cifar10_jpeg_full.npz (every image as JPEG bytes) and cifar10.npz (an exact subset with
+    idx_train / idx_test), laid out as ../shared/data's files are."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    full, exact = {}, {}
+    for split, n, keep in (("train", n_train, n_train - 10), ("test", n_test, n_test - 5)):
+        x = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+        y = np.arange(n) % 10
+        pieces = []
+        for image in x:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=75)
+            pieces.append(np.frombuffer(buffer.getvalue(), np.uint8))
+        full[f"{split}_jpeg_bytes"] = np.concatenate(pieces)
+        full[f"{split}_jpeg_offsets"] = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+        full[f"y_{split}"] = y
+        idx = np.sort(rng.choice(n, keep, replace=False)).astype(np.int32)
+        exact |= {f"x_{split}": x[idx], f"y_{split}": y[idx].astype(np.uint8), f"idx_{split}": idx}
+    folder.mkdir(parents=True)
+    np.savez(folder / "cifar10_jpeg_full.npz", **full)
+    np.savez(folder / "cifar10.npz", **exact)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def verify():
+    return runpy.run_path(str(REPO / "benchmarks" / "gpu_verify.py"))
+
+
+def test_the_jpeg_subset_holds_the_jpeg_copies_of_exactly_the_exact_images(tmp_path, verify):
+    from resexp.data.cifar import load_npz
+
+    data = fake_cifar(tmp_path / "data")
+    subset = load_npz(verify["jpeg_subset"](data, tmp_path / "work"), 10)
+    exact = np.load(data / "cifar10.npz")
+    assert len(subset.x_train) == 140 and len(subset.x_test) == 25
+    assert np.array_equal(subset.y_train, exact["y_train"]) and np.array_equal(subset.y_test, exact["y_test"])
+    error = np.abs(subset.x_train.astype(int) - exact["x_train"].astype(int)).mean()
+    shifted = np.abs(subset.x_train[1:].astype(int) - exact["x_train"][:-1].astype(int)).mean()
+    assert error < shifted  # each JPEG decodes close to its own exact image, not its neighbour's
+
+
+def test_data_and_precision_parts_run_and_write_their_figures(tmp_path, monkeypatch, verify):
+    data = fake_cifar(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", str(data), "--work", "work", "--out", "out", "--device", "cpu", "--seeds", "0"]
+    assert verify["main"]([*common, "--part", "data", "--budget-s", "0"]) == 3  # no budget: nothing ran
+    assert not Path("out/verify-data.json").exists()
+    tiny = [*common, "--iterations", "4", "--eval-every", "2", "--budget-s", "600"]
+    assert verify["main"]([*tiny, "--part", "data", "precision"]) == 0
+    figures = json.loads(Path("out/verify-data.json").read_text())
+    assert [r["net"] for r in figures["runs"]["exact"]] == ["ResNet-20"]
+    assert [r["state"] for label in ("exact", "jpeg") for r in figures["runs"][label]] == ["complete"] * 2
+    [penalty] = figures["jpeg - exact"]
+    assert penalty == pytest.approx(
+        figures["runs"]["jpeg"][0]["test_error"] - figures["runs"]["exact"][0]["test_error"]
+    )
+    precision = json.loads(Path("out/verify-precision.json").read_text())
+    assert set(precision["runs"]) == {"default", "fp32-eager"}  # no CUDA graph on a CPU
+    eager = json.loads(next(Path("runs/verify/fp32_eager").rglob("environment.json")).read_text())
+    assert eager["speed"]["precision"] == "fp32" and not eager["speed"]["channels_last"]
+    report = Path("out/verify.md").read_text()
+    assert "## data" in report and "jpeg minus exact, paired by seed" in report and "## precision" in report
