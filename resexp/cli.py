@@ -55,6 +55,7 @@ def train(
         err.quiet = True
     try:
         finished = launch(list(overrides or []), multirun, debug)
+        distributed.close()
     except Aborted as e:
         if e.started:
             err.print(
@@ -66,6 +67,7 @@ def train(
             err.print(f"interrupted by {e} before training started: nothing was written", highlight=False)
         raise typer.Exit(128 + e.signum) from None
     except Interrupted as e:
+        distributed.close()  # every process stopped after the same iteration
         raise typer.Exit(128 + e.signum) from None  # the run said where its checkpoint is and how to resume
     except KeyboardInterrupt as e:
         err.print(str(e) or "interrupted before training started: nothing was written", highlight=False, soft_wrap=True)

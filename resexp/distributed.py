@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +76,22 @@ def init(device: torch.device) -> None:
     if not current().distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    options: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    options: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's objects (broadcast_object_list) live on the current device
+        options["device_id"] = device
     dist.init_process_group(backend, timeout=TIMEOUT, **options)
+
+
+def close() -> None:
+    """Leave the process group together, after the last run of the command ended the same way in
+    every process (finished, or stopped by an agreed signal). A group torn down by interpreter exit
+    alone, while a peer is still at its last steps, can end its process with std::terminate."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # DDP's reducer holds the group: let it go first
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def device_for(name: str) -> str:

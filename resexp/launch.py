@@ -169,6 +169,10 @@ def task(cfg: DictConfig) -> float | None:
     config = to_object(cfg)
     if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("n_jobs") is not None:
         config.device = share_machine(config.device, hydra_cfg.job.num, hydra_cfg.launcher.n_jobs)
+    elif hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("cpus_per_task"):
+        import torch  # submitit: the job's CPUs are its threads (torch would take every core of the node)
+
+        torch.set_num_threads(int(hydra_cfg.launcher.cpus_per_task))
     try:
         return run(config, run_dir, console=err).get("test/error")
     except Aborted:

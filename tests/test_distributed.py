@@ -285,6 +285,24 @@ def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_
     assert not (tmp_path / "runs").exists()
 
 
+def test_under_torchrun_the_cuda_graph_gives_way_to_eager_ddp_with_a_notice(monkeypatch):
+    from resexp import distributed, train
+    from resexp.speed import resolve
+
+    cfg = compose(RUN)
+    cuda = resolve(cfg.speed, torch.device("cuda"))
+    assert cuda.cuda_graph  # what one process on a GPU runs
+    two = World(0, 2, 0)
+    [line] = train.notices(cfg, cuda, two)
+    assert "CUDA-graph step is not used under torchrun" in line and "eager DDP" in line
+    assert train.notices(cfg, cuda, World()) == []
+    monkeypatch.setattr(distributed, "current", lambda: two)
+    monkeypatch.setattr(train, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(train, "check_memory", lambda *args: None)
+    device, speed = train.check(compose([*RUN, "device=cuda"]))
+    assert speed.cuda_graph is False and speed.channels_last and speed.fused_optimizer  # the rest stays
+
+
 def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
     from resexp import distributed
 

@@ -217,6 +217,7 @@ def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path)
         "train",
         "-m",
         "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",  # two jobs side by side on two cores: one thread each
         "data=synthetic",
         "data.train_size=256",
         "data.test_size=64",
@@ -251,6 +252,7 @@ def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path)
     for run in runs:
         assert json.loads((run / "status.json").read_text())["status"] == "complete"
         assert [r["step"] for r in rows(run)] == list(range(10, 61, 10))  # each evaluation once
+        assert json.loads((run / "environment.json").read_text())["cpu_threads"] == 1
     logs = "".join(p.read_text() for p in (tmp_path / "runs/default/.submitit").rglob("*_log.err"))
     for run, before in zip(runs, stopped, strict=True):
         assert f"resuming runs/default/synthetic/{run.name} from iteration {before['step']}" in logs
