@@ -119,8 +119,9 @@ def cifar_npz() -> Path:
     return CIFAR_NPZ
 
 
-def signal_at(monkeypatch, iteration: int, *signums: int) -> None:
-    """Deliver real signals to this process once the loop has done `iteration` iterations."""
+def signal_at(monkeypatch, iteration: int, *signums: int, gap: float = 0.01) -> None:
+    """Deliver real signals to this process once the loop has done `iteration` iterations, `gap`
+    seconds apart."""
     from resexp import recorder
 
     real, done = recorder.Recorder.iteration, []
@@ -131,6 +132,6 @@ def signal_at(monkeypatch, iteration: int, *signums: int) -> None:
         if len(done) == iteration:
             for signum in signums:
                 os.kill(os.getpid(), signum)
-                time.sleep(0.01)  # let the handler run before the next signal
+                time.sleep(gap)  # let the handler run before the next signal
 
     monkeypatch.setattr(recorder.Recorder, "iteration", iteration_then_signal)

@@ -122,7 +122,8 @@ def test_sigterm_mid_interval_saves_there_and_the_resume_is_exact(tmp_path, refe
 
 
 def test_a_second_signal_aborts_at_once_and_the_run_resumes_from_its_last_checkpoint(tmp_path, reference, monkeypatch):
-    signal_at(monkeypatch, 23, signal.SIGINT, signal.SIGINT)
+    monkeypatch.setattr(train.StopSignals, "ECHO", 0.05)
+    signal_at(monkeypatch, 23, signal.SIGINT, signal.SIGINT, gap=0.1)
     result = resexp("train", *RUN, cwd=tmp_path)
     assert result.code == 130 and result.lines[-1] == (
         "aborted by a second SIGINT: no checkpoint since the last evaluation; run the same command again to resume "
@@ -133,6 +134,16 @@ def test_a_second_signal_aborts_at_once_and_the_run_resumes_from_its_last_checkp
     monkeypatch.undo()
     assert resexp("train", *RUN, cwd=tmp_path).code == 0
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
+
+
+def test_a_signal_forwarded_by_a_launcher_counts_once(tmp_path, reference, monkeypatch):
+    """The terminal's Ctrl-C and the one torchrun or submitit forwards arrive milliseconds apart:
+    one request, so the run saves where it is."""
+    signal_at(monkeypatch, 23, signal.SIGINT, signal.SIGINT, gap=0.001)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 130 and "SIGINT at iteration 23: checkpoint saved" in result.stderr
+    assert status(tmp_path)["status"] == "interrupted" and "saved" not in status(tmp_path)
+    assert torch.load(tmp_path / RUN_DIR / "last.pt", weights_only=True)["step"] == 23
 
 
 def test_ctrl_c_while_the_data_loads_leaves_nothing(tmp_path, monkeypatch):
@@ -161,10 +172,19 @@ def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         assert stop.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)  # its echo from a launcher, milliseconds later: no abort
+        time.sleep(0.01)
+        stop.first_at -= stop.ECHO  # later: a second request
         with pytest.raises(train.Aborted) as second:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert second.value.started
+        under_torchrun = train.StopSignals(second_aborts=False)
+        under_torchrun.started = True
+        under_torchrun.handle(signal.SIGINT, None)
+        under_torchrun.first_at -= 60
+        under_torchrun.handle(signal.SIGTERM, None)  # never aborts: torchrun's SIGKILL does
+        assert under_torchrun.received == signal.SIGINT
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
 
 
