@@ -14,6 +14,7 @@ import copy
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from rich.markup import escape
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
 from resexp.distributed import current, voice
 from resexp.errors import ConfigError, UserError, one_line
-from resexp.rundir import RunDir
+from resexp.rundir import STATUS, RunDir
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 err = Console(stderr=True)
@@ -231,6 +232,7 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     argv = ["resexp train", *(["--multirun"] if multirun else []), *overrides]
     env = {"HYDRA_FULL_ERROR": "1", **({"RESEXP_DEBUG": "1"} if debug else {})}  # errors reach us, not Hydra's printer
     failures.clear()
+    began = time.time()
     try:
         with mock.patch.object(sys, "argv", argv), mock.patch.dict(os.environ, env):
             main()
@@ -238,6 +240,13 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
         started = [job for job in jobs if RunDir(job.run_dir).status().get("status") in ("running", "interrupted")]
         if started:  # a launcher that runs the jobs in other processes (submitit) was waiting for them
             raise SweepInterrupted(len(started)) from None
+        raise
+    except Exception:
+        # submitit reports a job that a signal stopped (Interrupted is a BaseException, so `task`
+        # lets it through) as a failed job, sometimes before its own process sees the Ctrl-C
+        stopped = [job for job in jobs if stopped_by_signal(RunDir(job.run_dir), since=began)]
+        if stopped:
+            raise SweepInterrupted(len(stopped)) from None
         raise
     finally:
         for folder in new_dirs:  # a sweep folder holding only Hydra's multirun.yaml: no run was written
@@ -247,6 +256,15 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     if not current().main:  # rank 0 reads the run directories, which other nodes may not see
         return not failures
     return not failures and not failed(jobs)
+
+
+def stopped_by_signal(run: RunDir, since: float) -> bool:
+    """Whether the run was stopped by a signal after `since` (its status says so, written then)."""
+    try:
+        written = run.file(STATUS).stat().st_mtime
+    except OSError:
+        return False
+    return written >= since and run.status().get("signal") is not None
 
 
 class SweepInterrupted(KeyboardInterrupt):

@@ -243,7 +243,7 @@ def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path)
         time.sleep(0.05)
     os.killpg(launcher.pid, signal.SIGINT)
     _, err = launcher.communicate(timeout=120)
-    assert launcher.returncode == 130
+    assert launcher.returncode == 130, err
     assert "interrupted: 2 job(s) of the sweep had started" in err and "run the same command again" in err
     stopped = [json.loads((run / "status.json").read_text()) for run in runs]
     assert [s["status"] for s in stopped] == ["interrupted", "interrupted"] and all(s["step"] < 60 for s in stopped)
@@ -267,3 +267,37 @@ def test_short_run_on_real_cifar10(tmp_path, cifar_npz):
     metrics = rows(tmp_path / "runs/default/cifar10/residual-20A_s0")
     assert [r["step"] for r in metrics] == [30, 60]
     assert metrics[-1]["train/error"] < 85 and metrics[-1]["test/error"] < 85  # learning: chance is 90
+
+
+def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_sweep(tmp_path, monkeypatch):
+    """submitit may report a job that Ctrl-C stopped as a failed job (an exception) before its
+    own process sees the Ctrl-C: the command still says the sweep was interrupted, exit 130. An
+    exception with no job stopped by a signal since the command began stays an error."""
+    import hydra
+
+    from resexp.rundir import RunDir
+
+    def launcher_that_fails(stopped: bool):
+        def main(**kwargs):
+            def decorate(task):
+                def run():
+                    if stopped:
+                        run_dir = RunDir(tmp_path / "runs/default/synthetic/residual-8A_s1")
+                        run_dir.path.mkdir(parents=True)
+                        run_dir.set_status("interrupted", 3, 16, signal="SIGINT")
+                    raise RuntimeError("FailedJobError: job 1 failed")
+
+                return run
+
+            return decorate
+
+        return main
+
+    monkeypatch.setattr(hydra, "main", launcher_that_fails(stopped=True))
+    out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path)
+    assert out.code == 130 and "interrupted: 1 job(s) of the sweep had started" in out.stderr
+    monkeypatch.setattr(hydra, "main", launcher_that_fails(stopped=False))
+    out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path)
+    assert out.code == 1 and out.lines == [
+        "error: RuntimeError: FailedJobError: job 1 failed (an unexpected error: --debug shows the traceback)"
+    ]
