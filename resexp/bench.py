@@ -200,9 +200,10 @@ def render(result: dict):
     title = (
         f"{result['device']}, torch {result['torch']}, batch {result['batch_size']}; fast path: "
         f"{s['precision']}, channels_last {'on' if s['channels_last'] else 'off'}, compile {s['compile']}, "
-        f"fused SGD {'on' if s['fused_optimizer'] else 'off'}; reference: fp32 eager, "
-        f"{result['reference_workers']} DataLoader workers"
+        f"fused SGD {'on' if s['fused_optimizer'] else 'off'}"
     )
+    if result["reference_workers"] is not None:  # None: --no-reference
+        title += f"; reference: fp32 eager, {result['reference_workers']} DataLoader workers"
     table = Table(title=title, title_justify="left")
     for column in ("net", "path", "images/s", "ms/iteration", "warm-up", "peak memory", "64k-iteration run"):
         table.add_column(column, justify="left" if column in ("net", "path") else "right")

@@ -229,7 +229,8 @@ def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
     admit_all(jobs)
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
     main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
-    argv = ["resexp train", *(["--multirun"] if multirun else []), *overrides]
+    quiet = [] if current().main else ["hydra/hydra_logging=disabled"]  # under torchrun rank 0 speaks for all
+    argv = ["resexp train", *(["--multirun"] if multirun else []), *overrides, *quiet]
     env = {"HYDRA_FULL_ERROR": "1", **({"RESEXP_DEBUG": "1"} if debug else {})}  # errors reach us, not Hydra's printer
     failures.clear()
     began = time.time()

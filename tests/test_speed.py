@@ -219,6 +219,11 @@ def test_bench_on_cpu_reports_both_paths(tmp_path):
     )
     assert table.code == 0, table.stderr
     assert "plain-8: fast path" in table.stdout and "the reference loop" in table.stdout
+    assert "reference: fp32 eager, 0 DataLoader workers" in table.stdout
+    alone = resexp(
+        "bench", *small, "--modes", "plain", "--iterations", "1", "--warmup", "0", "--no-reference", cwd=tmp_path
+    )
+    assert alone.code == 0 and "reference" not in alone.stdout.split("┏")[0], alone.stdout  # no reference was run
 
 
 @pytest.mark.parametrize(
