@@ -132,3 +132,62 @@ def test_graph_is_recorded_again_for_a_short_last_batch():
         params[s] = torch.cat([p.detach().flatten() for p in model.parameters()])
         assert running.count == 6 * 64 + 40
     assert (params[speed] - params[EAGER]).norm() / params[EAGER].norm() < 1e-3
+
+
+def test_torchrun_with_one_process_is_the_one_process_run(tmp_path):
+    """`torchrun --nproc_per_node=1` on CUDA: a world of one needs no process group and no DDP, so
+    the run is the plain one with its CUDA graph; with 2+ GPUs the notice says eager DDP runs."""
+    import subprocess
+    import sys
+
+    from conftest import process_env
+
+    cuda = [*[o for o in TINY if o != "device=cpu"], "device=cuda"]
+    first = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "-m",
+            "resexp",
+            "train",
+            *cuda,
+            "schedule.iterations=8",
+        ],
+        cwd=tmp_path,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "not used under torchrun" not in first.stderr
+    run_dir = next(tmp_path.glob("runs/*/*/*"))
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["world_size"] == 1 and env["speed"]["cuda_graph"] is True and env["device"] == "cuda:0"
+    if torch.cuda.device_count() >= 2:  # NCCL and eager DDP for real
+        two = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "resexp",
+                "train",
+                *cuda,
+                "schedule.iterations=16",
+                "data.batch_size=32",
+                "name=two",
+            ],
+            cwd=tmp_path,
+            env=process_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert two.returncode == 0, two.stderr
+        assert "not used under torchrun" in two.stderr and "eager DDP" in two.stderr
