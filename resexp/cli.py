@@ -51,9 +51,9 @@ def train(
     from resexp.launch import launch
     from resexp.train import Aborted, Interrupted
 
-    if not distributed.current().main:  # under torchrun rank 0 speaks for all (resexp.distributed.voice)
-        err.quiet = True
     try:
+        if not distributed.current().main:  # under torchrun rank 0 speaks for all (resexp.distributed.voice)
+            err.quiet = True
         finished = launch(list(overrides or []), multirun, debug)
         distributed.close()
     except Aborted as e:

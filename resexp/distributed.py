@@ -65,8 +65,10 @@ def current() -> World:
     try:
         rank, local, size = (int(os.environ[k]) for k in ENV)
     except (KeyError, ValueError):
+        shown = ", ".join(f"{k}={os.environ.get(k)}" for k in ENV)
         raise ConfigError(
-            f"torchrun's environment is incomplete or malformed ({', '.join(f'{k}={os.environ.get(k)}' for k in ENV)})"
+            f"WORLD_SIZE is set but this is not a torchrun process ({shown}): start several processes with "
+            "torchrun, or unset WORLD_SIZE for one"
         ) from None
     return World(rank, size, local)
 

@@ -303,6 +303,27 @@ def test_under_torchrun_the_cuda_graph_gives_way_to_eager_ddp_with_a_notice(monk
     assert speed.cuda_graph is False and speed.channels_last and speed.fused_optimizer  # the rest stays
 
 
+@pytest.mark.parametrize(
+    "env", [{"WORLD_SIZE": "2"}, {"WORLD_SIZE": "x", "RANK": "0", "LOCAL_RANK": "0"}, {"WORLD_SIZE": "2", "RANK": "1"}]
+)
+def test_a_half_set_torchrun_environment_is_one_line(tmp_path, monkeypatch, env):
+    from resexp import distributed
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    distributed.current.cache_clear()
+    try:
+        out = resexp("train", *RUN, cwd=tmp_path)
+    finally:
+        monkeypatch.undo()
+        distributed.current.cache_clear()
+    assert out.code == 1 and len(out.lines) == 1
+    assert "WORLD_SIZE is set but this is not a torchrun process" in out.lines[0] and "unset WORLD_SIZE" in out.lines[0]
+    assert distributed.current() == World()
+
+
 def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
     from resexp import distributed
 
