@@ -29,7 +29,11 @@ FIELDS = {
     "model": ["cifar", "imagenet", "resnet"],
     "model.depth": ["8", "14", "18", "21", "0", "-4", "deep", "1000000004", "1.5"],
     "model.mode": ["plain", "residual", "highway", "PLAIN"],
-    "model.shortcut": ["A", "B", "C", "D", "a"],
+    "model.shortcut": ["A", "B", "C", "null", "D", "a"],
+    "model.sync_bn": ["true", "false", "maybe"],
+    "model.family": ["cifar", "imagenet", "vgg"],
+    "data.name": ["synthetic", "cifar10", "svhn"],
+    "schedule.name": ["multistep", "plateau", "cosine"],
     "data": ["synthetic", "cifar10", "cifar100", "imagenet", "mnist"],
     "data.root": [str(NPZ), str(NPZ.parent), "/nonexistent", str(NPZ.parent / "missing.npz")],
     "data.file": ["small.npz", "null", "missing.npz", "../x"],
@@ -39,6 +43,13 @@ FIELDS = {
     "data.val_split": ["0", "16", "-1", "64", "100000"],
     "data.augment": ["true", "false", "maybe"],
     "data.normalize": ["pixel_mean", "channel", "zca"],
+    "data.ten_crop": ["false", "true", "sometimes"],
+    "data.lighting": ["0", "0.1", "-1", "nan", "bright"],
+    "data.test_scales": ["null", "[32,40]", "[]", "[0]", "5"],
+    "data.scale_min": ["32", "256", "0"],
+    "data.scale_max": ["48", "480", "8"],
+    "data.crop_size": ["32", "224", "-1"],
+    "data.download": ["false", "maybe"],
     "data.workers": ["0", "2", "-1"],
     "data.image_size": ["8", "32", "0", "100000"],
     "data.num_classes": ["2", "10", "1", "0"],
@@ -63,6 +74,7 @@ FIELDS = {
     "speed.fused_optimizer": ["true", "false", "null"],
     "speed.cuda_graph": ["false", "null", "true"],
     "speed.cudnn_benchmark": ["true", "false"],
+    "log.grad_norms": ["true", "false", "often"],
     "name": ["default", "a/b", "x-1.2", "..", "../../escape", "/abs", "a//b", "'a b'"],
     "seed": ["0", "7", "4294967295", "-1", "4294967296", "1.5"],
     "device": ["auto", "cpu", "cuda", "mps", "meta", "cpu:0", "gpu"],
@@ -96,6 +108,22 @@ def test_every_override_set_ends_in_success_or_one_line_and_a_failed_start_leave
         if not list(cwd.rglob("status.json")):  # failed before training: no trace at all
             assert not list(cwd.rglob("*")), (drawn, sorted(map(str, cwd.rglob("*"))))
         assert not (cwd.parent / "escape").exists()
+
+
+def test_the_property_test_draws_every_field_of_the_schema():
+    import dataclasses
+
+    from resexp.config import Config
+
+    def fields(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                yield from fields(type(default), f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name
+
+    assert set(fields(Config)) - set(FIELDS) == set()
 
 
 @pytest.mark.parametrize("text", ["model.depth=8 data=synthetic", "=", "model..depth=1", "~model", "data@x=y"])
