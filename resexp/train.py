@@ -348,6 +348,7 @@ class Decision:
 
 
 def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Callable[[str], None]) -> Decision:
+    """Whether the run is to be skipped, and what it resumes from (rank 0 alone reads the folder)."""
     status = admit(cfg, run, data_source)
     if status in ("complete", "diverged"):
         warn(
@@ -376,10 +377,10 @@ def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Callable[[st
 def together(action: Callable[[], Any], device: torch.device) -> Any:
     """Run `action` in every process; if it fails in any, fail in all (the process that failed
     with its own error, marked to be reported; the others with PeerFailed)."""
-    failure: UserError | None = None
+    failure: Exception | None = None
     try:
         result = action()
-    except UserError as e:
+    except Exception as e:  # a missing file on one node, memory, ...
         failure, result = e, None
     if distributed.any_(failure is not None, device):
         if failure is not None:

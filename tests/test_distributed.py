@@ -333,3 +333,23 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
     assert distributed.device_for("cpu") == "cpu"
     with pytest.raises(ConfigError, match="device=cuda:0 names one GPU, but under torchrun each of the 4 processes"):
         distributed.device_for("cuda:0")
+
+
+def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
+    """`train.together`: the process whose start failed raises its own error, marked to be
+    reported with its rank; the others, told through the agreement, raise PeerFailed."""
+    from resexp import distributed, train
+    from resexp.errors import DataError
+
+    def broken():
+        raise DataError("data file /node2/c.npz does not exist")
+
+    monkeypatch.setattr(distributed, "any_", lambda flag, device: True)  # some process failed
+    with pytest.raises(DataError) as own:
+        train.together(broken, torch.device("cpu"))
+    assert own.value.own and distributed.voice(own.value, "x") == "x"  # rank 0 speaks anyway
+    monkeypatch.setattr(distributed, "current", lambda: World(1, 2, 1))
+    assert distributed.voice(own.value, "data file ... does not exist") == "rank 1: data file ... does not exist"
+    with pytest.raises(train.PeerFailed, match="another process of this torchrun run could not start"):
+        train.together(lambda: "built", torch.device("cpu"))
+    assert distributed.voice(train.PeerFailed("x"), "x") is None  # rank 0 says it
