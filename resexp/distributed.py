@@ -111,22 +111,21 @@ def device_for(name: str) -> str:
     return f"cuda:{world.local_rank}"
 
 
-def sum_(values: list[float], device: torch.device) -> list[float]:
-    """Each value summed over the processes (in float64)."""
+def reduce_values(values: list[float], device: torch.device, op: Any) -> list[float]:
+    """Each value reduced over the processes with `op` (in float64); the values themselves in one."""
     if not current().distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def sum_(values: list[float], device: torch.device) -> list[float]:
+    return reduce_values(values, device, dist.ReduceOp.SUM)
 
 
 def max_(values: list[float], device: torch.device) -> list[float]:
-    """Each value's maximum over the processes."""
-    if not current().distributed:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return reduce_values(values, device, dist.ReduceOp.MAX)
 
 
 def any_(flag: bool, device: torch.device) -> bool:
