@@ -120,6 +120,9 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
     jobs = []
     with hydra_context() as loader:
         master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        cpus = master.hydra.launcher.get("cpus_per_task") if multirun else None
+        if cpus is not None and cpus < 1:
+            raise ConfigError(f"hydra.launcher.cpus_per_task={cpus} must be at least 1 (each job's threads)")
         if multirun and master.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return []  # another sweeper chooses its jobs as it goes; Hydra composes them
         job_overrides = sweep_overrides(master) if multirun else [list(overrides)]

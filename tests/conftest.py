@@ -70,6 +70,19 @@ def resexp_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Co
     )
 
 
+def torchrun(*overrides: str, cwd: Path, nproc: int = 2) -> subprocess.Popen:
+    """`torchrun --standalone --nproc_per_node=NPROC -m resexp train OVERRIDES`, started in `cwd`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "resexp"]
+        + ["train", *overrides],
+        cwd=cwd,
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def process_env() -> dict[str, str]:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)

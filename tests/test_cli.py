@@ -75,6 +75,14 @@ def test_a_sweep_is_checked_whole_before_its_first_job_trains(tmp_path):
     assert leftovers(tmp_path) == []  # depth 8 did not train, no multirun.yaml either
 
 
+def test_a_sweep_with_no_cpus_per_job_is_one_line_and_submits_nothing(tmp_path):
+    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=0", *TINY, "seed=0,1"]
+    result = resexp("train", *args, cwd=tmp_path)
+    assert result.code == 1
+    assert result.lines == ["error: hydra.launcher.cpus_per_task=0 must be at least 1 (each job's threads)"]
+    assert leftovers(tmp_path) == []
+
+
 def test_printing_the_config_of_a_sweep_says_to_drop_m(tmp_path):
     result = resexp("train", "-m", *TINY, "seed=0,1", "--cfg", "job", cwd=tmp_path)
     assert result.code == 1

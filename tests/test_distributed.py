@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import process_env, resexp, rows, signal_at
+from conftest import resexp, rows, signal_at, torchrun
 from resexp.data import build_data
 from resexp.data.cifar import EvalSet, Normalizer, TensorTrainStream
 from resexp.data.common import shard
@@ -108,27 +107,6 @@ def test_evaluation_sets_split_by_process():
 
 
 # --------------------------------------------------------------------------- torchrun, 2 processes over gloo
-
-
-def torchrun(*overrides: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "resexp",
-            "train",
-            *overrides,
-        ],
-        cwd=cwd,
-        env=process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def rank_pid(launcher: subprocess.Popen, rank: int) -> int:

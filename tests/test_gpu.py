@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, resexp
+from conftest import TINY, resexp, torchrun
 from resexp.data.cifar import Normalizer, TensorTrainStream
 from resexp.models import build_net
 from resexp.speed import EAGER, Speed
@@ -137,57 +137,16 @@ def test_graph_is_recorded_again_for_a_short_last_batch():
 def test_torchrun_with_one_process_is_the_one_process_run(tmp_path):
     """`torchrun --nproc_per_node=1` on CUDA: a world of one needs no process group and no DDP, so
     the run is the plain one with its CUDA graph; with 2+ GPUs the notice says eager DDP runs."""
-    import subprocess
-    import sys
-
-    from conftest import process_env
-
     cuda = [*[o for o in TINY if o != "device=cpu"], "device=cuda"]
-    first = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=1",
-            "-m",
-            "resexp",
-            "train",
-            *cuda,
-            "schedule.iterations=8",
-        ],
-        cwd=tmp_path,
-        env=process_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert first.returncode == 0, first.stderr
-    assert "not used under torchrun" not in first.stderr
+    first = torchrun(*cuda, "schedule.iterations=8", cwd=tmp_path, nproc=1)
+    _, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err
+    assert "not used under torchrun" not in first_err
     run_dir = next(tmp_path.glob("runs/*/*/*"))
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["world_size"] == 1 and env["speed"]["cuda_graph"] is True and env["device"] == "cuda:0"
     if torch.cuda.device_count() >= 2:  # NCCL and eager DDP for real
-        two = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node=2",
-                "-m",
-                "resexp",
-                "train",
-                *cuda,
-                "schedule.iterations=16",
-                "data.batch_size=32",
-                "name=two",
-            ],
-            cwd=tmp_path,
-            env=process_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert two.returncode == 0, two.stderr
-        assert "not used under torchrun" in two.stderr and "eager DDP" in two.stderr
+        two = torchrun(*cuda, "schedule.iterations=16", "data.batch_size=32", "name=two", cwd=tmp_path)
+        _, two_err = two.communicate(timeout=600)
+        assert two.returncode == 0, two_err
+        assert "not used under torchrun" in two_err and "eager DDP" in two_err
