@@ -18,7 +18,13 @@ Every run is a real `python -m resexp train` in its own process. The script stop
 when --budget-s is spent and stops the run in progress with SIGTERM at the deadline, which makes it
 save a checkpoint: running the same command again (the next device call) resumes where it stopped
 and skips what is finished. Once a part's runs are all complete it writes its figures to
-OUT/verify-<part>.json and a markdown section to OUT/verify.md, for benchmarks/NOTES.md.
+OUT/verify-<part>.json and its markdown section to OUT/verify-<part>.md; OUT/verify.md is made anew
+from those sections each time (a re-run replaces a part's section, never adds a copy).
+
+It fails closed. Exit status: 0 every part asked for measured what it should; 3 the budget ran out
+first (run the same command again); 1 a part failed or measured nothing (`pytest -m gpu` with every
+test skipped, a run that failed): one line says which and why, and running it again will not help
+until that is fixed.
 
 On the device machine (hydra-core, omegaconf and antlr4 carried as wheels, the two data files in a
 git-ignored folder, e.g. .carry/data):
@@ -38,12 +44,31 @@ import statistics
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from resexp.report import PAPER as PAPER_ERRORS
+from resexp.rundir import atomic_write
+
 PARTS = ("pytest", "data", "precision", "full", "fig6", "table6")
+DONE, OUT_OF_TIME, FAILED = 0, 3, 1
+# What each part reads from --data.
+NEEDS = {
+    "data": ("cifar10.npz", "cifar10_jpeg_full.npz"),
+    "precision": ("cifar10.npz",),
+    "full": ("cifar10_jpeg_full.npz",),
+    "fig6": ("cifar10_jpeg_full.npz",),
+    "table6": ("cifar10_jpeg_full.npz",),
+}
+
+
+class PartFailed(Exception):
+    """A part that failed or measured nothing: the one line to show."""
+
+
 EAGER_FP32 = [
     "speed.precision=fp32",
     "speed.channels_last=false",
@@ -52,7 +77,7 @@ EAGER_FP32 = [
     "speed.cudnn_benchmark=false",
     "speed.compile=off",
 ]
-PAPER = {"full": 8.75, "table6": {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}}
+PAPER = {depth: PAPER_ERRORS[("cifar10", "cifar", "residual", depth, "A")][0] for depth in (20, 32, 44, 56, 110)}
 
 
 @dataclass
@@ -83,9 +108,7 @@ def jpeg_subset(data: Path, work: Path) -> Path:
             if not np.array_equal(arrays[f"y_{split}"], exact[f"y_{split}"]):
                 raise SystemExit(f"the JPEG file's {split} labels at idx_{split} differ from the exact subset's")
     work.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: np.savez(f, **arrays))
     return out
 
 
@@ -128,7 +151,8 @@ def plan(part: str, args: argparse.Namespace, work: Path) -> list[Run]:
 
 
 def train(run: Run, deadline: float) -> bool:
-    """Train (or resume) one command until it finishes or the deadline comes; whether it finished."""
+    """Train (or resume) one command until it finishes or the deadline comes; whether it finished.
+    PartFailed when the command itself failed (running it again would fail the same way)."""
     left = deadline - time.monotonic()
     if left < 30:
         return False
@@ -136,12 +160,40 @@ def train(run: Run, deadline: float) -> bool:
     print("$", " ".join(cmd[1:]), flush=True)
     proc = subprocess.Popen(cmd)
     try:
-        return proc.wait(timeout=left) == 0
+        code = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # the run saves a checkpoint; the next call resumes it
         proc.wait()
         print(f"budget spent: {run.label} stopped with a checkpoint; run the same command again", flush=True)
         return False
+    if code != 0:
+        raise PartFailed(f"{run.label}: resexp train exited with status {code} (its own line above says why)")
+    return True
+
+
+def gpu_tests(out: Path) -> str:
+    """`pytest -m gpu`: a summary line; PartFailed when a test failed or none ran (no CUDA device,
+    nothing collected): a part that measured nothing is not a success."""
+    report = out / "pytest-gpu.xml"
+    code = subprocess.call(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", f"--junitxml={report}"]
+    )
+    try:
+        suite = ElementTree.parse(report).getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    except (OSError, ElementTree.ParseError, IndexError):
+        raise PartFailed(f"pytest -m gpu exited with status {code} and wrote no report") from None
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    line = (
+        f"pytest -m gpu: {passed} passed, {counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped"
+    )
+    (out / "verify-pytest.txt").write_text(line + f" (exit status {code})\n")
+    if code != 0 or counts["failures"] or counts["errors"]:
+        raise PartFailed(f"{line} (exit status {code})")
+    if passed == 0:
+        raise PartFailed(f"{line}: nothing was measured (no CUDA device here?)")
+    return line
 
 
 def results(run: Run) -> list[dict]:
@@ -192,7 +244,7 @@ def summarise(part: str, runs: list[Run]) -> tuple[dict, str]:
             figures[f"{run.label} - {runs[0].label}"] = diffs
             lines.append(f"- {run.label} minus {runs[0].label}, paired by seed: {spread(diffs)} points")
     if part == "full":
-        lines.append(f"- the paper's ResNet-20: {PAPER['full']} %")
+        lines.append(f"- the paper's ResNet-20: {PAPER[20]} %")
     lines.append("")
     return figures, "\n".join(lines)
 
@@ -210,33 +262,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-iterations", type=int, default=None, help="full/fig6/table6 (default: the paper's)")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
+    missing = sorted({f for part in args.part for f in NEEDS.get(part, ()) if not (args.data / f).is_file()})
+    if missing:
+        print(
+            f"error: --data {args.data} lacks {', '.join(missing)} (the CIFAR-10 files of ../shared/data)",
+            file=sys.stderr,
+        )
+        return FAILED
     deadline = time.monotonic() + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
-    finished = True
+    status = DONE
     for part in args.part:
-        if part == "pytest":
-            code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py"])
-            (args.out / "verify-pytest.txt").write_text(f"pytest -m gpu exit status {code}\n")
+        try:
+            if part == "pytest":
+                print(gpu_tests(args.out), flush=True)
+                continue
+            runs = plan(part, args, args.work)
+            if not all([train(run, deadline) for run in runs]):
+                print(f"{part}: not finished within the budget; run the same command again to go on", flush=True)
+                status = OUT_OF_TIME if status == DONE else status
+                continue
+            for run in runs:
+                run.results = results(run)
+            figures, text = summarise(part, runs)
+        except PartFailed as e:
+            print(f"error: {part}: {e}", file=sys.stderr, flush=True)
+            status = FAILED
             continue
-        runs = plan(part, args, args.work)
-        done = all([train(run, deadline) for run in runs])
-        finished = finished and done
-        if not done:
-            print(f"{part}: not finished within the budget; run the same command again to go on", flush=True)
-            continue
-        for run in runs:
-            run.results = results(run)
-        figures, text = summarise(part, runs)
-        (args.out / f"verify-{part}.json").write_text(json.dumps(figures, indent=1))
-        with open(args.out / "verify.md", "a") as f:
-            f.write(text + "\n")
+        atomic_write(args.out / f"verify-{part}.json", json.dumps(figures, indent=1))
+        atomic_write(args.out / f"verify-{part}.md", text + "\n")
         print(text, flush=True)
         if part in ("fig6", "table6"):
             name = "cifar_fig6" if part == "fig6" else "cifar_table6"
             subprocess.call([sys.executable, "-m", "resexp", "plot", f"runs/{name}", "--out", str(args.out / name)])
             with open(args.out / f"{name}.md", "w") as f:
                 subprocess.call([sys.executable, "-m", "resexp", "report", f"runs/{name}"], stdout=f)
-    return 0 if finished else 3
+    sections = [args.out / f"verify-{part}.md" for part in PARTS if (args.out / f"verify-{part}.md").exists()]
+    if sections:  # made anew from each part's latest section
+        atomic_write(args.out / "verify.md", "".join(p.read_text() for p in sections))
+    return status
 
 
 if __name__ == "__main__":

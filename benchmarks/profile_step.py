@@ -19,9 +19,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resexp.bench import fast_step, synthetic_images
+from resexp.build import pick_device
 from resexp.launch import compose
 from resexp.speed import resolve
-from resexp.train import pick_device
 
 KINDS = [  # first match wins; kernel names differ between cuDNN, cuBLAS and Triton versions
     ("convolution", r"conv|cudnn|xmma|implicit_gemm|wgrad|dgrad|gemm|cutlass|sm90|sm80"),

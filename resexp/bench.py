@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from resexp import reference
+from resexp.build import fits, make_optimizer
 from resexp.data.cifar import Normalizer, TensorTrainStream
 from resexp.data.common import endless
-from resexp.models import build_net
+from resexp.errors import OptionError
+from resexp.models import Mode, build_net, net_spec, training_memory, valid_depths
 from resexp.speed import Speed
 from resexp.step import Running, make_step
-from resexp.train import make_optimizer
 
 PAPER_ITERATIONS = 64_000
 FIG6_DEPTHS = (20, 32, 44, 56)
@@ -44,6 +45,32 @@ class Timing:
     warmup_s: float  # first iterations, compilation and worker start-up included
     peak_memory_mb: float | None  # peak device memory allocated (CUDA only)
     projected_run_s: float  # warm-up + 64k iterations
+
+
+def check_options(
+    depths: str, modes: str, images: int, batch_size: int, device: torch.device
+) -> tuple[list[int], list[str]]:
+    """The depths and modes of `resexp bench`, checked (OptionError names the option), and whether
+    the images and each net fit in memory."""
+    try:
+        depth_list = [int(d) for d in depths.split(",")]
+        for d in depth_list:
+            net_spec("cifar", d)
+    except ValueError:
+        raise OptionError(f"--depths {depths} must be a comma list of CIFAR depths: {valid_depths('cifar')}") from None
+    mode_list = modes.split(",")
+    if not set(mode_list) <= set(Mode):
+        raise OptionError(f"--modes {modes} must be a comma list of {', '.join(Mode)}")
+    if images < batch_size:
+        raise OptionError(f"--images {images} must be at least data.batch_size={batch_size}")
+    host = torch.device("cpu")
+    fits(3 * images * 32 * 32 * 3, host, f"--images {images}", advice="use fewer --images")  # array, tensor, reference
+    if device.type == "cuda":
+        fits(images * 32 * 32 * 3, device, f"--images {images}", advice="use fewer --images")
+    for d in depth_list:
+        params, needed = training_memory("cifar", d, batch_size, 32, 10)
+        fits(needed, device, f"--depths {d} at a batch of {batch_size}", params)
+    return depth_list, mode_list
 
 
 def device_name(device: torch.device) -> str:

@@ -10,6 +10,8 @@ with a warning. Checkpoints hold only tensors and plain values, so they load wit
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import shutil
@@ -21,12 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from resexp import identity
 from resexp.config import Config
 from resexp.errors import CheckpointError, first_line
-from resexp.rundir import LAST, PREVIOUS, RunDir, Warn, atomic_write, flat_config
+from resexp.rundir import LAST, PREVIOUS, RunDir, Warn, atomic_write
 from resexp.schedule import Schedule
 
 KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "model_fields")
+# Written since resexp 0.3 (absent from older checkpoints, which still resume): the run's whole
+# identity and its data's fingerprint (what the checkpoint was trained as, against which
+# config.yaml and data.json are checked), and the iteration this run's own training began at.
+PROVENANCE = ("identity", "data", "began")
 # Checkpoints of resexp 0.1 hold numpy's RNG state as an array: let weights_only load exactly that.
 NUMPY_STATE = [
     np.ndarray,
@@ -43,13 +50,16 @@ class TrainState:
     step: int = 0  # iterations done
     time: float = 0.0  # seconds spent training and evaluating, summed over resumes
     running: dict[str, Any] | None = None  # training loss/error sums since the last evaluation
+    began: int | None = (
+        0  # the iteration this run's own training began at (resume=PATH: that checkpoint's); None: unknown
+    )
 
 
-def model_fields(cfg: Config) -> dict[str, Any]:
-    """What a checkpoint given as resume=PATH must agree on with the config that resumes it."""
-    flat = flat_config(cfg)
-    weights = {k: v for k, v in flat.items() if k.startswith("model.") and k != "model.sync_bn"}  # how BN trains
-    return weights | {"data.name": flat["data.name"]}
+def model_fields(cfg: Any) -> dict[str, Any]:
+    """What a checkpoint given as resume=PATH must agree on with the config that resumes it: the
+    fields its tensors depend on (a field newer than the checkpoint counts as its default)."""
+    values = identity.of(cfg)
+    return {k: values[k] for k in identity.weight_keys()}
 
 
 def rng_states() -> dict[str, Any]:
@@ -103,11 +113,17 @@ def save(run: RunDir, state: dict[str, Any]) -> None:
 
 def load_file(path: Path) -> dict[str, Any]:
     """A resexp checkpoint, or CheckpointError saying why the file is not one."""
+    return read(path)[0]
+
+
+def read(path: Path) -> tuple[dict[str, Any], str]:
+    """A resexp checkpoint and the SHA-256 of its file (what an analysis of it is keyed by)."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist (resume= takes a checkpoint file, e.g. runs/.../last.pt)")
     try:
+        data = path.read_bytes()
         with torch.serialization.safe_globals(NUMPY_STATE):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, a pickle of other objects, not a torch file at all
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(saved, dict) or not set(KEYS) <= set(saved):
@@ -116,21 +132,30 @@ def load_file(path: Path) -> dict[str, Any]:
             if isinstance(saved, dict)
             else f"{path} is not a resexp checkpoint"
         )
-    return saved
+    return saved, hashlib.sha256(data).hexdigest()
 
 
 def load_latest(run: RunDir, warn: Warn) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run directory, or None when it has none."""
+    found = latest(run, warn)
+    return found[0] if found else None
+
+
+def latest(run: RunDir, warn: Warn, doing: str = "resuming from") -> tuple[dict[str, Any], Path, str] | None:
+    """The newest readable checkpoint of a run directory, its file and its SHA-256, or None when it
+    has none. An unreadable last.pt falls back to prev.pt with a warning."""
     last, previous = run.file(LAST), run.file(PREVIOUS)
     if not last.exists() and not previous.exists():
         return None
     try:
-        return load_file(last)
+        saved, sha = read(last)
+        return saved, last, sha
     except CheckpointError as e:
         if not previous.exists():
             raise
-        warn(f"warning: {e}; resuming from the previous checkpoint {previous}")
-        return load_file(previous)
+        warn(f"warning: {e}; {doing} the previous checkpoint {previous}")
+        saved, sha = read(previous)
+        return saved, previous, sha
 
 
 class Checkpointer:
@@ -143,16 +168,18 @@ class Checkpointer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
+        data: str | None = None,  # the data's fingerprint
         writes: bool = True,  # under torchrun only rank 0 writes; the others hold the same state
     ) -> None:
         self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
         self.fields, self.writes = model_fields(cfg), writes
+        self.identity, self.data = identity.of(cfg), data
 
     def check(self, saved: dict[str, Any], source: str) -> None:
         """Refuse a checkpoint made for another model before anything is loaded."""
-        if saved["model_fields"] != self.fields:
-            theirs = saved["model_fields"]
-            diff = "; ".join(f"{k}: {theirs.get(k)} vs {v}" for k, v in self.fields.items() if theirs.get(k) != v)
+        theirs = model_fields(saved["model_fields"])
+        diff = "; ".join(f"{k}: {theirs[k]} vs {v}" for k, v in self.fields.items() if not identity.same(theirs[k], v))
+        if diff:
             raise CheckpointError(f"the checkpoint {source} was made for another model ({diff})")
 
     def save(self, state: TrainState) -> None:
@@ -168,6 +195,9 @@ class Checkpointer:
                 "time": state.time,
                 "running": state.running,
                 "model_fields": self.fields,
+                "identity": self.identity,
+                "data": self.data,
+                "began": state.began,
             },
         )
 
@@ -180,4 +210,5 @@ class Checkpointer:
             restore_rng_states(saved["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"the checkpoint {source} does not fit this run ({type(e).__name__})") from None
-        return TrainState(step=saved["step"], time=saved["time"], running=saved["running"])
+        began = saved.get("began") if source == str(self.run.path) else saved["step"]  # resume=PATH: a new run
+        return TrainState(step=saved["step"], time=saved["time"], running=saved["running"], began=began)

@@ -2,18 +2,29 @@
 
 `resexp train [-m] [OVERRIDES...]` composes and checks every job of the command, then hands it
 to Hydra (resexp.launch), so -m is Hydra's own multirun and launcher plugins such as joblib or
-submitit work unchanged. The error boundary is here: every mistake ends in one line and exit
-status 1 (`--debug` shows the traceback instead); an interrupted run says how to resume.
+submitit work unchanged. The error boundary is here, one for every command (`boundary`): every
+mistake ends in one line and exit status 1 (`--debug` shows the traceback instead), Ctrl-C in exit
+status 130, and "an unexpected error" only for a genuine bug; an interrupted run says how to resume.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from resexp.errors import FAILED, OptionError, signalled
+
+DEBUG = typer.Option(False, "--debug", help="Show full tracebacks on errors.")
+# Upper bounds of analysis options: beyond them a computation takes days or more memory than a laptop has.
+MAX_GRID, MAX_DRAWS = 101, 100
 
 app = typer.Typer(
     add_completion=False,
@@ -23,16 +34,39 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def at_least(*options: tuple[str, int | None, int]) -> None:
-    """Check (option, value, lowest) triples of numeric options; ValueError names the first bad one."""
-    for option, value, low in options:
-        if value is not None and value < low:
-            raise ValueError(f"{option} {value} must be at least {low}")
+def within(*options: tuple[str, int | float | None, float, float]) -> None:
+    """Check (option, value, lowest, highest) of numeric options; OptionError names the first bad one."""
+    for option, value, low, high in options:
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low:
+            raise OptionError(f"{option} {value} must be at least {low:g}")
+        if value > high:
+            raise OptionError(f"{option} {value} must be at most {high:g}")
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = FAILED) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+@contextmanager
+def boundary(debug: bool, interrupted: str = "interrupted: nothing was written") -> Iterator[None]:
+    """Every command's error boundary: a mistake or a failure is one line and exit status 1 (the
+    traceback with --debug), Ctrl-C exit status 130."""
+    from resexp.errors import one_line
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt as e:
+        err.print(str(e) or interrupted, highlight=False, soft_wrap=True)
+        raise typer.Exit(signalled(2)) from None
+    except Exception as e:
+        if debug:
+            raise
+        raise fail(one_line(e)) from None
 
 
 @app.command(
@@ -44,52 +78,47 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def train(
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides (key=value, group=option)."),
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep: one run per combination of comma lists."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = DEBUG,
 ) -> None:
     from resexp import distributed
-    from resexp.errors import one_line
+    from resexp.errors import Aborted, Interrupted
     from resexp.launch import launch
-    from resexp.train import Aborted, Interrupted
 
-    try:
-        if not distributed.current().main:  # under torchrun rank 0 speaks for all (resexp.distributed.voice)
-            err.quiet = True
-        finished = launch(list(overrides or []), multirun, debug)
-        distributed.close()
-    except Aborted as e:
-        if e.started:
-            err.print(
-                f"aborted by a second {e}: no checkpoint since the last evaluation; run the same command "
-                "again to resume from it",
-                highlight=False,
-            )
-        else:
-            err.print(f"interrupted by {e} before training started: nothing was written", highlight=False)
-        raise typer.Exit(128 + e.signum) from None
-    except Interrupted as e:
-        distributed.close()  # every process stopped after the same iteration
-        raise typer.Exit(128 + e.signum) from None  # the run said where its checkpoint is and how to resume
-    except KeyboardInterrupt as e:
-        err.print(str(e) or "interrupted before training started: nothing was written", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    except Exception as e:
-        if debug:
-            raise
-        raise fail(one_line(e)) from None
+    with boundary(debug, "interrupted before training started: nothing was written"):
+        try:
+            err.quiet = not distributed.current().main  # under torchrun rank 0 speaks for all (distributed.voice)
+            finished = launch(list(overrides or []), multirun, debug)
+            distributed.close()
+        except Aborted as e:
+            if e.started:
+                err.print(
+                    f"aborted by a second {e}: no checkpoint since the last evaluation; run the same command "
+                    "again to resume from it",
+                    highlight=False,
+                )
+            else:
+                err.print(f"interrupted by {e} before training started: nothing was written", highlight=False)
+            raise typer.Exit(signalled(e.signum)) from None
+        except Interrupted as e:
+            distributed.close()  # every process stopped after the same iteration
+            raise typer.Exit(signalled(e.signum)) from None  # the run said where its checkpoint is and how to resume
     if not finished:
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED)
 
 
 @app.command(
     help="List the standard variants: CIFAR 20..1202 and ImageNet 18..152, plain and residual under each "
     "shortcut option, with parameters and multiply-adds per image."
 )
-def models(as_json: bool = typer.Option(False, "--json", help="Print the rows as a JSON list of objects.")) -> None:
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as a JSON list of objects."), debug: bool = DEBUG
+) -> None:
     from rich.table import Table
 
     from resexp.models import variant_rows
 
-    rows = variant_rows()
+    with boundary(debug):
+        rows = variant_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -126,50 +155,40 @@ def bench(
     images: int = typer.Option(50_000, help="Size of the (random) training set."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the reference loop."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+    debug: bool = DEBUG,
 ) -> None:
-    from resexp.bench import render, run_bench
-    from resexp.errors import one_line
+    from resexp.bench import check_options, render, run_bench
+    from resexp.build import pick_device
     from resexp.launch import compose
-    from resexp.models import Mode, net_spec
     from resexp.speed import resolve
-    from resexp.train import pick_device
 
-    try:
+    with boundary(debug):
         cfg = compose(list(overrides or []))
         device = pick_device(cfg.device)
-        depth_list = [int(d) for d in depths.split(",")]
-        for d in depth_list:
-            net_spec("cifar", d)
-        mode_list = modes.split(",")
-        if not set(mode_list) <= set(Mode):
-            raise ValueError(f"--modes {modes}: valid modes are {', '.join(Mode)}")
         batch_size = cfg.data.batch_size
-        if images < batch_size:
-            raise ValueError(f"--images {images} must be at least data.batch_size={batch_size}")
-        at_least(
-            ("--iterations", iterations, 1),
-            ("--reference-iterations", reference_iterations, 1),
-            ("--warmup", warmup, 0),
-            ("--workers", workers, 0),
+        depth_list, mode_list = check_options(depths, modes, images, batch_size, device)
+        within(
+            ("--iterations", iterations, 1, math.inf),
+            ("--reference-iterations", reference_iterations, 1, math.inf),
+            ("--warmup", warmup, 0, math.inf),
+            ("--workers", workers, 0, max(8, os.cpu_count() or 1)),
         )
-    except Exception as e:
-        raise fail(one_line(e)) from None
-    cuda = device.type == "cuda"
-    progress = (lambda text: None) if as_json else (lambda text: err.print(f"bench {text}", highlight=False))
-    result = run_bench(
-        depth_list,
-        mode_list,
-        resolve(cfg.speed, device),
-        device,
-        batch_size,
-        iterations or (300 if cuda else 10),
-        warmup if warmup is not None else (50 if cuda else 2),
-        reference_iterations,
-        workers,
-        images,
-        reference,
-        progress,
-    )
+        cuda = device.type == "cuda"
+        progress = (lambda text: None) if as_json else (lambda text: err.print(f"bench {text}", highlight=False))
+        result = run_bench(
+            depth_list,
+            mode_list,
+            resolve(cfg.speed, device),
+            device,
+            batch_size,
+            iterations or (300 if cuda else 10),
+            warmup if warmup is not None else (50 if cuda else 2),
+            reference_iterations,
+            workers,
+            images,
+            reference,
+            progress,
+        )
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return
@@ -179,13 +198,14 @@ def bench(
 
 
 def runs_in(runs_dir: Path):
+    from resexp.errors import UserError
     from resexp.rundir import find_runs
 
     if not runs_dir.is_dir():
-        raise fail(f"{runs_dir} is not a folder")
+        raise UserError(f"{runs_dir} is not a folder")
     runs = find_runs(runs_dir, lambda text: err.print(escape(text), highlight=False, soft_wrap=True))
     if not runs:
-        raise fail(f"no runs (folders with config.yaml and metrics.jsonl) under {runs_dir}")
+        raise UserError(f"no runs (folders with config.yaml and metrics.jsonl) under {runs_dir}")
     return runs
 
 
@@ -196,42 +216,43 @@ def runs_in(runs_dir: Path):
 def plot(
     runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
     out: Path | None = typer.Option(None, "--out", help="Output path without suffix.", show_default="RUNS_DIR/curves"),
+    debug: bool = DEBUG,
 ) -> None:
     from resexp.plot import plot as draw
 
-    try:
+    with boundary(debug):
         paths = draw(runs_in(runs_dir), out if out is not None else runs_dir / "curves")
-    except OSError as e:
-        raise fail(f"{e.strerror}: {e.filename}") from None
     for path in paths:
         typer.echo(str(path))
 
 
 @app.command(
-    help="Tabulate the runs under RUNS_DIR per mode x depth (mean ± std over seeds) beside the paper's numbers, "
-    "with a verdict on the degradation problem. Works on unfinished sweeps. --format html writes RUNS_DIR/report.html: "
-    "one self-contained page with the curves, the table and every analysis run on the folder."
+    help="Tabulate the runs under RUNS_DIR: one row per experiment (every field that changes a result but the seed), "
+    "mean ± std over its seeds, beside the paper's numbers, with a verdict on the degradation problem. Works on "
+    "unfinished sweeps. --format html writes RUNS_DIR/report.html: one self-contained page with the curves, the "
+    "table and every analysis run on the folder."
 )
 def report(
     runs_dir: Path = typer.Argument(..., help="A sweep folder (e.g. runs/cifar_quick) or any folder of runs."),
     form: str = typer.Option("markdown", "--format", help="markdown, csv, json or html."),
+    debug: bool = DEBUG,
 ) -> None:
+    from resexp.errors import UserError
     from resexp.report import FORMATS, render
 
-    if form not in FORMATS:
-        raise fail(f"--format {form} is unknown: use {', '.join(FORMATS)}")
-    runs = runs_in(runs_dir)
-    if form != "html":
-        typer.echo(render(runs, form), nl=False)
-        return
-    from resexp.report_html import render as page
-    from resexp.rundir import atomic_write
+    with boundary(debug):
+        if form not in FORMATS:
+            raise UserError(f"--format {form} is unknown: use {', '.join(FORMATS)}")
+        runs = runs_in(runs_dir)
+        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
+        if form != "html":
+            typer.echo(render(runs, form, note), nl=False)
+            return
+        from resexp.report_html import render as page
+        from resexp.rundir import atomic_write
 
-    path = runs_dir / "report.html"
-    try:
-        atomic_write(path, page(runs, runs_dir))
-    except OSError as e:
-        raise fail(f"{e.strerror}: {e.filename}") from None
+        path = runs_dir / "report.html"
+        atomic_write(path, page(runs, runs_dir, note))
     typer.echo(str(path))
 
 
@@ -252,56 +273,56 @@ def analyze(
     ),
     images: int | None = typer.Option(
         None,
-        help="Images per evaluation: responses and lesion: test images; gradients: the training batch; landscape: "
-        "training images.",
+        help="Images per evaluation (at most what the data has): responses and lesion: test images; gradients: the "
+        "training batch; landscape: training images.",
         show_default="responses, lesion: the whole test set; gradients: the run's batch; landscape: 512",
     ),
-    draws: int = typer.Option(3, help="lesion: random draws per number of removed blocks."),
-    grid: int = typer.Option(21, help="landscape: points per axis of the 2D grid."),
+    draws: int = typer.Option(3, help=f"lesion: random draws per number of removed blocks (1 to {MAX_DRAWS})."),
+    grid: int = typer.Option(21, help=f"landscape: points per axis of the 2D grid (2 to {MAX_GRID})."),
     span: float = typer.Option(1.0, help="landscape: the grid covers [-span, span] along each direction."),
-    workers: int = typer.Option(1, help="landscape: processes computing chunks side by side (CPU)."),
+    workers: int = typer.Option(1, help="landscape: processes computing chunks side by side (CPU; at most the cores)."),
     nets: str = typer.Option(
         "", help="Only these nets, by the names report shows, e.g. ResNet-56,plain-56.", show_default="all"
     ),
     seeds: str = typer.Option("", help="Only runs of these seeds, e.g. 0 or 0,1.", show_default="all"),
+    debug: bool = DEBUG,
 ) -> None:
     from rich.table import Table
 
-    from resexp.analysis import Options
+    from resexp.analysis import KINDS, Options
     from resexp.analysis import analyze as run_analysis
-    from resexp.errors import one_line
-    from resexp.train import pick_device
+    from resexp.build import pick_device
+    from resexp.errors import UserError
 
-    if not folder.is_dir():
-        raise fail(f"{folder} is not a folder")
-    try:
-        at_least(("--images", images, 1), ("--draws", draws, 1), ("--grid", grid, 2), ("--workers", workers, 1))
-        if not span > 0:
-            raise ValueError(f"--span {span} must be positive")
-    except ValueError as e:
-        raise fail(str(e)) from None
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise fail(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
-    net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
-    note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
-    try:
+    kept = "; its finished chunks are kept and the same command goes on from them" if kind == "landscape" else ""
+    with boundary(debug, f"interrupted: nothing of this analysis was written{kept}"):
+        if kind not in KINDS:
+            raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder")
+        within(
+            ("--images", images, 1, math.inf),
+            ("--draws", draws, 1, MAX_DRAWS),
+            ("--grid", grid, 2, MAX_GRID),
+            ("--workers", workers, 1, os.cpu_count() or 1),
+        )
+        if not (math.isfinite(span) and span > 0):
+            raise OptionError(f"--span {span} must be a positive number")
+        try:
+            seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        except ValueError:
+            raise OptionError(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
+        net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
+        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
         result, paths = run_analysis(
             kind,
             folder,
             Options(at_init, images, draws, grid, span, workers, nets=net_list, seeds=seed_list),
-            pick_device(device),
+            pick_device(device, "--device"),
             data_root,
             note,
             note,
         )
-    except KeyboardInterrupt:
-        kept = "; its finished chunks are kept and the same command goes on from them" if kind == "landscape" else ""
-        err.print(f"interrupted: nothing of this analysis was written{kept}", highlight=False)
-        raise typer.Exit(130) from None
-    except Exception as e:
-        raise fail(one_line(e)) from None
     table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder}")
     for column in result.columns:
         table.add_column(column)

@@ -29,6 +29,15 @@ CONFIG_PACKAGE = "resexp.configs"  # configs/ of the repository, shipped inside 
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MONITORS = ("train/error", "test/error", "val/error", "train/loss", "test/loss", "val/loss")
 NAME = re.compile(r"[\w.,=+-]+(/[\w.,=+-]+)*")  # relative folders below runs/, no '..'
+# Field metadata. IDENTITY: False for settings that change where or how fast a run goes, not its
+# numbers (a run may resume under other values; they are not in its folder name). WEIGHTS: False for
+# model fields that do not shape the weights (a checkpoint given as resume= must agree on the others).
+IDENTITY, WEIGHTS = "identity", "weights"
+
+
+def setting(default: Any) -> Any:
+    """A field that is not part of a run's identity."""
+    return field(default=default, metadata={IDENTITY: False})
 
 
 class DataName(StrEnum):
@@ -72,22 +81,24 @@ class ModelConfig:
     depth: int = 20
     mode: Mode = Mode.residual
     shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)
+    # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm); not in a checkpoint's shapes
+    sync_bn: bool = field(default=False, metadata={WEIGHTS: False})
 
 
 @dataclass
 class DataConfig:
     name: DataName = DataName.cifar10
-    root: str = "data"  # a folder (torchvision layout or <name>.npz inside) or an .npz file
+    # where the data is, not which: data.json's fingerprint says which (a copy elsewhere is the same data)
+    root: str = setting("data")  # a folder (torchvision layout or <name>.npz inside) or an .npz file
     file: str | None = None  # an .npz inside root to read instead of <name>.npz
-    download: bool = False  # let torchvision download CIFAR into root (needs internet)
+    download: bool = setting(False)  # let torchvision download CIFAR into root (needs internet)
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = setting(1000)
     subset: int | None = None  # train on the first N training images only
     val_split: int = 0  # hold out the last N training images as a validation set (paper: 5000)
     augment: bool = True  # CIFAR: 4-pixel pad + random crop + flip; ImageNet: scale augmentation
     normalize: Normalize = Normalize.pixel_mean
-    workers: int = 4  # DataLoader workers (ImageNet folders only; CIFAR lives in one tensor)
+    workers: int = setting(4)  # DataLoader workers (ImageNet folders only; CIFAR lives in one tensor)
     # ImageNet (Sec. 3.4): shorter side sampled in [scale_min, scale_max], crop_size crops.
     scale_min: int = 256
     scale_max: int = 480
@@ -155,13 +166,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    speed: SpeedConfig = field(default_factory=SpeedConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    name: str = "default"  # the folder under runs/ that groups a set of runs (presets set it)
+    speed: SpeedConfig = field(default_factory=SpeedConfig, metadata={IDENTITY: False})
+    log: LogConfig = field(default_factory=LogConfig, metadata={IDENTITY: False})
+    name: str = setting("default")  # the folder under runs/ that groups a set of runs (presets set it)
     seed: int = 0
-    device: str = "auto"  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N
+    device: str = setting("auto")  # auto = cuda when available, else cpu; or cpu, cuda, cuda:N
     eval_every: int | None = None  # iterations between evaluations; None = once per epoch
-    resume: str | None = None  # a checkpoint to start from when the run has none of its own
+    # a checkpoint to start from when the run has none of its own (plan refuses two jobs that differ only here)
+    resume: str | None = setting(None)
 
 
 def register() -> None:
@@ -177,11 +189,11 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def run_path(data: str, family: str, mode: str, depth: Any, shortcut: str | None, seed: Any) -> str:
-    """A run's folder below runs/<name>/, e.g. cifar10/plain-56_s0 or cifar10/residual-56A_s1
-    (a plain net has no shortcut option). TensorBoard shows it as the run's name."""
-    option = "" if mode == Mode.plain else shortcut or paper_shortcut(family, depth)
-    return f"{data}/{mode}-{depth}{option}_s{seed}"
+def run_path(*, _root_: DictConfig) -> str:
+    """A job's folder below runs/<name>/ (hydra.run.dir, hydra.sweep.subdir): resexp.launch.run_folder."""
+    from resexp.launch import run_folder
+
+    return run_folder(_root_)
 
 
 def paper_shortcut(family: str, depth: Any) -> ShortcutOption:

@@ -15,14 +15,17 @@ import datetime
 import functools
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from resexp.errors import ConfigError, Reported
+from resexp.errors import ConfigError, OwnFailure, PeerFailed, one_line
+
+T = TypeVar("T")
 
 ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer than this fails instead of hanging
@@ -135,6 +138,31 @@ def any_(flag: bool, device: torch.device) -> bool:
     return sum_([float(flag)], device)[0] > 0
 
 
+def barrier(device: torch.device) -> None:
+    """Wait until every process is here (e.g. for rank 0's last writes)."""
+    if current().distributed:
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def together(action: Callable[[], T], device: torch.device) -> T:
+    """Run `action` in every process (rank 0's writes, each process's share of the start); if it
+    fails in any, fail in all, so that no process waits in a collective for one that has left: the
+    process that failed raises OwnFailure (its own error, which it reports with its rank), the
+    others PeerFailed. In one process, `action` itself."""
+    if not current().distributed:
+        return action()
+    failure: Exception | None = None
+    try:
+        result = action()
+    except Exception as e:  # a missing file on one node, a full disk under rank 0, memory, ...
+        failure, result = e, None
+    if any_(failure is not None, device):
+        if failure is not None:
+            raise OwnFailure(one_line(failure)) from failure
+        raise PeerFailed("another process of this torchrun run failed (it says why)")
+    return result  # type: ignore[return-value]
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj`, on every process."""
     if not current().distributed:
@@ -231,18 +259,10 @@ def peer_error(e: BaseException) -> bool:
     return isinstance(e, dist.DistBackendError) or (isinstance(e, RuntimeError) and "/gloo/" in str(e))
 
 
-class PeerLost(Reported):
-    def __init__(self) -> None:
-        super().__init__(
-            "lost contact with another process of this torchrun run (it ended or failed; its own message or "
-            "torchrun's report says which)"
-        )
-
-
 def voice(e: BaseException, line: str) -> str | None:
     """The line this process prints for `e`: every error in one process; under torchrun rank 0
     speaks for all, and another rank only about a failure of its own (prefixed with its rank)."""
     world = current()
     if world.main:
         return line
-    return f"rank {world.rank}: {line}" if getattr(e, "own", False) else None
+    return f"rank {world.rank}: {line}" if isinstance(e, OwnFailure) else None

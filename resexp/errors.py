@@ -1,16 +1,28 @@
-"""The error boundary's vocabulary: mistakes a user can fix, and any exception as one line.
+"""The error boundary's vocabulary: every exception type of resexp, the exit codes, and any
+exception as one line.
 
 resexp's own errors carry a finished one-line message naming the field or file and what would
 be valid. Errors raised by libraries (Hydra composing the config, OmegaConf checking a value,
 the OS) are turned into one line from their type and fields, never by reading their text.
+Exit status: 0 done, 1 a mistake or a failure (one line says which), 128 + the signal's number
+when a signal stopped the command (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
+import signal
 import types
 import typing
 from enum import Enum
+from pathlib import Path
 from typing import Any
+
+FAILED = 1
+
+
+def signalled(signum: int) -> int:
+    """The exit status of a command stopped by a signal, as a shell reports it."""
+    return 128 + signum
 
 
 class Reported(Exception):
@@ -19,6 +31,10 @@ class Reported(Exception):
 
 class UserError(Reported):
     """A mistake the user can fix; the message is one line that says what and where."""
+
+
+class OptionError(UserError, ValueError):
+    """A command-line option (not a config field) out of its range: the message names it."""
 
 
 class ConfigError(UserError, ValueError):
@@ -39,6 +55,86 @@ class CheckpointError(RunDirError):
 
 class MetricsError(RunDirError):
     """A metrics.jsonl line that is not a metrics row (file and line number in the message)."""
+
+
+class DamagedRun(RunDirError):
+    """A run directory that lacks a file it should have, or whose files disagree: never resumed
+    silently; the message names what is wrong and the two ways out (restore it, or delete it)."""
+
+
+class Diverged(Reported):
+    """The training loss became NaN or infinite; the run is marked diverged."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived during training and a checkpoint was saved. A BaseException, so
+    that it ends a whole sweep instead of one run of it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Aborted(Interrupted):
+    """A signal before training started (nothing was written), or a second one during training
+    (no time to save)."""
+
+    def __init__(self, signum: int, started: bool) -> None:
+        super().__init__(signum)
+        self.started = started
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a launcher waited for jobs running in their own processes, which received it too."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"interrupted: {count} job(s) of the sweep had started; each saves a checkpoint and stops (their "
+            "logs say where); run the same command again to resume"
+        )
+
+
+class OwnFailure(Reported):
+    """Under torchrun, a failure of this process itself (a file missing on its node, its memory):
+    it says so with its rank, while the processes it takes down end with PeerFailed or PeerLost."""
+
+
+class TrainingFailed(Reported):
+    """An error after training started; the run directory is left resumable."""
+
+    def __init__(self, run_dir: Path, step: int, cause: BaseException, checkpoint: bool = True) -> None:
+        where = (
+            f"{run_dir} keeps its last checkpoint: run the same command again to resume"
+            if checkpoint
+            else f"{run_dir} has no checkpoint yet: the same command starts it again"
+        )
+        super().__init__(f"{one_line(cause)} (at iteration {step}; {where})")
+
+
+class OwnTrainingFailure(TrainingFailed, OwnFailure):
+    """TrainingFailed by an error of this process itself, not by the loss of another process."""
+
+
+class PeerFailed(UserError):
+    """Another process of a torchrun run failed where this one did not; it reported why."""
+
+
+class PeerLost(Reported):
+    """A collective failed because another process of the torchrun run is gone."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "lost contact with another process of this torchrun run (it ended or failed; its own message or "
+            "torchrun's report says which)"
+        )
+
+
+class NothingToAnalyse(UserError):
+    pass
+
+
+class NotRemovable(UserError):
+    """A plain block that changes the shape of its input has no identity to leave in its place."""
 
 
 def one_line(e: BaseException) -> str:

@@ -1,17 +1,24 @@
-"""`resexp train` through Hydra: compose every job of a command, check each one, then hand the
-command to Hydra, whose launchers (basic, joblib, submitit) run the jobs by calling `task`.
+"""`resexp train` through Hydra, in two passes.
 
-Checking every job first means that a sweep with one bad value (-m model.depth=8,21) fails before
-its first run trains, and that a mistake leaves nothing on disk: Hydra makes a job's run
-directory before the job starts, so nothing may go wrong after that which could have been known
-before. Jobs are composed with Hydra's own config loader and expanded as its basic sweeper does
-(the cartesian product of comma lists, the command line overriding a preset's sweep params).
+1. `plan` composes every job of the command with Hydra's own config loader and sweep splitting
+   (`BasicSweeper.split_arguments`: the cartesian product of comma lists, the command line over a
+   preset's sweep params), checks each config (`lifecycle.check`), names each job's folder
+   (`run_folder`, resexp.identity), refuses two jobs that would share a folder, and admits each
+   folder (`lifecycle.admit`, and the data each job will read). Nothing is written: a sweep with
+   one bad value (-m model.depth=8,21) fails before its first job trains, and leaves no trace.
+2. `launch` hands the same command line to `hydra.main`, so that Hydra's launchers (basic, joblib,
+   submitit) run the jobs as they always do, each by calling `task`, which trains one run
+   (`lifecycle.run`). Hydra composes each job again there, in another process for joblib and
+   submitit, which receive configs, not resexp's objects; a job's folder is a function of its
+   composed config (`run_folder`), so both passes name it alike.
+
+The command's exit status is read from the run directories afterwards, since a launcher may have
+run the jobs elsewhere: 0 when every job's run is complete.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 import sys
 import time
@@ -19,20 +26,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
+from typing import Any
 
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from rich.console import Console
 from rich.markup import escape
 
+from resexp import identity
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
 from resexp.distributed import current, voice
-from resexp.errors import ConfigError, UserError, one_line
+from resexp.errors import Aborted, ConfigError, Diverged, SweepInterrupted, UserError, first_line, one_line
 from resexp.rundir import STATUS, RunDir
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# Hydra's own flags, and those that take a value (`--cfg job`): they are not overrides.
+FLAG_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 err = Console(stderr=True)
-failures: list[str] = []  # jobs of this command that failed in this process (launchers that run in-process)
 
 
 @dataclass
@@ -41,7 +52,7 @@ class Job:
     config: Config
     run_dir: Path
     sweep_dir: Path | None  # the folder of the whole sweep (-m), where Hydra writes multirun.yaml
-    status_before: str | None = None  # the run directory's status before this command (see `admit_all`)
+    launcher: str = BASIC_LAUNCHER  # Hydra's launcher for the command (basic, joblib, submitit)
 
 
 @contextmanager
@@ -56,14 +67,62 @@ def naming(overrides: list[str] | None, num: int) -> Iterator[None]:
 
 
 def admit_all(jobs: list[Job]) -> None:
-    """Check each job's run directory and data as `resexp.train.start` will (the same config and
-    the same dataset as the run already there, if any), and note its status."""
-    from resexp.data import source
-    from resexp.train import admit
+    """Check each job's run directory and data as `lifecycle.start` will (not damaged, the same
+    identity and the same dataset as the run already there, if any; data that loads)."""
+    from resexp.data import inspect
+    from resexp.lifecycle import admit
 
+    checked: dict[str, Any] = {}
     for num, job in enumerate(jobs):
         with naming(job.overrides if job.sweep_dir is not None else None, num):
-            job.status_before = admit(job.config, RunDir(job.run_dir), source(job.config.data))
+            key = OmegaConf.to_yaml(OmegaConf.structured(job.config.data))
+            if key not in checked:
+                checked[key] = inspect(job.config.data)
+            admit(job.config, RunDir(job.run_dir), checked[key])
+
+
+def run_folder(root: DictConfig) -> str:
+    """The folder of one job below runs/<name>/ (resexp.identity.folder_name), from its composed
+    config with the hydra node: its identity against the preset's, i.e. the config composed from
+    the job's group choices (the preset included) and the fields the base name shows, without its
+    other value overrides. Called by Hydra when it resolves hydra.run.dir or hydra.sweep.subdir,
+    in whichever process runs the job (joblib, submitit), so it composes with Hydra's own loader."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    groups = set(loader.list_groups(""))
+    preset, reference = [], []
+    for override in OverridesParser.create().parse_overrides(list(root.hydra.overrides.task)):
+        key = override.key_or_group
+        if key in groups:
+            reference.append(override.input_line)
+            if key == "experiment":
+                preset.append(override.input_line)
+        elif key in identity.BASE_KEYS:
+            reference.append(override.input_line)
+    choices = root.hydra.runtime.choices
+    preset_choices = composed(loader, tuple(preset)).hydra.runtime.choices
+    shown = {g: choices[g] for g in identity.GROUPS_IN_NAME if choices.get(g) != preset_choices.get(g)}
+    return identity.folder_name(task_values(root), task_values(composed(loader, tuple(reference))), shown)
+
+
+_composed: dict[tuple, DictConfig] = {}
+
+
+def composed(loader: Any, overrides: tuple[str, ...]) -> DictConfig:
+    """The config of `overrides` (a job's preset and group choices), composed once per process."""
+    key = (id(loader), overrides)
+    if key not in _composed:
+        from hydra.types import RunMode
+
+        _composed[key] = loader.load_configuration("config", list(overrides), run_mode=RunMode.RUN)
+    return _composed[key]
+
+
+def task_values(cfg: DictConfig) -> dict[str, Any]:
+    """The identity values of a composed config (its hydra node left out, interpolations resolved)."""
+    return identity.of(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
 
 
 @contextmanager
@@ -83,22 +142,21 @@ def compose(overrides: list[str]) -> Config:
     return job.config
 
 
-def sweep_overrides(master: DictConfig) -> list[list[str]]:
-    """Each job's overrides: the product of the preset's sweep params and the command's overrides
-    (later keys win), as Hydra's basic sweeper forms them."""
+def split(master: DictConfig) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper forms them from the preset's sweep params
+    and the command's overrides (later keys win)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
-    choices: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task)):
-        key = override.get_key_element()
-        if not override.is_sweep_override():
-            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
-        elif override.is_discrete_sweep():
-            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            raise ConfigError(f"{override.input_line}: the basic sweeper sweeps comma lists only (a,b,c)")
-    return [list(job) for job in itertools.product(*choices.values())]
+    parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
+    try:
+        [jobs] = BasicSweeper.split_arguments(parsed, None)
+    except HydraException:
+        wrong = next(o.input_line for o in parsed if o.is_sweep_override() and not o.is_discrete_sweep())
+        raise ConfigError(f"{wrong}: the basic sweeper sweeps comma lists only (a,b,c)") from None
+    return jobs
 
 
 def plan(overrides: list[str], multirun: bool) -> list[Job]:
@@ -107,7 +165,7 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from resexp.train import check
+    from resexp.lifecycle import check
 
     parser = OverridesParser.create()
     for line in overrides:  # name the override that does not parse
@@ -120,19 +178,15 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
     jobs = []
     with hydra_context() as loader:
         master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
-        cpus = master.hydra.launcher.get("cpus_per_task") if multirun else None
-        if cpus is not None and cpus < 1:
-            raise ConfigError(f"hydra.launcher.cpus_per_task={cpus} must be at least 1 (each job's threads)")
+        if multirun:
+            launcher_options(master.hydra.launcher)
         if multirun and master.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return []  # another sweeper chooses its jobs as it goes; Hydra composes them
-        job_overrides = sweep_overrides(master) if multirun else [list(overrides)]
-        for num, job_override in enumerate(job_overrides):
+        for num, job_override in enumerate(split(master) if multirun else [list(overrides)]):
             cfg = loader.load_sweep_config(master, job_override) if multirun else master
             with read_write(cfg.hydra), open_dict(cfg.hydra):
                 cfg.hydra.job.num, cfg.hydra.job.id = num, str(num)
             HydraConfig.instance().set_config(cfg)
-            hydra = cfg.hydra
-            run_dir = Path(hydra.sweep.dir) / hydra.sweep.subdir if multirun else Path(hydra.run.dir)
             task = copy.deepcopy(cfg)
             with read_write(task), open_dict(task):
                 del task["hydra"]
@@ -140,8 +194,38 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
                 unknown_keys(task, Config)
                 config = to_object(task)
                 check(config)
-            jobs.append(Job(job_override, config, run_dir, Path(hydra.sweep.dir) if multirun else None))
+            hydra = cfg.hydra
+            run_dir = Path(hydra.sweep.dir) / hydra.sweep.subdir if multirun else Path(hydra.run.dir)
+            sweep_dir = Path(hydra.sweep.dir) if multirun else None
+            jobs.append(Job(job_override, config, run_dir, sweep_dir, master.hydra.launcher.get("_target_")))
+    apart(jobs)
     return jobs
+
+
+def launcher_options(launcher: DictConfig) -> None:
+    """A launcher's own options that would fail only after the sweep folder was made."""
+    for key, low, what in (("cpus_per_task", 1, "each job's threads"), ("timeout_min", 1, "minutes each job may run")):
+        value = launcher.get(key)
+        if value is not None and value < low:
+            raise ConfigError(f"hydra.launcher.{key}={value} must be at least {low} ({what})")
+
+
+def apart(jobs: list[Job]) -> None:
+    """Refuse two jobs that would train in one folder: they can differ only in settings, which
+    are not part of a run's identity (data.root, resume, device, ...)."""
+    first: dict[Path, int] = {}
+    for num, job in enumerate(jobs):
+        other = first.setdefault(job.run_dir, num)
+        if other == num:
+            continue
+        a, b = identity.flat(jobs[other].config), identity.flat(job.config)
+        keys = [k for k in a if not identity.same(a[k], b.get(k))]
+        raise ConfigError(
+            f"jobs {other} ({' '.join(jobs[other].overrides)}) and {num} ({' '.join(job.overrides)}) would train in "
+            f"one folder, {job.run_dir}: they differ only in {', '.join(keys)}, which "
+            f"{'is' if len(keys) == 1 else 'are'} not part of a run's identity; sweep them in separate commands, each "
+            "with its own name=..."
+        )
 
 
 def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
@@ -162,11 +246,11 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
 def task(cfg: DictConfig) -> float | None:
     """One job, called by Hydra with its composed config. Reports its own failure in one line
     and returns None, so that Hydra goes on with the other jobs of a sweep and prints nothing
-    more; `launch` decides the command's exit status from `failures` and the run directories."""
+    more; `launch` reads the command's exit status from the run directories."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from resexp.train import Aborted, Diverged, run
+    from resexp.lifecycle import run
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(os.path.relpath(hydra_cfg.runtime.output_dir))  # as the user wrote it: runs/...
@@ -190,7 +274,6 @@ def task(cfg: DictConfig) -> float | None:
         line = voice(e, one_line(e))
         if line is not None:
             err.print(f"[bold red]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        failures.append(str(run_dir))
         return None
 
 
@@ -219,47 +302,101 @@ def remove_empty(path: Path, levels: int = 4) -> None:
             return
 
 
-def launch(overrides: list[str], multirun: bool, debug: bool) -> bool:
-    """Run the command through hydra.main with its argv, as the shell would have given it;
-    whether every job finished (or had finished before)."""
+def hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's own flags (--cfg job, --info, --help, ...) and the overrides, from a command line."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    taking = None
+    for arg in args:
+        if taking is not None:
+            flags.append(arg)
+            taking = None
+        elif arg.startswith("-"):
+            flags.append(arg)
+            taking = arg if arg in FLAG_VALUES else None
+        elif flags and flags[-1] in ("--info", "-i") and arg in INFO_TOPICS:
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+@contextmanager
+def command_line(argv: list[str], env: dict[str, str]) -> Iterator[None]:
+    """sys.argv and environment variables as `hydra.main` reads them, for the length of a call."""
+    saved_argv, saved_env = sys.argv, {k: os.environ.get(k) for k in env}
+    sys.argv = argv
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def launch(args: list[str], multirun: bool, debug: bool) -> bool:
+    """Plan the command (compose, check, name and admit every job), then run it through
+    hydra.main with its argv, as the shell would have given it; whether every job's run is
+    complete now."""
     import hydra
 
     register()
-    flags = [o for o in overrides if o.startswith("-")]  # Hydra's own: --cfg job, --info, ...
+    flags, overrides = hydra_flags(args)
     if flags and multirun:
         raise ConfigError(f"{flags[0]} prints one job and cannot be combined with -m: drop -m (and the comma lists)")
-    jobs = plan(overrides, multirun) if not flags else []
-    admit_all(jobs)
+    prints = any(f in ("--cfg", "-c") for f in flags)
+    jobs = plan(overrides, multirun) if prints or not flags else []
+    admit_all([] if prints else jobs)
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
     main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
     quiet = [] if current().main else ["hydra/hydra_logging=disabled"]  # under torchrun rank 0 speaks for all
-    argv = ["resexp train", *(["--multirun"] if multirun else []), *overrides, *quiet]
+    argv = ["resexp train", *(["--multirun"] if multirun else []), *args, *quiet]
     env = {"HYDRA_FULL_ERROR": "1", **({"RESEXP_DEBUG": "1"} if debug else {})}  # errors reach us, not Hydra's printer
-    failures.clear()
     began = time.time()
     try:
-        with mock.patch.object(sys, "argv", argv), mock.patch.dict(os.environ, env):
+        with command_line(argv, env):
             main()
     except KeyboardInterrupt:
         started = [job for job in jobs if RunDir(job.run_dir).status().get("status") in ("running", "interrupted")]
         if started:  # a launcher that runs the jobs in other processes (submitit) was waiting for them
             raise SweepInterrupted(len(started)) from None
         raise
-    except Exception:
+    except Exception as e:
         # submitit reports a job that a signal stopped (Interrupted is a BaseException, so `task`
         # lets it through) as a failed job, sometimes before its own process sees the Ctrl-C
         stopped = [job for job in jobs if stopped_by_signal(RunDir(job.run_dir), since=began)]
         if stopped:
             raise SweepInterrupted(len(stopped)) from None
-        raise
+        if not jobs or debug:
+            raise
+        raise LauncherFailed(e, unfinished(jobs)) from e  # a job killed under submitit, ...
     finally:
         for folder in new_dirs:  # a sweep folder holding only Hydra's multirun.yaml: no run was written
             if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
                 (folder / "multirun.yaml").unlink()
                 remove_empty(folder)
-    if not current().main:  # rank 0 reads the run directories, which other nodes may not see
-        return not failures
-    return not failures and not failed(jobs)
+    if flags or not current().main:  # Hydra printed what was asked; rank 0 alone reads the run directories
+        return True
+    left = unfinished(jobs)
+    if left and multirun and left[0].launcher != BASIC_LAUNCHER:  # the jobs' own lines may be in the launcher's logs
+        for job in left:
+            err.print(f"[bold red]error:[/] {escape(str(job.run_dir))}: {escape(state_of(job))}", soft_wrap=True)
+    return not left
+
+
+class LauncherFailed(UserError):
+    """A launcher's own failure (a job killed under submitit, ...): which runs did not finish."""
+
+    def __init__(self, cause: BaseException, left: list[Job]) -> None:
+        runs = ", ".join(str(job.run_dir) for job in left[:5]) + (" ..." if len(left) > 5 else "")
+        super().__init__(
+            f"the launcher stopped ({type(cause).__name__}: {first_line(str(cause))}); {len(left)} run(s) did not "
+            f"finish: {runs}; the same command again resumes them from their last checkpoints"
+        )
 
 
 def stopped_by_signal(run: RunDir, since: float) -> bool:
@@ -271,23 +408,16 @@ def stopped_by_signal(run: RunDir, since: float) -> bool:
     return written >= since and run.status().get("signal") is not None
 
 
-class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C while a launcher waited for jobs running in their own processes, which received it too."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(
-            f"interrupted: {count} job(s) of the sweep had started; each saves a checkpoint and stops (their "
-            "logs say where); run the same command again to resume"
-        )
+def unfinished(jobs: list[Job]) -> list[Job]:
+    """Jobs whose runs are not complete now, read from the run directories, since a launcher may
+    have run the jobs in other processes (joblib) or on other machines (submitit)."""
+    return [job for job in jobs if not RunDir(job.run_dir).finished(job.config.schedule.iterations)]
 
 
-def failed(jobs: list[Job]) -> list[Job]:
-    """Jobs this command tried and did not finish: not complete now, and not skipped because
-    they were complete or diverged before it. Read from the run directories, since a launcher
-    may have run the jobs in other processes (joblib) or on other machines (submitit)."""
-    return [
-        job
-        for job in jobs
-        if job.status_before not in ("complete", "diverged")
-        and RunDir(job.run_dir).status().get("status") != "complete"
-    ]
+def state_of(job: Job) -> str:
+    """What an unfinished job's run directory says about it, for the line after a sweep."""
+    status = RunDir(job.run_dir).status()
+    if not status:
+        return "did not start"
+    reason = status.get("reason") or status.get("signal") or ""
+    return f"{status.get('status')} at iteration {status.get('step')}" + (f" ({reason})" if reason else "")

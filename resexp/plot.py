@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resexp.report import groups
+from resexp.report import experiments, settings_of
 from resexp.rundir import Run
 
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -40,17 +40,21 @@ def figure(runs: list[Run], title: str):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    depths = sorted({r.depth for r in runs})
-    colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
+    groups = experiments(runs)
+    settings = settings_of(groups)
+    lines = sorted({(members[0].depth, settings[key]) for key, members in groups.items()})
+    colour = {line: COLOURS[i % len(COLOURS)] for i, line in enumerate(lines)}
     top = 0.0
     for ax, mode in zip(axes, ("plain", "residual"), strict=True):
-        for _, members in sorted(groups([r for r in runs if r.mode == mode]).items(), key=lambda kv: kv[0][3]):
-            label = members[0].label + (f" ({len(members)} seeds)" if len(members) > 1 else "")
+        mine = [(key, members) for key, members in groups.items() if members[0].mode == mode]
+        for key, members in sorted(mine, key=lambda km: (km[1][0].depth, settings[km[0]])):
+            label = members[0].label + ("" if settings[key] == "-" else f" {settings[key]}")
+            label += f" ({len(members)} seeds)" if len(members) > 1 else ""
             for metric, style in (("train/error", dict(lw=1, ls="--")), ("test/error", dict(lw=2.2, ls="-"))):
                 steps, mean, low, high = curve(members, metric)
                 if not len(steps):
                     continue
-                c = colour[members[0].depth]
+                c = colour[(members[0].depth, settings[key])]
                 ax.plot(steps, mean, color=c, label=label if metric == "test/error" else None, **style)
                 if len(members) > 1:
                     ax.fill_between(steps, low, high, color=c, alpha=0.15, lw=0)

@@ -115,11 +115,17 @@ class Recorder:
     TensorBoard to drop its events after that step."""
 
     def __init__(
-        self, run: RunDir, total: int, resume_step: int, rows: list[dict[str, Any]], console: Console | None = None
+        self,
+        run: RunDir,
+        total: int,
+        resume_step: int,
+        rows: list[dict[str, Any]],
+        console: Console | None = None,
+        digest: str | None = None,  # the run's identity digest, kept in status.json beside config.yaml
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run, self.total = run, total
+        self.run, self.total, self.digest = run, total, digest
         self.console = console or Console(stderr=True)
         kept = [r for r in rows if r["step"] <= resume_step]
         if kept != rows:
@@ -158,7 +164,7 @@ class Recorder:
                 self.best[key] = min(self.best.get(key, float("inf")), row[key])
 
     def status(self, status: str, step: int, **extra: Any) -> None:
-        self.run.set_status(status, step, self.total, **extra)
+        self.run.set_status(status, step, self.total, **extra, **({"identity": self.digest} if self.digest else {}))
 
     def __enter__(self) -> Recorder:
         self.progress.start()

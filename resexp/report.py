@@ -1,8 +1,12 @@
-"""`resexp report`: a table per mode x depth (mean +- std over seeds) beside the paper's numbers,
-and a verdict per family on the degradation problem (He et al. 2015, Sec. 4.1 and 4.2).
+"""`resexp report`: a table with one row per experiment (every field that changes a result but
+the seed: runs that differ in anything else are never averaged together), mean +- std over its
+seeds beside the paper's numbers, and a verdict per comparable set on the degradation problem
+(He et al. 2015, Sec. 4.1 and 4.2).
 
 Training error is the running training error of the last evaluation interval; test error is the
-last evaluation's (final) and the lowest of all evaluations (best).
+last evaluation's (final) and the lowest of all evaluations (best). Each row lists its seeds, the
+ones it lacks that its comparable rows have, and the ones not finished; with one seed per net the
+seeds' noise is unknown, and the verdict says it cannot decide rather than call a gap reproduced.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from resexp import identity
 from resexp.rundir import Run
 
 FORMATS = ("markdown", "csv", "json", "html")  # html: resexp.report_html, a file
+UNDECIDED = "degradation: cannot decide (one seed of a net: the seeds' noise is unknown; add seeds, e.g. seed=0,1,2)"
+# What the net's name already says: the rest of an experiment's identity is its "settings".
+NAMED = ("data.name", "model.family", "model.mode", "model.depth", "model.shortcut", "seed")
 
 # (data, family, mode, depth, shortcut) -> (test error %, source). Plain nets have no printed
 # numbers; the two plain CIFAR values are read off Figure 6.
@@ -40,9 +49,11 @@ PAPER: dict[tuple, tuple[float, str]] = {
 COLUMNS = [
     "data",
     "net",
+    "settings",
     "mode",
     "depth",
     "shortcut",
+    "seeds",
     "runs",
     "iterations",
     "final test error",
@@ -52,19 +63,40 @@ COLUMNS = [
 ]
 
 
-def groups(runs: list[Run]) -> dict[tuple, list[Run]]:
-    """Runs that differ only in their seed, by (data, family, mode, depth, shortcut)."""
-    out: dict[tuple, list[Run]] = {}
+def experiments(runs: list[Run], warn: Callable[[str], None] = lambda text: None) -> dict[tuple, list[Run]]:
+    """Runs that differ only in their seed, by their setting (identity minus seed). Two folders
+    holding the same run (same identity and seed: a copy) count once, with a warning."""
+    out: dict[tuple, dict[int, Run]] = {}
     for run in runs:
-        out.setdefault(run.group, []).append(run)
-    return out
+        seeds = out.setdefault(run.setting, {})
+        other = seeds.get(run.seed)
+        if other is not None:
+            keep, drop = (other, run) if other.step >= run.step else (run, other)
+            warn(f"warning: {drop.path} holds the same run as {keep.path} (same config and seed): counted once")
+            seeds[run.seed] = keep
+        else:
+            seeds[run.seed] = run
+    return {key: [seeds[s] for s in sorted(seeds)] for key, seeds in out.items()}
+
+
+def settings_of(groups: dict[tuple, list[Run]]) -> dict[tuple, str]:
+    """What tells an experiment apart beyond its net's name: the identity fields whose values
+    differ between the experiments of the report, as a folder name shows them (lr=0.05)."""
+    values = {key: dict(key) for key in groups}
+    keys = [
+        k
+        for k in identity.identity_keys()
+        if k not in NAMED and len({identity.shown(v.get(k)) for v in values.values()}) > 1
+    ]
+    names = identity.short_names()
+    return {key: " ".join(f"{names[k]}={identity.shown(values[key].get(k))}" for k in keys) or "-" for key in groups}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (NaN for a single value: the noise is unknown)."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def final(run: Run, key: str) -> float:
@@ -76,11 +108,13 @@ def best(run: Run, key: str) -> float:
     return min(values) if values else math.nan
 
 
-def summarise(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per group of seeds; diverged runs are counted but kept out of the means."""
+def summarise(runs: list[Run], warn: Callable[[str], None] = lambda text: None) -> list[dict[str, Any]]:
+    """One row per experiment; diverged runs are counted but kept out of the means."""
+    groups = experiments(runs, warn)
+    settings = settings_of(groups)
     rows = []
-    for key, members in groups(runs).items():
-        data, family, mode, depth, shortcut = key
+    for key, members in groups.items():
+        first = members[0]
         ok = [r for r in members if not r.diverged]
         stats = {}
         for name, fn, metric in (
@@ -89,20 +123,23 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
             ("final_train", final, "train/error"),
         ):
             stats[name] = mean_std([fn(r, metric) for r in ok if r.rows])
-        paper = PAPER.get(key)
+        paper = PAPER.get((first.data, first.family, first.mode, first.depth, first.shortcut))
         rows.append(
             {
-                "data": data,
-                "family": family,
-                "mode": mode,
-                "depth": depth,
-                "shortcut": shortcut,
-                "net": members[0].label,
+                "data": first.data,
+                "family": first.family,
+                "mode": first.mode,
+                "depth": first.depth,
+                "shortcut": first.shortcut,
+                "net": first.label,
+                "settings": settings[key],
                 "n": len(members),
                 "complete": sum(r.complete for r in members),
                 "diverged": sum(r.diverged for r in members),
                 "seeds": [r.seed for r in members],
-                "iterations": sorted({r.step for r in members}),
+                "unfinished": [r.seed for r in members if not r.complete and not r.diverged],
+                "missing": [],
+                "iterations": first.iterations,
                 "final_test_error": stats["final_test"],
                 "best_test_error": stats["best_test"],
                 "final_train_error": stats["final_train"],
@@ -110,13 +147,25 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
                 "paper_source": paper[1] if paper else None,
             }
         )
+    for mine in comparable(rows).values():  # a seed its neighbours have and it lacks never started
+        every = sorted({s for r in mine for s in r["seeds"]})
+        for r in mine:
+            r["missing"] = [s for s in every if s not in r["seeds"]]
     return rows
+
+
+def comparable(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows that a verdict may compare: the same data, family and settings."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["data"], r["family"], r["settings"]), []).append(r)
+    return out
 
 
 @dataclass
 class Gap:
     """How much higher net a's final training error is than net b's (negative: lower), in points,
-    and the seeds' noise: twice the larger of the two standard deviations."""
+    and the seeds' noise: twice the larger of the two standard deviations (NaN: unknown, one seed)."""
 
     a: str
     b: str
@@ -124,18 +173,24 @@ class Gap:
     noise: float
 
     @property
+    def known(self) -> bool:
+        return math.isfinite(self.noise)
+
+    @property
     def within_noise(self) -> bool:
-        return self.noise > 0 and abs(self.points) <= self.noise
+        return self.known and abs(self.points) <= self.noise
 
     def __str__(self) -> str:
         word = "above" if self.points > 0 else "below"
         text = f"{self.a} training error {word} {self.b} by {abs(self.points):.2f} points"
+        if not self.known:
+            return text + " (noise unknown: one seed)"
         return text + (f" (within seed noise, 2 std = {self.noise:.2f})" if self.within_noise else "")
 
 
 def gap(a: dict[str, Any], b: dict[str, Any]) -> Gap:
     (ma, sa), (mb, sb) = a["final_train_error"], b["final_train_error"]
-    return Gap(name(a), name(b), ma - mb, 2 * max(sa, sb))
+    return Gap(name(a), name(b), ma - mb, 2 * max(sa, sb) if math.isfinite(sa) and math.isfinite(sb) else math.nan)
 
 
 def name(row: dict[str, Any]) -> str:
@@ -143,16 +198,18 @@ def name(row: dict[str, Any]) -> str:
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """Per data set and family: does depth hurt the plain nets' training error (the degradation
-    problem: reproduced when the deepest plain net trains worse than the shallowest by more than
-    the seeds' noise) and help the residual nets'?"""
+    """Per comparable set (data, family, settings): does depth hurt the plain nets' training error
+    (the degradation problem: reproduced when the deepest plain net trains worse than the
+    shallowest by more than twice the seeds' std) and help the residual nets'? With one seed of
+    either net the noise is unknown: no verdict either way."""
     lines = []
-    for data, family in sorted({(r["data"], r["family"]) for r in rows}):
-        mine = [r for r in rows if r["data"] == data and r["family"] == family and r["n"] > r["diverged"]]
+    for (data, family, settings), mine in sorted(comparable(rows).items()):
+        where = f"{data}/{family}" + ("" if settings == "-" else f" ({settings})")
+        mine = [r for r in mine if r["n"] > r["diverged"]]
         plain = {r["depth"]: r for r in mine if r["mode"] == "plain"}
         residual = {r["depth"]: r for r in mine if r["mode"] == "residual" and r["shortcut"] in ("A", "B")}
         if len(plain) < 2:
-            lines.append(f"{data}/{family}: no verdict: needs plain nets of two depths (found {sorted(plain)})")
+            lines.append(f"{where}: no verdict: needs plain nets of two depths (found {sorted(plain)})")
             continue
         low, high = min(plain), max(plain)
         degradation = gap(plain[high], plain[low])
@@ -161,68 +218,99 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             gaps.append(gap(residual[high], residual[low]))
         if high in residual:
             gaps.append(gap(residual[high], plain[high]))
-        reproduced = degradation.points > 0 and not degradation.within_noise
-        partial = sum(r["n"] - r["complete"] - r["diverged"] for r in mine)
+        partial = sum(len(r["unfinished"]) for r in mine)
+        missing = sorted({s for r in mine for s in r["missing"]})
         note = f" [partial: {partial} run(s) incomplete]" if partial else ""
-        head = "degradation reproduced" if reproduced else "degradation NOT reproduced"
-        lines.append(f"{data}/{family}: {head}: " + "; ".join(map(str, gaps)) + note)
+        note += f" [seeds missing from some nets: {', '.join(map(str, missing))}]" if missing else ""
+        if not degradation.known:
+            head = UNDECIDED
+        elif degradation.points > 0 and not degradation.within_noise:
+            head = "degradation reproduced"
+        else:
+            head = "degradation NOT reproduced"
+        lines.append(f"{where}: {head}: " + "; ".join(map(str, gaps)) + note)
     return lines
 
 
-def fmt(ms: tuple[float, float], n: int) -> str:
+def fmt(ms: tuple[float, float]) -> str:
     m, s = ms
     if math.isnan(m):
         return "-"
-    return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+    return f"{m:.2f} ± {s:.2f}" if math.isfinite(s) else f"{m:.2f}"
+
+
+def runs_cell(r: dict[str, Any]) -> str:
+    text = f"{r['complete']}/{r['n']} complete"
+    if r["diverged"]:
+        text += f", {r['diverged']} diverged"
+    if r["missing"]:
+        text += f", seed {', '.join(map(str, r['missing']))} missing"
+    return text
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     out = []
     for r in rows:
-        n_ok = r["n"] - r["diverged"]
-        runs = f"{r['complete']}/{r['n']} complete" + (f", {r['diverged']} diverged" if r["diverged"] else "")
-        steps = (
-            "-".join(str(s) for s in (r["iterations"][0], r["iterations"][-1]))
-            if len(r["iterations"]) > 1
-            else str(r["iterations"][0])
-        )
         paper = "-" if r["paper_test_error"] is None else f"{r['paper_test_error']:.2f} ({r['paper_source']})"
         out.append(
             [
                 r["data"],
                 r["net"],
+                r["settings"],
                 r["mode"],
                 str(r["depth"]),
                 r["shortcut"],
-                runs,
-                steps,
-                fmt(r["final_test_error"], n_ok),
-                fmt(r["best_test_error"], n_ok),
-                fmt(r["final_train_error"], n_ok),
+                " ".join(map(str, r["seeds"])),
+                runs_cell(r),
+                str(r["iterations"]),
+                fmt(r["final_test_error"]),
+                fmt(r["best_test_error"]),
+                fmt(r["final_train_error"]),
                 paper,
             ]
         )
     return out
 
 
-def render(runs: list[Run], form: str = "markdown") -> str:
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The columns and cells of the report's table (a settings column only when settings vary)."""
+    columns = COLUMNS if any(r["settings"] != "-" for r in rows) else [c for c in COLUMNS if c != "settings"]
+    cells = [[c for c, column in zip(row, COLUMNS, strict=True) if column in columns] for row in table_rows(rows)]
+    return columns, cells
+
+
+def jsonable(value: Any) -> Any:
+    """NaN and infinities as null (JSON has no NaN), tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+def render(runs: list[Run], form: str = "markdown", warn: Callable[[str], None] = lambda text: None) -> str:
     """The report in one of FORMATS."""
-    rows = summarise(runs)
+    rows = summarise(runs, warn)
     lines = verdicts(rows)
     problems = [f"{r.path}: {r.state}" for r in runs if not r.complete]
     if form == "json":
-        clean = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows]
-        return json.dumps({"rows": clean, "verdicts": lines, "not_complete": problems}, indent=1, allow_nan=True)
+        return json.dumps(jsonable({"rows": rows, "verdicts": lines, "not_complete": problems}), indent=1) + "\n"
+    columns, cells = table(rows)
     if form == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(COLUMNS)
-        writer.writerows(table_rows(rows))
+        writer.writerow(columns)
+        writer.writerows(cells)
         return buf.getvalue()
-    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(row) + " |" for row in cells]
     out.append("")
-    out.append("Errors in %, mean ± std over seeds; training error = running error of the last evaluation interval.")
+    out.append(
+        "Errors in %, mean ± std over seeds (one row per experiment: runs differing in anything but the seed are "
+        "never averaged); training error = running error of the last evaluation interval."
+    )
     out += [""] + [f"- {line}" for line in lines]
     if problems:
         out += ["", "Runs not complete:"] + [f"- {p}" for p in problems]

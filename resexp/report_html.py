@@ -10,10 +10,11 @@ import html
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from resexp.analysis import KINDS
-from resexp.report import COLUMNS, summarise, table_rows, verdicts
+from resexp.report import summarise, table, verdicts
 from resexp.rundir import Run
 
 ABOUT = {
@@ -55,7 +56,9 @@ def section(title: str, about: str, png: bytes | None, body: str = "") -> str:
     return f"<section><h2>{html.escape(title)}</h2><p class=about>{about}</p>{image}{body}</section>"
 
 
-def analyses(folder: Path) -> list[str]:
+def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
+    """A section per analysis result under FOLDER/analysis; a result file that cannot be read is
+    named in a warning and left out."""
     out = []
     for kind in KINDS:
         for stem, when in ((kind, ""), (f"{kind}-init", " at initialisation")):
@@ -64,23 +67,26 @@ def analyses(folder: Path) -> list[str]:
                 continue
             try:
                 doc = json.loads(doc_path.read_text())
-            except ValueError:
+                nets = sorted({f"{r['net']} s{r['seed']} ({r['state']})" for r in doc["records"]})
+                body = "<ul>" + "".join(f"<li>{html.escape(str(v))}</li>" for v in doc["verdicts"]) + "</ul>"
+                body += f"<p class=meta>{len(nets)} nets: {html.escape(', '.join(nets))}; {doc.get('seconds', '?')} s "
+                body += f"on {html.escape(str(doc.get('device', '?')))}.</p>"
+                png = png_path.read_bytes()
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                warn(f"warning: leaving out {doc_path}: it is not an analysis result ({type(e).__name__})")
                 continue
-            nets = sorted({f"{r['net']} s{r['seed']} ({r['state']})" for r in doc.get("records", [])})
-            body = "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in doc.get("verdicts", [])) + "</ul>"
-            body += f"<p class=meta>{len(nets)} nets: {html.escape(', '.join(nets))}; {doc.get('seconds', '?')} s on "
-            body += f"{html.escape(str(doc.get('device', '?')))}.</p>"
-            out.append(section(f"{kind}{when}", ABOUT[kind], png_path.read_bytes(), body))
+            out.append(section(f"{kind}{when}", ABOUT[kind], png, body))
     return out
 
 
-def render(runs: list[Run], folder: Path) -> str:
+def render(runs: list[Run], folder: Path, warn: Callable[[str], None] = lambda text: None) -> str:
     from resexp.plot import figure
 
-    rows = summarise(runs)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table_rows(rows))
-    table = f"<table><tr>{head}</tr>{cells}</table>"
+    rows = summarise(runs, warn)
+    columns, body = table(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    grid = f"<table><tr>{head}</tr>{cells}</table>"
     found = "<ul>" + "".join(f"<li><b>{html.escape(v)}</b></li>" for v in verdicts(rows)) + "</ul>"
     unfinished = [f"{r.path}: {r.state}" for r in runs if not r.complete]
     if unfinished:
@@ -90,10 +96,10 @@ def render(runs: list[Run], folder: Path) -> str:
         for data in sorted({r.data for r in runs})
     ]
     parts.append(
-        f"<section><h2>table and verdict</h2>{table}<p class=meta>Errors in %, mean ± std over seeds; "
+        f"<section><h2>table and verdict</h2>{grid}<p class=meta>Errors in %, mean ± std over seeds; "
         f"training error = running error of the last evaluation interval.</p>{found}</section>"
     )
-    parts += analyses(folder)
+    parts += analyses(folder, warn)
     if len(parts) == 1 + len({r.data for r in runs}):
         parts.append(
             "<p class=meta>No analyses yet: <code>resexp analyze responses|gradients|lesion|landscape "

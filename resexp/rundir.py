@@ -17,7 +17,6 @@ one thing a crash can leave there, a torn last line, is repaired with a warning.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import math
@@ -28,8 +27,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from resexp import identity
 from resexp.errors import MetricsError, RunDirError
 
 CONFIG, DATA, ENVIRONMENT, METRICS, STATUS = (
@@ -41,22 +41,6 @@ CONFIG, DATA, ENVIRONMENT, METRICS, STATUS = (
 )
 LAST, PREVIOUS, LOCK = "last.pt", "prev.pt", ".lock"
 ROW_KEYS = ("step", "epoch", "lr", "train/loss", "train/error")  # every metrics row has these
-# Settings that change where or how fast a run goes, not its numbers: not part of its identity.
-NOT_RESULTS = (
-    "device",
-    "resume",
-    "data.root",
-    "data.download",
-    "data.workers",
-    "data.eval_batch_size",
-    "speed.precision",
-    "speed.channels_last",
-    "speed.compile",
-    "speed.fused_optimizer",
-    "speed.cuda_graph",
-    "speed.cudnn_benchmark",
-    "log.grad_norms",
-)
 Warn = Callable[[str], None]
 
 
@@ -153,25 +137,6 @@ def config_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def flat_config(cfg: Any) -> dict[str, Any]:
-    """A config (dataclasses, DictConfig or plain dict) as {dotted.key: value}, enums as strings."""
-    if not isinstance(cfg, dict):
-        cfg = OmegaConf.to_container(
-            cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), enum_to_str=True
-        )
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, d: dict) -> None:
-        for key, value in d.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            else:
-                out[prefix + str(key)] = value
-
-    walk("", cfg)
-    return out
-
-
 def parse_row(line: str, path: Path, number: int, after: int) -> dict[str, Any]:
     """One metrics.jsonl line as a row, or MetricsError naming the file and line."""
 
@@ -215,6 +180,16 @@ class RunDir:
     def set_status(self, status: str, step: int, iterations: int, **extra: Any) -> None:
         write_json(self.file(STATUS), {"status": status, "step": step, "iterations": iterations, **extra}, durable=True)
 
+    def started(self) -> bool:
+        """Whether a run has begun writing here (a checkpoint, metrics or a status)."""
+        return any(self.file(name).exists() for name in (LAST, PREVIOUS, METRICS, STATUS))
+
+    def missing(self) -> list[str]:
+        """The files a started run must have and does not: a damaged run directory."""
+        if not self.started():
+            return []
+        return [name for name in (CONFIG, DATA) if not self.file(name).exists()]
+
     # metrics
     def metrics(self, warn: Warn | None = None, repair: bool = False) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl. A torn last line (a crash mid-write) is dropped with a
@@ -224,6 +199,8 @@ class RunDir:
             text = path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise MetricsError(f"{path} cannot be read ({e.strerror})") from None
         *lines, tail = text.split("\n")
         rows: list[dict[str, Any]] = []
         for number, line in enumerate(lines, 1):
@@ -258,31 +235,49 @@ class RunDir:
             return None
         try:
             saved = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
             raise RunDirError(f"{path} cannot be read ({type(e).__name__}): delete the folder to start again") from None
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
             raise RunDirError(f"{path} is not a resexp config: delete the folder to start again")
         return saved
 
     def config_changes(self, cfg: Any) -> list[str]:
-        """Fields whose values differ from those of the run already here (if any)."""
+        """Identity fields whose values differ from those of the run already here (if any)."""
         saved = self.saved_config()
         if saved is None:
             return []
-        before, now = flat_config(saved), flat_config(cfg)
-        if dataclasses.is_dataclass(cfg):  # a field newer than the run counts as its default there
-            before = {**flat_config(type(cfg)()), **before}
-        keys = sorted((set(before) | set(now)) - set(NOT_RESULTS))
-        return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in keys if before.get(k) != now.get(k)]
+        return identity.differences(identity.of(saved), identity.of(cfg))
 
-    def data_change(self, identity: dict[str, Any]) -> str | None:
+    def data_record(self) -> dict[str, Any] | None:
+        """data.json: None when there is none; RunDirError when it is not a data record."""
+        if not self.file(DATA).exists():
+            return None
+        record = read_json(self.file(DATA))
+        if not isinstance(record, dict) or "fingerprint" not in record:
+            raise RunDirError(
+                f"{self.file(DATA)} is not a data record: restore it, or delete the folder to start again"
+            )
+        return record
+
+    def data_change(self, data: dict[str, Any], legacy: tuple[str, ...] = ()) -> str | None:
         """How the dataset of this command differs from the one the run was trained on, if it does."""
-        before = read_json(self.file(DATA))
-        if not isinstance(before, dict) or before.get("fingerprint") == identity.get("fingerprint"):
+        before = self.data_record()
+        if before is None or before.get("fingerprint") in (data.get("fingerprint"), *legacy):
             return None
         return (
             f"it was trained on {before.get('source')} (fingerprint {before.get('fingerprint')}), "
-            f"this command reads {identity.get('source')} (fingerprint {identity.get('fingerprint')})"
+            f"this command reads {data.get('source')} (fingerprint {data.get('fingerprint')})"
+        )
+
+    def finished(self, iterations: int) -> bool:
+        """Whether the run here is complete: its metrics reach `iterations` and it did not diverge."""
+        try:
+            rows = self.metrics()
+        except RunDirError:
+            return False
+        last = rows[-1] if rows else {}
+        return (
+            bool(rows) and last["step"] >= iterations and not last.get("diverged") and math.isfinite(last["train/loss"])
         )
 
     def has_checkpoint(self) -> bool:
@@ -294,18 +289,42 @@ class RunDir:
 
 @dataclass
 class Run:
-    """A run as plot and report see it."""
+    """A run as plot, report and analyze see it: its identity (config.yaml, with the fields newer
+    than the run at their defaults), its metrics and status. Complete, diverged or incomplete is
+    read from the metrics, not from status.json, which only says why an incomplete run stopped."""
 
     path: Path
-    data: str
-    family: str
-    mode: str
-    depth: int
-    shortcut: str
-    seed: int
-    iterations: int
+    identity: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"
+    status: str = ""
+
+    @property
+    def data(self) -> str:
+        return str(self.identity["data.name"])
+
+    @property
+    def family(self) -> str:
+        return str(self.identity["model.family"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.identity["model.mode"])
+
+    @property
+    def depth(self) -> int:
+        return int(self.identity["model.depth"])
+
+    @property
+    def shortcut(self) -> str:
+        return "-" if self.mode == "plain" else str(self.identity["model.shortcut"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.identity["seed"])
+
+    @property
+    def iterations(self) -> int:
+        return int(self.identity["schedule.iterations"])
 
     @property
     def step(self) -> int:
@@ -319,8 +338,8 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Finished as configured: status complete and its last row at its iteration count."""
-        return self.status == "complete" and self.step >= self.iterations and not self.diverged
+        """Finished as configured: its last row at its iteration count, and not diverged."""
+        return self.step >= self.iterations and not self.diverged
 
     @property
     def state(self) -> str:
@@ -328,7 +347,8 @@ class Run:
             return f"diverged at iteration {self.step}"
         if self.complete:
             return "complete"
-        return f"incomplete ({self.step}/{self.iterations} iterations)"
+        why = f", {self.status}" if self.status in ("interrupted", "failed") else ""
+        return f"incomplete ({self.step}/{self.iterations} iterations{why})"
 
     @property
     def label(self) -> str:
@@ -338,39 +358,38 @@ class Run:
         return f"ResNet-{self.depth}" + ("" if self.shortcut == "A" else self.shortcut)
 
     @property
-    def group(self) -> tuple:
-        """Runs that differ only in their seed."""
-        return (self.data, self.family, self.mode, self.depth, "-" if self.mode == "plain" else self.shortcut)
+    def setting(self) -> tuple:
+        """Everything that defines the run except the seed (a plain net has no shortcut option):
+        runs that share it are seeds of one experiment."""
+        skip = {"seed"} | ({"model.shortcut"} if self.mode == "plain" else set())
+        return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in self.identity.items() if k not in skip)
 
 
 def load_run(path: Path, warn: Warn) -> Run:
-    """A run directory read back; RunDirError when its config.yaml or metrics.jsonl is malformed."""
+    """A run directory read back; RunDirError when it cannot be read, or its config.yaml does not
+    describe it (edited after the run wrote it, or the folder renamed)."""
     run_dir = RunDir(path)
     cfg = run_dir.saved_config()
     if cfg is None:
         raise RunDirError(f"{path} has no {CONFIG}")
     try:
-        m = cfg["model"]
-        run = Run(
-            path=path,
-            data=str(cfg["data"]["name"]),
-            family=str(m["family"]),
-            mode=str(m["mode"]),
-            depth=int(m["depth"]),
-            shortcut=str(m["shortcut"]),
-            seed=int(cfg["seed"]),
-            iterations=int(cfg["schedule"]["iterations"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise RunDirError(f"{path / CONFIG} is not a resexp config (no valid {e})") from None
-    run.rows = run_dir.metrics(warn)
-    run.status = str(run_dir.status().get("status", "running"))
-    return run
+        values = identity.of(cfg)
+        int(values["model.depth"]), int(values["seed"]), int(values["schedule.iterations"])
+    except (TypeError, ValueError) as e:
+        raise RunDirError(f"{path / CONFIG} is not a resexp config ({e})") from None
+    status = run_dir.status()
+    written = status.get("identity")
+    if written is not None and written != identity.digest(values):
+        raise RunDirError(f"{path / CONFIG} was changed after the run wrote it: restore it (or delete the folder)")
+    wrong = identity.disagreements(path.name, values)
+    if wrong:
+        raise RunDirError(f"{path / CONFIG} does not describe the run its folder names ({'; '.join(wrong)})")
+    return Run(path=path, identity=values, rows=run_dir.metrics(warn), status=str(status.get("status", "")))
 
 
 def find_runs(root: Path, warn: Warn) -> list[Run]:
     """Every run below `root` (or `root` itself), sorted by data, family, mode, depth, seed; a
-    malformed run is left out with one warning."""
+    run that cannot be read is left out with one warning naming it."""
     paths = {p.parent for name in (METRICS, STATUS) for p in Path(root).rglob(name)}
     runs = []
     for path in sorted(paths):
@@ -378,4 +397,6 @@ def find_runs(root: Path, warn: Warn) -> list[Run]:
             runs.append(load_run(path, warn))
         except RunDirError as e:
             warn(f"warning: skipping a malformed run: {e}")
-    return sorted(runs, key=lambda r: (r.data, r.family, r.mode, r.depth, r.shortcut, r.seed))
+        except OSError as e:
+            warn(f"warning: skipping a run that cannot be read: {path}: {e.strerror}")
+    return sorted(runs, key=lambda r: (r.data, r.family, r.mode, r.depth, r.shortcut, r.seed, str(r.path)))

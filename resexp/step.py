@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from resexp import distributed
 from resexp.speed import EAGER, Speed
 
 
@@ -37,7 +38,9 @@ class Running:
         self.count = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss.item(), "errors": int(self.errors.item()), "count": self.count}
+        """The sums of every process (a checkpoint carries them; under torchrun rank 0 resumes them)."""
+        loss, errors, count = self.totals()
+        return {"loss": loss, "errors": int(errors), "count": int(count)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.fill_(state["loss"])
@@ -54,11 +57,12 @@ class Running:
         self.count += len(labels)
 
     def totals(self) -> list[float]:
-        """[loss sum, errors, images]: what processes add up under torchrun."""
-        return [self.loss.item(), float(self.errors.item()), float(self.count)]
+        """[loss sum, errors, images] over every process of the run (summed under torchrun)."""
+        return distributed.sum_([self.loss.item(), float(self.errors.item()), float(self.count)], self.loss.device)
 
-    def summary(self, prefix: str, totals: list[float] | None = None) -> dict[str, float]:
-        loss, errors, count = totals or self.totals()
+    def summary(self, prefix: str) -> dict[str, float]:
+        """Mean loss and error (%) of the interval, over every process."""
+        loss, errors, count = self.totals()
         return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 

@@ -30,7 +30,18 @@ TINY = [
     "eval_every=8",
     "device=cpu",
 ]
-TINY_DIR = "runs/default/synthetic/residual-8A_s0"
+
+
+def folder(*overrides: str) -> str:
+    """The folder below the working directory that resexp names for a run of these overrides
+    (runs/<name>/<data>/<mode>-<depth><option>_s<seed>,<what differs from the preset>)."""
+    from resexp.launch import plan
+
+    [job] = plan(list(overrides), multirun=False)
+    return str(job.run_dir)
+
+
+TINY_DIR = folder(*TINY)
 
 
 @dataclass
@@ -87,6 +98,12 @@ def process_env() -> dict[str, str]:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def only_run(root: Path) -> Path:
+    """The one run folder below `root` (for tests whose overrides make a long folder name)."""
+    [metrics] = root.rglob("metrics.jsonl")
+    return metrics.parent
 
 
 def rows(run_dir: Path) -> list[dict]:

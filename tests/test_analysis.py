@@ -5,18 +5,20 @@ killed landscape, unfinished and diverged runs, and the files and lines the CLI 
 import json
 import re
 import shutil
+import signal
 import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, resexp
+from conftest import TINY, TINY_DIR, folder, resexp, rows, signal_at
 from resexp.analysis import Options, landscape
 from resexp.analysis.gradients import conv_layers, gradient_norms
-from resexp.analysis.lesion import NotRemovable, blocks_of, removable, without
+from resexp.analysis.lesion import blocks_of, removable, without
 from resexp.analysis.responses import response_layers, response_stds
 from resexp.analysis.subjects import subjects
+from resexp.errors import NotRemovable
 from resexp.models import build_net
 
 SWEEP = [*TINY, "model.mode=plain,residual"]
@@ -142,7 +144,7 @@ def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(sw
 
 def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(sweep, monkeypatch, tmp_path):
     shutil.copytree(sweep / "runs", tmp_path / "runs")
-    run_dir = tmp_path / "runs/default/synthetic/residual-8A_s0"
+    run_dir = tmp_path / folder(*TINY)
     [net] = subjects(run_dir, False, torch.device("cpu"), None, print)
     options = Options(grid=3, images=32)
     real, computed = landscape.compute_chunk, []
@@ -154,15 +156,15 @@ def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(sweep, m
         return real(job, subject)
 
     monkeypatch.setattr(landscape, "compute_chunk", killed_after_two)
-    folder = tmp_path / "chunks"
+    chunks = tmp_path / "chunks"
     with pytest.raises(KeyboardInterrupt):
-        landscape.landscape(net, options, folder, print)
-    assert sorted(p.name for p in folder.glob("*.json")) == ["line.json", "meta.json", "row-000.json"]
+        landscape.landscape(net, options, chunks, print)
+    assert sorted(p.name for p in chunks.glob("*.json")) == ["line.json", "meta.json", "row-000.json"]
     first, computed[:] = list(computed), []
     monkeypatch.setattr(
         landscape, "compute_chunk", lambda job, subject=None: computed.append(job["name"]) or real(job, subject)
     )
-    values = landscape.landscape(net, options, folder, print)
+    values = landscape.landscape(net, options, chunks, print)
     assert computed == ["row-001", "row-002"] and first == ["line", "row-000"]
     assert len(values["line"]) == 5 and len(values["grid"]) == 3
     centre = values["grid"][1][1]
@@ -178,19 +180,20 @@ def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(sweep):
     assert "landscape:" in result.stdout and "concave share" in result.stdout
 
 
-def test_unfinished_and_diverged_runs_are_said_so(tmp_path):
-    resexp("train", *TINY, "name=x", "optim.lr=1e6", cwd=tmp_path)  # diverges at its first evaluation
-    (tmp_path / "runs/x/synthetic/residual-8A_s0/status.json").write_text('{"status": "running", "step": 8}')
-    resexp("train", *TINY, "name=x", "model.mode=plain", "schedule.iterations=32", cwd=tmp_path)
-    status = tmp_path / "runs/x/synthetic/plain-8_s0/status.json"
-    status.write_text(status.read_text().replace("complete", "interrupted"))
-    rows = (tmp_path / "runs/x/synthetic/plain-8_s0/metrics.jsonl").read_text().splitlines()
-    (tmp_path / "runs/x/synthetic/plain-8_s0/metrics.jsonl").write_text("\n".join(rows[:2]) + "\n")
+def test_unfinished_and_diverged_runs_are_said_so(tmp_path, monkeypatch):
+    diverged = ["name=x", "optim.lr=1e6"]
+    resexp("train", *TINY, *diverged, cwd=tmp_path)  # diverges at its first evaluation
+    (tmp_path / folder(*TINY, *diverged) / "status.json").write_text('{"status": "running", "step": 8}')
+    unfinished = ["name=x", "model.mode=plain", "schedule.iterations=32"]
+    signal_at(monkeypatch, 20, signal.SIGINT)
+    assert resexp("train", *TINY, *unfinished, cwd=tmp_path).code == 130  # a checkpoint at 20 of 32
+    monkeypatch.undo()
     result = resexp("analyze", "responses", "runs/x", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    assert "skipping runs/x/synthetic/residual-8A_s0: diverged at iteration 8" in result.stderr
+    assert f"skipping {folder(*TINY, *diverged)}: diverged at iteration 8" in result.stderr
     [record] = json.loads((tmp_path / "runs/x/analysis/responses.json").read_text())["records"]
-    assert record["net"] == "plain-8" and record["state"] == "unfinished (32 of 32)"
+    assert record["net"] == "plain-8" and record["state"] == "unfinished (20 of 32)"
+    assert record["checkpoint"]["file"] == "last.pt" and record["checkpoint"]["step"] == 20
 
 
 def test_analyze_mistakes_are_one_line(sweep, tmp_path):
@@ -210,13 +213,13 @@ def test_analyze_mistakes_are_one_line(sweep, tmp_path):
 
 def test_grad_norms_are_logged_per_stage_only_when_asked(tmp_path):
     assert resexp("train", *TINY, "log.grad_norms=true", cwd=tmp_path).code == 0
-    row = json.loads((tmp_path / "runs/default/synthetic/residual-8A_s0/metrics.jsonl").read_text().splitlines()[0])
+    row = rows(tmp_path / TINY_DIR)[0]  # log.grad_norms is a setting: the same folder
     assert {k for k in row if k.startswith("grad_norm/")} == {
         f"grad_norm/{p}" for p in ("stem", "stage1", "stage2", "stage3", "head")
     }
     assert all(row[k] > 0 for k in row if k.startswith("grad_norm/"))
     assert resexp("train", *TINY, "name=off", cwd=tmp_path).code == 0
-    row = json.loads((tmp_path / "runs/off/synthetic/residual-8A_s0/metrics.jsonl").read_text().splitlines()[0])
+    row = rows(tmp_path / folder(*TINY, "name=off"))[0]
     assert not [k for k in row if k.startswith("grad_norm")]
 
 
@@ -303,3 +306,56 @@ def test_an_interrupted_analysis_leaves_nothing(sweep, monkeypatch, tmp_path):
     result = resexp("analyze", "lesion", "runs/default", cwd=tmp_path)
     assert result.code == 130 and result.lines[-1] == "interrupted: nothing of this analysis was written"
     assert not (tmp_path / "runs/default/analysis").exists()
+
+
+# --------------------------------------------------------------------------- keyed by the checkpoint read
+
+
+def test_an_unreadable_last_checkpoint_is_said_and_the_state_is_the_one_read(sweep, tmp_path):
+    """Only last.pt truncated: the analysis says it reads prev.pt, and the net is what prev.pt
+    holds (before: prev.pt silently, called complete)."""
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+    run_dir = tmp_path / TINY_DIR
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = resexp("analyze", "responses", str(run_dir), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert "is not a readable checkpoint" in result.stderr and f"analysing the previous checkpoint {run_dir}" in (
+        result.stderr
+    )
+    [record] = json.loads((run_dir / "analysis/responses.json").read_text())["records"]
+    assert record["state"] == "unfinished (8 of 16)" and record["checkpoint"]["file"] == "prev.pt"
+    assert record["checkpoint"]["step"] == 8 and len(record["checkpoint"]["sha256"]) == 64
+
+
+def test_landscape_chunks_of_other_weights_are_never_reused(sweep, tmp_path):
+    """The run folder deleted and trained again (other weights, same settings): the chunks of the
+    old net are computed anew, and the record says which checkpoint it measured."""
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)
+    args = ["landscape", "runs/default", "--nets", "ResNet-8", "--grid", "3", "--images", "100000"]
+    assert resexp("analyze", *args, cwd=tmp_path).code == 0
+    first = json.loads((tmp_path / "runs/default/analysis/landscape.json").read_text())["records"][0]
+    assert first["images"] == 256  # all the training images there are, not the 100000 asked for
+    shutil.rmtree(tmp_path / TINY_DIR)
+    assert resexp("train", *TINY, "optim.momentum=0.8", f"hydra.run.dir={TINY_DIR}", cwd=tmp_path).code == 0
+    again = resexp("analyze", *args, cwd=tmp_path)
+    assert again.code == 0 and "are of other weights or settings; starting again" in again.stderr
+    second = json.loads((tmp_path / "runs/default/analysis/landscape.json").read_text())["records"][0]
+    assert second["checkpoint"]["sha256"] != first["checkpoint"]["sha256"] and second["grid"] != first["grid"]
+
+
+def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(sweep, tmp_path):
+    """A run still training writes new checkpoints while its landscape is computed: every chunk,
+    in whichever process, sees the weights the computation began with."""
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+    [net] = subjects(tmp_path / TINY_DIR, False, torch.device("cpu"), None, print)
+    options = Options(grid=3, images=32)
+    chunks = tmp_path / "chunks"
+    landscape.landscape(net, options, chunks, print)
+    pinned = json.loads((chunks / "row-001.json").read_text())
+    prev = tmp_path / TINY_DIR / "prev.pt"
+    (tmp_path / TINY_DIR / "last.pt").write_bytes(prev.read_bytes())  # "the run moved on"
+    job = {"run": net.run, "device": "cpu", "data_root": net.cfg.data.root, "folder": str(chunks), "images": 32}
+    landscape.compute_chunk({**job, "name": "row-001", "points": [tuple(p[:2]) for p in pinned]})
+    assert json.loads((chunks / "row-001.json").read_text()) == pinned

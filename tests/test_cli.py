@@ -90,19 +90,53 @@ def test_printing_the_config_of_a_sweep_says_to_drop_m(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def jpeg_npz(path, broken: int | None = None):
+    """A CIFAR-shaped .npz of JPEG bytes (as cifar10_jpeg_full.npz), image `broken` not a JPEG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arrays = {}
+    for split, n in (("train", 40), ("test", 20)):
+        pieces = []
+        for i in range(n):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((32, 32, 3), i, np.uint8)).save(buffer, format="JPEG")
+            pieces.append(np.frombuffer(b"not a jpeg" if i == broken else buffer.getvalue(), np.uint8))
+        arrays[f"{split}_jpeg_bytes"] = np.concatenate(pieces)
+        arrays[f"{split}_jpeg_offsets"] = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+        arrays[f"y_{split}"] = np.arange(n) % 10
+    np.savez(path, **arrays)
+    return path
+
+
 def test_a_failure_inside_hydras_job_is_one_line_too(tmp_path):
-    """A data error is found after Hydra made the run directory: still one line (no Hydra
-    'Error executing job'), exit 1, and the folders Hydra made are gone."""
+    """An image that does not decode shows only when the job loads its data, after Hydra made the
+    run directory: still one line (no Hydra 'Error executing job'), exit 1, and the folders Hydra
+    made are gone. (The shapes and labels of every job's data are checked before any trains.)"""
+    path = jpeg_npz(tmp_path / "broken.npz", broken=7)
+    result = resexp("train", f"data.root={path}", "data.batch_size=8", "device=cpu", cwd=tmp_path)
+    assert result.code == 1 and result.lines == [
+        f"error: {path} could not be read as an .npz file of arrays (UnidentifiedImageError); is it truncated?"
+    ]
+    assert leftovers(tmp_path) == []
+    sweep = resexp("train", "-m", f"data.root={path}", "data.batch_size=8", "device=cpu", "seed=0,1", cwd=tmp_path)
+    assert sweep.code == 1 and len(sweep.lines) == 2 and "Error executing job" not in sweep.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_every_job_of_a_sweep_has_its_data_checked_before_the_first_trains(tmp_path):
+    """-m data=cifar10,cifar100 with a CIFAR-10 file under the CIFAR-100 name: refused before cifar10 trains."""
     from conftest import write_npz
 
-    write_npz(tmp_path / "zero.npz", n_test=0)
-    result = resexp("train", f"data.root={tmp_path / 'zero.npz'}", "data.batch_size=8", "device=cpu", cwd=tmp_path)
-    assert result.code == 1 and result.lines == [f"error: {tmp_path / 'zero.npz'}: x_test holds no images"]
-    assert leftovers(tmp_path) == []
-    sweep = resexp(
-        "train", "-m", f"data.root={tmp_path / 'zero.npz'}", "data.batch_size=8", "device=cpu", "seed=0,1", cwd=tmp_path
+    write_npz(tmp_path / "cifar10.npz")
+    write_npz(tmp_path / "cifar100.npz")  # ten classes, not a hundred
+    result = resexp(
+        "train", "-m", "data=cifar10,cifar100", f"data.root={tmp_path}", "data.batch_size=8", "device=cpu", cwd=tmp_path
     )
-    assert sweep.code == 1 and len(sweep.lines) == 2 and "Error executing job" not in sweep.stderr
+    assert result.code == 1 and len(result.lines) == 1, result.stderr
+    assert "holds 10 classes, not the 100 of this dataset" in result.stderr and "(job 1: data=cifar100" in result.stderr
     assert leftovers(tmp_path) == []
 
 

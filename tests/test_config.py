@@ -4,10 +4,13 @@ with messages that name the field and the valid choices."""
 
 import importlib.resources
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 
-from resexp.config import ConfigError, Mode, ScheduleName, run_path
+from resexp.config import ConfigError, ScheduleName
+from resexp.identity import base_name
 from resexp.launch import compose, plan
 from resexp.schedule import Schedule
 
@@ -106,11 +109,68 @@ def test_ranges_and_cross_field_rules(overrides, message):
 
 def test_run_directories_are_named_for_tensorboard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_path("cifar10", "cifar", Mode.plain, 56, "A", 0) == "cifar10/plain-56_s0"
-    assert run_path("cifar10", "cifar", "residual", 20, "B", 2) == "cifar10/residual-20B_s2"
-    assert run_path("imagenet", "imagenet", "residual", 50, None, 0) == "imagenet/residual-50B_s0"
+    assert base_name({"data.name": "cifar10", "model.mode": "plain", "model.depth": 56, "seed": 0}) == (
+        "cifar10/plain-56_s0"
+    )
+    values = {"data.name": "imagenet", "model.family": "imagenet", "model.mode": "residual", "model.depth": 50}
+    assert base_name({**values, "model.shortcut": None, "seed": 0}) == "imagenet/residual-50B_s0"
     [job] = plan(["model.mode=plain", "model.depth=56", "seed=1", "data=synthetic", "device=cpu"], multirun=False)
-    assert str(job.run_dir) == "runs/default/synthetic/plain-56_s1" and job.sweep_dir is None
+    assert str(job.run_dir) == "runs/default/synthetic/plain-56_s1" and job.sweep_dir is None  # device: a setting
+
+
+def folders(*overrides: str) -> list[str]:
+    return [str(job.run_dir) for job in plan([*overrides, "device=cpu"], multirun=True)]
+
+
+def test_every_field_that_changes_a_result_and_differs_from_the_preset_is_in_the_folder_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert folders("optim.lr=0.1,0.05", "optim.weight_decay=1e-4,5e-4") == [
+        "runs/default/cifar10/residual-20A_s0",  # the default's values: the name of resexp 0.2
+        "runs/default/cifar10/residual-20A_s0+weight_decay-0.0005",
+        "runs/default/cifar10/residual-20A_s0+lr-0.05",
+        "runs/default/cifar10/residual-20A_s0+lr-0.05+weight_decay-0.0005",
+    ]
+    assert folders("schedule.iterations=500", "schedule.milestones=[300,400]") == [
+        "runs/default/cifar10/residual-20A_s0+iterations-500+milestones-300_400"
+    ]
+    assert folders("schedule=multistep,plateau", "model.mode=plain") == [
+        "runs/default/cifar10/plain-20_s0",
+        "runs/default/cifar10/plain-20_s0+schedule-plateau",  # a group choice other than the preset's
+    ]
+    # the preset's own values and the fields the first part shows are not repeated
+    assert folders("+experiment=cifar_quick", "optim.lr=0.02,0.1", "model.mode=plain", "seed=0") == [
+        "runs/cifar_quick/cifar10/plain-20_s0",
+        "runs/cifar_quick/cifar10/plain-20_s0+lr-0.1",
+        "runs/cifar_quick/cifar10/plain-56_s0",
+        "runs/cifar_quick/cifar10/plain-56_s0+lr-0.1",
+    ]
+    # the 110-layer nets' warm-up comes with their depth in cifar_fig6: not a difference
+    assert folders("+experiment=cifar_fig6", "model.depth=110", "model.mode=residual", "seed=0") == [
+        "runs/cifar_fig6/cifar10/residual-110A_s0"
+    ]
+    # settings (where the data is, the device, speed) are not part of the name
+    assert folders("data.root=elsewhere", "speed.precision=fp32", "log.grad_norms=true") == [
+        "runs/default/cifar10/residual-20A_s0"
+    ]
+
+
+def test_a_name_too_long_for_a_folder_ends_in_a_hash_and_config_yaml_says_the_rest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"schedule.milestones=[{','.join(str(m) for m in range(1000, 60000, 1000))}]"]
+    [folder] = folders(*overrides)
+    name = Path(folder).name
+    assert len(name) <= 200 and re.fullmatch(r"residual-20A_s0\+hash-[0-9a-f]{12}", name)
+
+
+def test_two_jobs_that_would_share_a_folder_are_refused_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        plan(["data.root=a,b", "device=cpu"], multirun=True)
+    assert str(e.value) == (
+        "jobs 0 (data.root=a device=cpu) and 1 (data.root=b device=cpu) would train in one folder, "
+        "runs/default/cifar10/residual-20A_s0: they differ only in data.root, which is not part of a run's identity; "
+        "sweep them in separate commands, each with its own name=..."
+    )
 
 
 @pytest.mark.parametrize(
@@ -132,7 +192,7 @@ def test_imagenet_shortcut_defaults_are_the_papers(tmp_path, monkeypatch, overri
     base = ["model=imagenet", "data=imagenet", "data.batch_size=8", "device=cpu"]
     [job] = plan([*base, *overrides], multirun=False)
     assert job.config.model.shortcut == shortcut
-    assert job.run_dir.name == folder
+    assert job.run_dir.name.split("+")[0] == folder
 
 
 def test_cifar_keeps_option_a_by_default(tmp_path, monkeypatch):

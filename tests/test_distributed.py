@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import resexp, rows, signal_at, torchrun
+from conftest import folder, resexp, rows, signal_at, torchrun
+from resexp import lifecycle
+from resexp.build import build_model
 from resexp.data import build_data
 from resexp.data.cifar import EvalSet, Normalizer, TensorTrainStream
 from resexp.data.common import shard
@@ -20,7 +22,7 @@ from resexp.data.imagenet import FolderEvalSet, FolderTrainStream
 from resexp.distributed import World
 from resexp.errors import ConfigError
 from resexp.launch import compose
-from resexp.train import build_model, evaluate
+from resexp.train import evaluate
 
 # 8 iterations of a small lr: two processes with SyncBatchNorm follow one process within float noise.
 RUN = [
@@ -32,7 +34,6 @@ RUN = [
     "speed.precision=fp32",  # equality within float32 rounding; bf16 rounds coarser
     "device=cpu",
 ]
-RUN_DIR = "runs/default/synthetic/residual-8A_s0"
 
 
 # --------------------------------------------------------------------------- the split, in-process
@@ -179,9 +180,10 @@ def test_one_process_resumed_on_two_with_sync_bn_trains_as_one(tmp_path, one_pro
     launcher = torchrun(*RUN, "schedule.iterations=8", "eval_every=4", "model.sync_bn=true", cwd=tmp_path)
     out, err = launcher.communicate(timeout=240)
     assert launcher.returncode == 0, err
-    assert f"resuming {RUN_DIR} from iteration 4" in err
-    run_dir = tmp_path / RUN_DIR
-    reference = one_process / "runs/i8/synthetic/residual-8A_s0"
+    run_dir = folder(*RUN, "schedule.iterations=8", "eval_every=4", "model.sync_bn=true")
+    assert f"resuming {run_dir} from iteration 4" in err
+    run_dir = tmp_path / run_dir
+    reference = one_process / folder(*RUN, "schedule.iterations=8", "eval_every=4", "name=i8")
     assert [r["step"] for r in rows(run_dir)] == [4, 8]
     assert_close_runs(rows(run_dir), rows(reference))
     ours, theirs = weights(run_dir), weights(reference)
@@ -198,7 +200,8 @@ def test_one_process_resumed_on_two_with_sync_bn_trains_as_one(tmp_path, one_pro
 
 def test_sigterm_to_one_rank_stops_both_and_the_run_resumes_in_one_process(tmp_path, one_process):
     launcher = torchrun(*RUN, "schedule.iterations=100", "eval_every=20", "model.sync_bn=true", cwd=tmp_path)
-    run_dir = tmp_path / RUN_DIR
+    name = folder(*RUN, "schedule.iterations=100", "eval_every=20", "model.sync_bn=true")
+    run_dir = tmp_path / name
     wait_for(run_dir / "last.pt", launcher)
     subprocess.run(["kill", "-TERM", str(rank_pid(launcher, 1))], check=True)
     out, err = launcher.communicate(timeout=120)
@@ -214,14 +217,15 @@ def test_sigterm_to_one_rank_stops_both_and_the_run_resumes_in_one_process(tmp_p
     )  # the training sums of both processes since the last evaluation
     resumed = resexp("train", *RUN, "schedule.iterations=100", "eval_every=20", "model.sync_bn=true", cwd=tmp_path)
     assert resumed.code == 0, resumed.stderr
-    assert f"resuming {RUN_DIR} from iteration {stopped}" in resumed.stderr
+    assert f"resuming {name} from iteration {stopped}" in resumed.stderr
     # the metrics go on as one process's would have: 2 processes up to the stop, 1 after it
-    assert_close_runs(rows(run_dir), rows(one_process / "runs/i100/synthetic/residual-8A_s0"), rel=1e-2, images=8)
+    reference = one_process / folder(*RUN, "schedule.iterations=100", "eval_every=20", "name=i100")
+    assert_close_runs(rows(run_dir), rows(reference), rel=1e-2, images=8)
 
 
 def test_a_rank_that_dies_ends_the_other_with_one_line(tmp_path):
     launcher = torchrun(*RUN, "schedule.iterations=100000", "eval_every=20", cwd=tmp_path)
-    run_dir = tmp_path / RUN_DIR
+    run_dir = tmp_path / folder(*RUN, "schedule.iterations=100000", "eval_every=20")
     wait_for(run_dir / "last.pt", launcher)
     subprocess.run(["kill", "-KILL", str(rank_pid(launcher, 1))], check=True)
     out, err = launcher.communicate(timeout=60)  # no hang
@@ -246,7 +250,8 @@ def test_a_divergence_stops_every_rank(tmp_path):
     launcher = torchrun(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5", cwd=tmp_path)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode != 0
-    assert '"diverged"' in (tmp_path / RUN_DIR / "status.json").read_text()
+    run_dir = folder(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5")
+    assert '"diverged"' in (tmp_path / run_dir / "status.json").read_text()
     assert sum(line.startswith("diverged:") for line in err.splitlines()) == 1
 
 
@@ -264,20 +269,20 @@ def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_
 
 
 def test_under_torchrun_the_cuda_graph_gives_way_to_eager_ddp_with_a_notice(monkeypatch):
-    from resexp import distributed, train
+    from resexp import distributed, lifecycle
     from resexp.speed import resolve
 
     cfg = compose(RUN)
     cuda = resolve(cfg.speed, torch.device("cuda"))
     assert cuda.cuda_graph  # what one process on a GPU runs
     two = World(0, 2, 0)
-    [line] = train.notices(cfg, cuda, two)
+    [line] = lifecycle.notices(cfg, cuda, two)
     assert "CUDA-graph step is not used under torchrun" in line and "eager DDP" in line
-    assert train.notices(cfg, cuda, World()) == []
+    assert lifecycle.notices(cfg, cuda, World()) == []
     monkeypatch.setattr(distributed, "current", lambda: two)
-    monkeypatch.setattr(train, "pick_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(train, "check_memory", lambda *args: None)
-    device, speed = train.check(compose([*RUN, "device=cuda"]))
+    monkeypatch.setattr(lifecycle, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(lifecycle, "check_memory", lambda *args: None)
+    device, speed = lifecycle.check(compose([*RUN, "device=cuda"]))
     assert speed.cuda_graph is False and speed.channels_last and speed.fused_optimizer  # the rest stays
 
 
@@ -314,20 +319,86 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
 
 
 def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
-    """`train.together`: the process whose start failed raises its own error, marked to be
-    reported with its rank; the others, told through the agreement, raise PeerFailed."""
-    from resexp import distributed, train
-    from resexp.errors import DataError
+    """`distributed.together`: the process whose action failed raises OwnFailure (its own error,
+    which it reports with its rank); the others, told through the agreement, raise PeerFailed."""
+    from resexp import distributed
+    from resexp.errors import DataError, OwnFailure, PeerFailed
 
     def broken():
         raise DataError("data file /node2/c.npz does not exist")
 
+    monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
     monkeypatch.setattr(distributed, "any_", lambda flag, device: True)  # some process failed
-    with pytest.raises(DataError) as own:
-        train.together(broken, torch.device("cpu"))
-    assert own.value.own and distributed.voice(own.value, "x") == "x"  # rank 0 speaks anyway
+    with pytest.raises(OwnFailure, match="data file /node2/c.npz does not exist") as own:
+        distributed.together(broken, torch.device("cpu"))
+    assert isinstance(own.value.__cause__, DataError)
+    assert distributed.voice(own.value, "x") == "x"  # rank 0 speaks anyway
     monkeypatch.setattr(distributed, "current", lambda: World(1, 2, 1))
     assert distributed.voice(own.value, "data file ... does not exist") == "rank 1: data file ... does not exist"
-    with pytest.raises(train.PeerFailed, match="another process of this torchrun run could not start"):
-        train.together(lambda: "built", torch.device("cpu"))
-    assert distributed.voice(train.PeerFailed("x"), "x") is None  # rank 0 says it
+    with pytest.raises(PeerFailed, match="another process of this torchrun run failed"):
+        distributed.together(lambda: "built", torch.device("cpu"))
+    assert distributed.voice(PeerFailed("x"), "x") is None  # rank 0 says it
+    monkeypatch.setattr(distributed, "any_", lambda flag, device: flag)  # nobody failed
+    assert distributed.together(lambda: "built", torch.device("cpu")) == "built"
+
+
+def test_a_run_locked_by_another_command_ends_every_rank_within_seconds(tmp_path):
+    """Rank 0 is refused the run directory's lock: every rank learns it at once, instead of the
+    others waiting for rank 0's decision for ever (as before: rank 0 at its closing barrier,
+    the others in a broadcast)."""
+    from resexp.rundir import RunLock
+
+    with RunLock(tmp_path / folder(*RUN, "schedule.iterations=8")):
+        launcher = torchrun(*RUN, "schedule.iterations=8", cwd=tmp_path)
+        out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith(("error:", "rank "))]
+    assert len(ours) == 1 and "is being written by another resexp process" in ours[0], err
+
+
+def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
+    """This process as rank `rank` of a 2-process run whose collectives are this process's own
+    values (the other rank agrees with everything it is told); the agreements it makes, recorded."""
+    from resexp import distributed
+
+    agreed: list[bool] = []
+    monkeypatch.setattr(distributed, "current", lambda: World(rank, 2, rank))
+    for name, stand_in in (
+        ("init", lambda device: None),
+        ("reduce_values", lambda values, device, op: list(values)),
+        ("broadcast", lambda obj: obj if obj is not None else lifecycle.Decision()),
+        ("barrier", lambda device: None),
+        ("rank0_buffers", lambda model: None),
+        ("wrap", lambda model, device, sync_bn: model),
+        ("close", lambda: None),
+        ("any_", lambda flag, device: agreed.append(flag) or flag or (others_fail and len(agreed) > 3)),
+    ):
+        monkeypatch.setattr(distributed, name, stand_in)
+    return agreed
+
+
+def test_a_write_that_fails_under_rank_0_is_agreed_by_every_rank(tmp_path, monkeypatch):
+    """Every write rank 0 makes during training (a row, a checkpoint, a status) is agreed by all
+    ranks: a full disk at a checkpoint ends the others at once instead of leaving them waiting in
+    the next collective; they end with nothing to say (rank 0 says it)."""
+    from resexp import checkpoint
+
+    real = checkpoint.save
+
+    def full_at_20(run, state):
+        if state["step"] >= 20:
+            raise checkpoint.CheckpointError(f"could not write the checkpoint {run.file('last.pt')}: no space left")
+        real(run, state)
+
+    monkeypatch.setattr(checkpoint, "save", full_at_20)
+    agreed = one_of_two(monkeypatch, rank=0)
+    out = resexp("train", *RUN, "schedule.iterations=40", "eval_every=10", cwd=tmp_path)
+    assert out.code == 1 and [line[:7] for line in out.lines[:-1]] == ["[10/40]", "[20/40]"], out.stderr
+    assert "no space left (at iteration 20;" in out.lines[-1] and "keeps its last checkpoint" in out.lines[-1]
+    assert agreed[-1] is True  # the failure was told to the other rank
+    run_dir = tmp_path / folder(*RUN, "schedule.iterations=40", "eval_every=10")
+    assert '"failed"' in (run_dir / "status.json").read_text()
+    one_of_two(monkeypatch, rank=1, others_fail=True)  # the other side: rank 0's write failed
+    other = resexp("train", *RUN, "schedule.iterations=40", "eval_every=10", "name=other", cwd=tmp_path)
+    assert other.code == 1 and other.lines == []  # rank 0 speaks for it
+    assert not (tmp_path / "runs/other").exists()  # rank 1 writes nothing

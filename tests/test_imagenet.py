@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder
 
-from conftest import resexp, rows
+from conftest import only_run, resexp, rows
 from resexp.data.imagenet import EIGVAL, EIGVEC, FolderEvalSet, Lighting, transforms
 from resexp.launch import compose
 from resexp.train import evaluate
@@ -127,7 +127,7 @@ def test_a_run_with_the_multi_scale_test(tmp_path, tree):
         cwd=tmp_path,
     )
     assert out.code == 0, out.stderr
-    [row] = rows(tmp_path / "runs/default/imagenet/residual-18A_s0")
+    [row] = rows(only_run(tmp_path / "runs/default/imagenet"))
     assert row["test/error"] in [100 * k / 6 for k in range(7)]
 
 

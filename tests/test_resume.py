@@ -14,9 +14,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import leftovers, process_env, resexp, rows, signal_at, without_time, write_npz
-from resexp import checkpoint, rundir, train
+from conftest import folder, leftovers, process_env, resexp, rows, signal_at, without_time, write_npz
+from resexp import checkpoint, lifecycle, rundir
+from resexp.errors import Aborted
 from resexp.rundir import RunDir, RunLock
+from resexp.signals import StopSignals
 
 RUN = [
     "data=synthetic",
@@ -27,7 +29,9 @@ RUN = [
     "eval_every=10",
     "device=cpu",
 ]
-RUN_DIR = "runs/default/synthetic/residual-8A_s0"
+RUN_DIR = folder(*RUN)
+LONG = [*RUN, "schedule.iterations=100"]  # for real processes: time to signal them
+LONG_DIR = folder(*LONG)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +43,20 @@ def reference(tmp_path_factory):
     return without_time(rows(cwd / RUN_DIR))
 
 
-def status(cwd):
-    return json.loads((cwd / RUN_DIR / "status.json").read_text())
+def status(cwd, run_dir=RUN_DIR):
+    return json.loads((cwd / run_dir / "status.json").read_text())
 
 
 # --------------------------------------------------------------------------- real processes
 
 
 def start(cwd, *extra):
-    cmd = [sys.executable, "-m", "resexp", "train", *RUN, "schedule.iterations=100", *extra]
+    cmd = [sys.executable, "-m", "resexp", "train", *LONG, *extra]
     return subprocess.Popen(cmd, cwd=cwd, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_rows(cwd, n, proc, timeout=120):
-    path = cwd / RUN_DIR / "metrics.jsonl"
+    path = cwd / LONG_DIR / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if path.exists() and len(path.read_text().splitlines()) >= n:
@@ -65,9 +69,9 @@ def wait_for_rows(cwd, n, proc, timeout=120):
 @pytest.fixture(scope="module")
 def long_reference(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("long")
-    result = resexp("train", *RUN, "schedule.iterations=100", cwd=cwd)
+    result = resexp("train", *LONG, cwd=cwd)
     assert result.code == 0, result.stderr
-    return without_time(rows(cwd / RUN_DIR))
+    return without_time(rows(cwd / LONG_DIR))
 
 
 @pytest.mark.parametrize("after_rows,extra_delay", [(2, 0.0), (3, 0.03)])
@@ -77,16 +81,16 @@ def test_sigkill_anywhere_then_rerun_gives_identical_metrics(tmp_path, long_refe
     time.sleep(extra_delay)
     proc.kill()
     proc.wait()
-    result = resexp("train", *RUN, "schedule.iterations=100", cwd=tmp_path)
+    result = resexp("train", *LONG, cwd=tmp_path)
     assert result.code == 0, result.stderr
     assert "resuming" in result.stderr
-    assert without_time(rows(tmp_path / RUN_DIR)) == long_reference
+    assert without_time(rows(tmp_path / LONG_DIR)) == long_reference
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / RUN_DIR))
+    acc = EventAccumulator(str(tmp_path / LONG_DIR))
     acc.Reload()
     assert [e.step for e in acc.Scalars("test/error")] == [r["step"] for r in long_reference]  # none twice
-    assert status(tmp_path)["status"] == "complete"
+    assert status(tmp_path, LONG_DIR)["status"] == "complete"
 
 
 def test_sigint_in_a_real_process_saves_and_says_how_to_resume(tmp_path, long_reference):
@@ -96,9 +100,9 @@ def test_sigint_in_a_real_process_saves_and_says_how_to_resume(tmp_path, long_re
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "SIGINT at iteration" in stderr and "run the same command again to resume" in stderr
-    assert status(tmp_path)["status"] == "interrupted" and status(tmp_path)["step"] >= 20
-    assert resexp("train", *RUN, "schedule.iterations=100", cwd=tmp_path).code == 0
-    assert without_time(rows(tmp_path / RUN_DIR)) == long_reference
+    assert status(tmp_path, LONG_DIR)["status"] == "interrupted" and status(tmp_path, LONG_DIR)["step"] >= 20
+    assert resexp("train", *LONG, cwd=tmp_path).code == 0
+    assert without_time(rows(tmp_path / LONG_DIR)) == long_reference
 
 
 # --------------------------------------------------------------------------- signals, in-process
@@ -108,21 +112,22 @@ def test_sigterm_mid_interval_saves_there_and_the_resume_is_exact(tmp_path, refe
     signal_at(monkeypatch, 23, signal.SIGTERM)
     result = resexp("train", *RUN, cwd=tmp_path)
     assert result.code == 128 + signal.SIGTERM and "SIGTERM at iteration 23" in result.stderr
-    assert status(tmp_path) | {"iterations": 0} == {
+    assert status(tmp_path) | {"iterations": 0, "identity": ""} == {
         "status": "interrupted",
         "step": 23,
         "iterations": 0,
         "signal": "SIGTERM",
+        "identity": "",
     }
     assert torch.load(tmp_path / RUN_DIR / "last.pt", weights_only=True)["step"] == 23
     monkeypatch.undo()
     again = resexp("train", *RUN, cwd=tmp_path)
-    assert again.code == 0 and "resuming runs/default/synthetic/residual-8A_s0 from iteration 23" in again.stderr
+    assert again.code == 0 and f"resuming {RUN_DIR} from iteration 23" in again.stderr
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
 
 
 def test_a_second_signal_aborts_at_once_and_the_run_resumes_from_its_last_checkpoint(tmp_path, reference, monkeypatch):
-    monkeypatch.setattr(train.StopSignals, "ECHO", 0.05)
+    monkeypatch.setattr(StopSignals, "ECHO", 0.05)
     signal_at(monkeypatch, 23, signal.SIGINT, signal.SIGINT, gap=0.1)
     result = resexp("train", *RUN, cwd=tmp_path)
     assert result.code == 130 and result.lines[-1] == (
@@ -147,14 +152,14 @@ def test_a_signal_forwarded_by_a_launcher_counts_once(tmp_path, reference, monke
 
 
 def test_ctrl_c_while_the_data_loads_leaves_nothing(tmp_path, monkeypatch):
-    real = train.build_data
+    real = lifecycle.build_data
 
     def slow_data(*args):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         return real(*args)
 
-    monkeypatch.setattr(train, "build_data", slow_data)
+    monkeypatch.setattr(lifecycle, "build_data", slow_data)
     result = resexp("train", *RUN, cwd=tmp_path)
     assert result.code == 130 and result.lines == ["interrupted by SIGINT before training started: nothing was written"]
     assert leftovers(tmp_path) == []
@@ -162,9 +167,9 @@ def test_ctrl_c_while_the_data_loads_leaves_nothing(tmp_path, monkeypatch):
 
 def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under nohup
-    with train.StopSignals() as stop:
+    with StopSignals() as stop:
         assert signal.getsignal(signal.SIGINT) == stop.handle and signal.getsignal(signal.SIGTERM) == stop.handle
-        with pytest.raises(train.Aborted) as early:  # before training: at once, there is nothing to save
+        with pytest.raises(Aborted) as early:  # before training: at once, there is nothing to save
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)
         assert not early.value.started
@@ -175,11 +180,11 @@ def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
         os.kill(os.getpid(), signal.SIGINT)  # its echo from a launcher, milliseconds later: no abort
         time.sleep(0.01)
         stop.first_at -= stop.ECHO  # later: a second request
-        with pytest.raises(train.Aborted) as second:
+        with pytest.raises(Aborted) as second:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert second.value.started
-        under_torchrun = train.StopSignals(second_aborts=False)
+        under_torchrun = StopSignals(second_aborts=False)
         under_torchrun.started = True
         under_torchrun.handle(signal.SIGINT, None)
         under_torchrun.first_at -= 60
@@ -229,6 +234,86 @@ def test_a_malformed_metrics_line_is_refused_by_number_and_nothing_is_dropped(tm
     assert {p.name: p.read_bytes() for p in (tmp_path / RUN_DIR).iterdir()} == before
 
 
+def interrupted_at_35(tmp_path, monkeypatch) -> None:
+    """A run stopped at iteration 35 of 60, with evaluations at 10, 20 and 30 and a checkpoint at 35."""
+    signal_at(monkeypatch, 35, signal.SIGINT)
+    assert resexp("train", *RUN, cwd=tmp_path).code == 130
+    monkeypatch.undo()
+
+
+def files(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "metrics.jsonl").unlink(),
+            "its checkpoint is at iteration 35 but metrics.jsonl lacks the evaluations at 10, 20, 30 (3 of 3)",
+        ),
+        (
+            lambda d: (d / "metrics.jsonl").write_text((d / "metrics.jsonl").read_text().split("\n", 1)[1]),
+            "metrics.jsonl lacks the evaluations at 10 (1 of 3)",
+        ),
+        (lambda d: (d / "config.yaml").unlink(), "but no config.yaml"),
+        (lambda d: (d / "data.json").unlink(), "but no data.json"),
+        (lambda d: (d / "data.json").write_text("garbage"), "data.json is not a data record"),
+    ],
+)
+def test_a_run_folder_with_a_file_lost_or_wrong_is_damaged_never_resumed(tmp_path, monkeypatch, damage, message):
+    """A file a started run must have, missing or unreadable: one line naming it and the two ways
+    out, nothing touched (before: metrics.jsonl deleted resumed and kept only the new rows)."""
+    interrupted_at_35(tmp_path, monkeypatch)
+    run_dir = tmp_path / RUN_DIR
+    damage(run_dir)
+    before = files(run_dir)
+    result = resexp("train", *RUN, cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1 and message in result.lines[0], result.stderr
+    assert "restore" in result.lines[0] or "delete the folder" in result.lines[0]
+    assert files(run_dir) == before
+
+
+def test_a_config_yaml_edited_to_fit_another_command_is_caught_by_the_checkpoint(tmp_path, monkeypatch):
+    """config.yaml edited (or replaced) to say lr 0.05, then a command with lr 0.05 aimed at the
+    folder: the checkpoint remembers what it was trained as (before: the two configs were mixed)."""
+    interrupted_at_35(tmp_path, monkeypatch)
+    config = tmp_path / RUN_DIR / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.1", "lr: 0.05"))
+    result = resexp("train", *RUN, "optim.lr=0.05", f"hydra.run.dir={RUN_DIR}", cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1
+    assert (
+        "is damaged: its checkpoint was trained with another config than config.yaml says (optim.lr: 0.1 -> 0.05)"
+        in (result.lines[0])
+    )
+
+
+@pytest.mark.parametrize("status_text", ['{"status": "running", "step": 60}', "garbage", None])
+def test_a_finished_run_is_never_trained_past_its_end_whatever_status_json_says(tmp_path, reference, status_text):
+    """What SIGKILL or a full disk between the last checkpoint and the final status leaves:
+    before, the run resumed at 60 of 60 and trained without end ([250/60])."""
+    assert resexp("train", *RUN, cwd=tmp_path).code == 0
+    status_file = tmp_path / RUN_DIR / "status.json"
+    if status_text is None:
+        status_file.unlink()
+    else:
+        status_file.write_text(status_text)
+    again = resexp("train", *RUN, cwd=tmp_path)
+    assert again.code == 0 and again.lines == [
+        f"{RUN_DIR} is complete already (status.json said "
+        f"{'running' if status_text and 'running' in status_text else 'nothing'}; corrected); skipping it"
+    ]
+    assert without_time(rows(tmp_path / RUN_DIR)) == reference
+    assert status(tmp_path)["status"] == "complete" and status(tmp_path)["step"] == 60
+
+
+def test_a_complete_run_whose_metrics_were_lost_is_damaged(tmp_path):
+    assert resexp("train", *RUN, cwd=tmp_path).code == 0
+    (tmp_path / RUN_DIR / "metrics.jsonl").write_text("")
+    again = resexp("train", *RUN, cwd=tmp_path)
+    assert again.code == 1 and "its checkpoint is at iteration 60 but metrics.jsonl ends at iteration 0" in again.stderr
+
+
 def test_metrics_without_checkpoints_are_not_silently_started_over(tmp_path, monkeypatch):
     signal_at(monkeypatch, 35, signal.SIGINT)
     resexp("train", *RUN, cwd=tmp_path)
@@ -244,8 +329,13 @@ def test_nan_loss_stops_the_run_and_marks_it_diverged(tmp_path):
     result = resexp("train", *RUN, "optim.lr=1e6", cwd=tmp_path)
     assert result.code == 1
     assert "diverged: training loss is nan at iteration 10" in result.stderr.lower()
-    assert status(tmp_path)["status"] == "diverged"
-    assert rows(tmp_path / RUN_DIR)[-1]["diverged"] is True and rows(tmp_path / RUN_DIR)[-1]["step"] == 10
+    run_dir = folder(*RUN, "optim.lr=1e6")
+    assert status(tmp_path, run_dir)["status"] == "diverged"
+    assert rows(tmp_path / run_dir)[-1]["diverged"] is True and rows(tmp_path / run_dir)[-1]["step"] == 10
+    again = resexp("train", *RUN, "optim.lr=1e6", cwd=tmp_path)  # the same answer as the first time
+    assert again.code == 1 and again.lines == [
+        f"diverged: {run_dir} diverged at iteration 10 (training loss nan); delete the folder to train it again"
+    ]
 
 
 def test_sweep_goes_on_past_a_diverged_run_and_a_rerun_skips_both(tmp_path):
@@ -259,7 +349,8 @@ def test_sweep_goes_on_past_a_diverged_run_and_a_rerun_skips_both(tmp_path):
     report = resexp("report", "runs/default", cwd=tmp_path)
     assert "lr1000000.0: diverged at iteration 10" in report.stdout
     again = resexp("train", *sweep, cwd=tmp_path)
-    assert again.code == 0 and "is diverged already" in again.stderr and "is complete already" in again.stderr
+    assert again.code == 1 and "lr1000000.0 diverged at iteration 10" in again.stderr
+    assert "is complete already" in again.stderr
 
 
 def test_rerunning_a_sweep_skips_complete_runs_and_resumes_interrupted_ones(tmp_path, reference, monkeypatch):
@@ -269,7 +360,7 @@ def test_rerunning_a_sweep_skips_complete_runs_and_resumes_interrupted_ones(tmp_
     assert resexp("train", *RUN, "model.mode=plain", cwd=tmp_path).code == 0  # the plain run, complete
     result = resexp("train", "-m", *RUN, "model.mode=plain,residual", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    assert "plain-8_s0 is complete already" in result.stderr and "resuming" in result.stderr
+    assert f"{folder(*RUN, 'model.mode=plain')} is complete already" in result.stderr and "resuming" in result.stderr
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
 
 
@@ -389,7 +480,7 @@ def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path, monkeypatch
     source.write_bytes((tmp_path / RUN_DIR / "last.pt").read_bytes())
     result = resexp("train", *RUN, "name=branch", f"resume={source}", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    branch = rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")
+    branch = rows(tmp_path / folder(*RUN, "name=branch"))
     assert [r["step"] for r in branch] == [40, 50, 60]
 
 
@@ -405,7 +496,7 @@ def test_a_run_started_from_a_checkpoint_resumes_from_its_own_after_an_interrupt
     monkeypatch.undo()
     again = resexp("train", *RUN, *branch, cwd=tmp_path)  # "run the same command again to resume"
     assert again.code == 0 and "has a checkpoint of its own (iteration 35): resuming from it" in again.stderr
-    assert [r["step"] for r in rows(tmp_path / "runs/branch/synthetic/residual-8A_s0")] == [20, 30, 40, 50, 60]
+    assert [r["step"] for r in rows(tmp_path / folder(*RUN, "name=branch"))] == [20, 30, 40, 50, 60]
 
 
 def test_a_checkpoint_of_resexp_0_1_still_resumes_exactly(tmp_path, reference, monkeypatch):

@@ -230,7 +230,11 @@ def test_bench_on_cpu_reports_both_paths(tmp_path):
     "args, message",
     [
         (["--depths", "21"], "6n+2"),
-        (["--modes", "highway"], "valid modes are plain, residual"),
+        (["--modes", "highway"], "--modes highway must be a comma list of plain, residual"),
+        (["--depths", "abc"], "--depths abc must be a comma list of CIFAR depths: 6n+2 for n >= 1"),
+        (["--depths", "1000000004", "device=cpu"], "--depths 1000000004 at a batch of 128 needs about"),
+        (["--images", "100000000", "device=cpu"], "--images 100000000 needs about"),
+        (["--workers", "999", "device=cpu"], "--workers 999 must be at most"),
         (["speed.compile=fastest"], "expected one of auto, off, default, reduce_overhead"),
         (["device=mps"], "device=mps is not supported"),
         (["--images", "10", "device=cpu"], "--images 10 must be at least data.batch_size=128"),

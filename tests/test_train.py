@@ -16,7 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, process_env, resexp, resexp_process, rows
+from conftest import TINY, TINY_DIR, folder, only_run, process_env, resexp, resexp_process, rows
 from resexp.speed import cpu_has_bf16
 from resexp.train import evaluate
 
@@ -81,7 +81,8 @@ def test_train_writes_metrics_tensorboard_and_a_self_describing_run_dir(tiny_run
 def test_a_plain_run_has_no_shortcut_in_its_name_and_trains(tmp_path):
     outcome = resexp("train", *TINY, "model.mode=plain", cwd=tmp_path)
     assert outcome.code == 0, outcome.stderr
-    run_dir = tmp_path / "runs/default/synthetic/plain-8_s0"
+    run_dir = tmp_path / folder(*TINY, "model.mode=plain")
+    assert run_dir.name.startswith("plain-8_s0+")
     assert events(run_dir).PluginTagToContent("hparams")["_hparams_/session_start_info"].count(b"plain") == 1
     assert rows(run_dir)[-1]["train/error"] < 90
 
@@ -89,16 +90,17 @@ def test_a_plain_run_has_no_shortcut_in_its_name_and_trains(tmp_path):
 def test_sweep_runs_every_combination_into_its_own_directory_and_a_rerun_skips_them(tmp_path):
     result = resexp("train", "-m", *TINY, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    runs = sorted(p.parent.name for p in (tmp_path / "runs/default").rglob("metrics.jsonl"))
+    runs = sorted(p.parent.name.split("+")[0] for p in (tmp_path / "runs/default").rglob("metrics.jsonl"))
     assert runs == ["plain-8_s0", "plain-8_s1", "residual-8A_s0", "residual-8A_s1"]
-    assert rows(tmp_path / "runs/default/synthetic/plain-8_s1") != rows(tmp_path / "runs/default/synthetic/plain-8_s0")
+    plain = [tmp_path / folder(*TINY, "model.mode=plain", f"seed={seed}") for seed in (0, 1)]
+    assert rows(plain[1]) != rows(plain[0])
     again = resexp("train", "-m", *TINY, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
     assert again.code == 0 and again.stderr.count("complete already") == 4
 
 
 def test_same_directory_with_another_config_is_refused(tiny_run, tmp_path):
     cwd = tiny_run[0].parents[3]
-    result = resexp("train", *TINY, "optim.lr=0.05", cwd=cwd)
+    result = resexp("train", *TINY, "optim.lr=0.05", f"hydra.run.dir={TINY_DIR}", cwd=cwd)
     assert result.code == 1 and "optim.lr: 0.1 -> 0.05" in result.stderr and "name=" in result.stderr
     assert len(result.lines) == 1
 
@@ -152,10 +154,12 @@ def test_imagenet_folder_pipeline_with_scale_augmentation_and_ten_crop(tmp_path)
         cwd=tmp_path,
     )
     assert result.code == 0, result.stderr
-    metrics = rows(tmp_path / "runs/default/imagenet/residual-18A_s0")
+    run_dir = only_run(tmp_path / "runs/default/imagenet")
+    assert run_dir.name.startswith("residual-18A_s0+model-imagenet+")
+    metrics = rows(run_dir)
     assert [r["step"] for r in metrics] == [2, 4] and metrics[0]["epoch"] == pytest.approx(2 / 3)
     assert all(r["test/error"] in (0.0, 25.0, 50.0, 75.0, 100.0) for r in metrics)  # 4 val images
-    data = json.loads((tmp_path / "runs/default/imagenet/residual-18A_s0/data.json").read_text())
+    data = json.loads((run_dir / "data.json").read_text())
     assert data["source"] == "imagenet/" and len(data["fingerprint"]) == 16
 
 
@@ -227,7 +231,7 @@ def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path)
         "device=cpu",
         "seed=0,1",
     ]
-    runs = [tmp_path / f"runs/default/synthetic/residual-8A_s{seed}" for seed in (0, 1)]
+    runs = [tmp_path / folder(*sweep[4:-1], f"seed={seed}") for seed in (0, 1)]
     launcher = subprocess.Popen(
         [sys.executable, "-m", "resexp", *sweep],
         cwd=tmp_path,
@@ -282,7 +286,7 @@ def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_
             def decorate(task):
                 def run():
                     if stopped:
-                        run_dir = RunDir(tmp_path / "runs/default/synthetic/residual-8A_s1")
+                        run_dir = RunDir(tmp_path / folder(*TINY, "seed=1"))
                         run_dir.path.mkdir(parents=True)
                         run_dir.set_status("interrupted", 3, 16, signal="SIGINT")
                     raise RuntimeError("FailedJobError: job 1 failed")
@@ -297,7 +301,10 @@ def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_
     out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path)
     assert out.code == 130 and "interrupted: 1 job(s) of the sweep had started" in out.stderr
     monkeypatch.setattr(hydra, "main", launcher_that_fails(stopped=False))
-    out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path)
+    (tmp_path / "b").mkdir()
+    out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path / "b")
     assert out.code == 1 and out.lines == [
-        "error: RuntimeError: FailedJobError: job 1 failed (an unexpected error: --debug shows the traceback)"
+        "error: the launcher stopped (RuntimeError: FailedJobError: job 1 failed); 2 run(s) did not finish: "
+        f"{folder(*TINY, 'seed=0')}, {folder(*TINY, 'seed=1')}; the same command again resumes them from their last "
+        "checkpoints"
     ]

@@ -79,3 +79,67 @@ def test_data_and_precision_parts_run_and_write_their_figures(tmp_path, monkeypa
     assert eager["speed"]["precision"] == "fp32" and not eager["speed"]["channels_last"]
     report = Path("out/verify.md").read_text()
     assert "## data" in report and "jpeg minus exact, paired by seed" in report and "## precision" in report
+
+
+JUNIT = '<testsuites><testsuite tests="{tests}" failures="{failures}" errors="0" skipped="{skipped}"/></testsuites>'
+
+
+@pytest.mark.parametrize(
+    ("tests", "failures", "skipped", "code", "expected"),
+    [
+        (6, 0, 6, 0, "pytest -m gpu: 0 passed, 0 failed, 6 skipped: nothing was measured (no CUDA device here?)"),
+        (6, 1, 0, 1, "pytest -m gpu: 5 passed, 1 failed, 0 skipped (exit status 1)"),
+        (6, 0, 0, 0, None),
+    ],
+)
+def test_the_gpu_tests_part_fails_closed(
+    tmp_path, monkeypatch, capsys, verify, tests, failures, skipped, code, expected
+):
+    """Every GPU test skipped (no CUDA device) is not a success: exit 1 and the reason."""
+    import subprocess
+
+    def pytest_run(cmd):
+        report = next(a.split("=", 1)[1] for a in cmd if a.startswith("--junitxml="))
+        Path(report).write_text(JUNIT.format(tests=tests, failures=failures, skipped=skipped))
+        return code
+
+    monkeypatch.setattr(subprocess, "call", pytest_run)
+    status = verify["main"](["--part", "pytest", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    if expected is None:
+        assert status == 0 and err == "" and "6 passed" in (tmp_path / "verify-pytest.txt").read_text()
+    else:
+        assert status == 1 and err == f"error: pytest: {expected}"
+
+
+def test_a_failed_run_fails_the_part_and_a_rerun_replaces_its_section(tmp_path, monkeypatch, capsys, verify):
+    """A run that fails is exit 1 with the run's label (not "run the same command again"); a part
+    measured twice has one section in verify.md; a missing data file is one line."""
+    monkeypatch.chdir(tmp_path)
+    assert verify["main"](["--data", "nowhere", "--part", "data"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --data nowhere lacks cifar10.npz, cifar10_jpeg_full.npz (the CIFAR-10 files of ../shared/data)"
+    )
+    data = fake_cifar(tmp_path / "data")
+    common = ["--data", str(data), "--work", "work", "--out", "out", "--seeds", "0", "--part", "precision"]
+
+    def exits(status):
+        class Proc:
+            def __init__(self, cmd):
+                pass
+
+            def wait(self, timeout=None):
+                return status
+
+        return Proc
+
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "Popen", exits(1))
+    assert verify["main"]([*common, "--device", "cuda"]) == 1
+    assert "error: precision: default: resexp train exited with status 1" in capsys.readouterr().err
+    monkeypatch.setattr(subprocess, "Popen", exits(0))
+    monkeypatch.setitem(verify["main"].__globals__, "results", lambda run: [])  # nothing to read back
+    for _ in range(2):
+        assert verify["main"]([*common, "--device", "cpu"]) == 0
+    assert Path("out/verify.md").read_text().count("## precision") == 1

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO, TINY, process_env
+from conftest import REPO, TINY, folder, process_env
 
 
 def test_a_wheel_built_from_the_checkout_trains_from_another_directory(tmp_path):
@@ -14,8 +14,8 @@ def test_a_wheel_built_from_the_checkout_trains_from_another_directory(tmp_path)
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("resexp", "configs"):
-        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("resexp", "configs"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
@@ -42,4 +42,5 @@ def test_a_wheel_built_from_the_checkout_trains_from_another_directory(tmp_path)
     assert "depth: 56" in shown.stdout and "subset: 5000" in shown.stdout
     trained = run("-m", "resexp", "train", *TINY, "schedule.iterations=4", "eval_every=2")
     assert trained.returncode == 0, trained.stderr
-    assert (elsewhere / "runs/default/synthetic/residual-8A_s0/metrics.jsonl").read_text().count("\n") == 2
+    run_dir = elsewhere / folder(*TINY, "schedule.iterations=4", "eval_every=2")
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2

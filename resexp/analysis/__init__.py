@@ -52,10 +52,6 @@ class Result:
     figure: Any = field(repr=False)  # a matplotlib Figure
 
 
-class NothingToAnalyse(UserError):
-    pass
-
-
 def stem(kind: str, options: Options) -> str:
     return f"{kind}-init" if options.at_init else kind
 
@@ -73,11 +69,6 @@ def analyze(
     if kind not in KINDS:
         raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
     nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds)
-    if not nets:
-        chosen = " ".join(
-            f"--{k} {','.join(map(str, v))}" for k, v in (("nets", options.nets), ("seeds", options.seeds)) if v
-        )
-        raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed")
     out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
     module = importlib.import_module(f"resexp.analysis.{kind}")

@@ -38,6 +38,22 @@ from resexp.analysis.subjects import Subject, load
 from resexp.rundir import atomic_write
 
 DEFAULT_IMAGES = 512
+WEIGHTS = "weights.pt"  # the net's weights, pinned when a landscape's first chunk is computed
+
+
+def stored_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def readable(chunk: Path) -> bool:
+    """A finished chunk: a list of points (a chunk file damaged since is computed again)."""
+    try:
+        return isinstance(json.loads(chunk.read_text()), list)
+    except (OSError, ValueError):
+        return False
 
 
 def filter_normalised(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -110,13 +126,16 @@ def chunks(options: Options) -> dict[str, list[tuple[float, float]]]:
 
 
 def compute_chunk(job: dict[str, Any], subject: Subject | None = None) -> str:
-    """One chunk, in this process (`subject` given) or in a worker (the net rebuilt from its run):
-    compute the chunk's points at the saved directions and write them. Returns the chunk's name."""
+    """One chunk, in this process (`subject` given) or in a worker (the net built from its run's
+    config with the weights pinned in the chunks' folder, never the run's checkpoint of the moment:
+    a run still training writes new ones): compute the chunk's points at the saved directions and
+    write them. Returns the chunk's name."""
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    if subject is None:
-        subject = load(job["run"], job["at_init"], torch.device(job["device"]), job["data_root"])
     folder = Path(job["folder"])
+    if subject is None:
+        subject = load(job["run"], True, torch.device(job["device"]), job["data_root"], lambda text: None)
+        subject.model.load_state_dict(torch.load(folder / WEIGHTS, map_location=subject.device, weights_only=True))
     directions = torch.load(folder / "directions.pt", map_location=subject.device, weights_only=True)
     x, y = training_images(subject, job["images"])
     surface = Surface(subject.model, directions, x, y)
@@ -126,19 +145,33 @@ def compute_chunk(job: dict[str, Any], subject: Subject | None = None) -> str:
 
 
 def landscape(subject: Subject, options: Options, folder: Path, progress) -> dict[str, Any]:
-    """Compute (or finish) one net's landscape in `folder`; returns the 1D and 2D values."""
-    images = options.images or DEFAULT_IMAGES
-    meta = {"grid": options.grid, "span": options.span, "images": images, "seed": options.seed, "state": subject.state}
-    if folder.exists() and (folder / "meta.json").exists() and json.loads((folder / "meta.json").read_text()) != meta:
-        progress(f"landscape: {subject.name}: other settings than the chunks in {folder}; starting again")
+    """Compute (or finish) one net's landscape in `folder`; returns the 1D and 2D values. The
+    chunks already there are used only if they were computed on the same weights (the key of the
+    checkpoint the net was read from) with the same settings; their weights and directions are
+    pinned in the folder, so every chunk sees one net."""
+    images = len(training_images(subject, options.images or DEFAULT_IMAGES)[1])  # what there is, at most that
+    meta = {
+        "grid": options.grid,
+        "span": options.span,
+        "images": images,
+        "seed": options.seed,
+        "state": subject.state,
+        "key": subject.key,
+    }
+    if folder.exists() and stored_meta(folder) != meta:
+        progress(f"landscape: {subject.name}: the chunks in {folder} are of other weights or settings; starting again")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "directions.pt").exists():
+    if not (folder / "meta.json").exists():
         generator = torch.Generator().manual_seed(options.seed)
         directions = [filter_normalised(subject.model, generator) for _ in range(2)]
+        atomic_write(folder / WEIGHTS, lambda f: torch.save(subject.model.state_dict(), f))
         atomic_write(folder / "directions.pt", lambda f: torch.save(directions, f))
-        atomic_write(folder / "meta.json", json.dumps(meta))
-    todo = {name: points for name, points in chunks(options).items() if not (folder / f"{name}.json").exists()}
+        atomic_write(folder / "meta.json", json.dumps(meta))  # last: the folder is whole
+    todo = {name: points for name, points in chunks(options).items() if not readable(folder / f"{name}.json")}
+    for name in todo:
+        if (folder / f"{name}.json").exists():
+            progress(f"landscape: {subject.name}: {folder / name}.json is damaged; computing it again")
     if todo:
         progress(f"landscape: {subject.name}: {len(todo)} of {len(chunks(options))} chunks to compute")
     jobs = [

@@ -26,15 +26,11 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
-from resexp.errors import UserError
+from resexp.errors import NotRemovable
 from resexp.models import Block
 
 SMALL = 5.0  # points of error: "barely changes"
 NEAR_CHANCE = 0.85  # of the chance error: "sends it to chance"
-
-
-class NotRemovable(UserError):
-    pass
 
 
 def blocks_of(model: nn.Module) -> list[tuple[nn.Sequential, int, Block]]:

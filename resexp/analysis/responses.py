@@ -61,6 +61,13 @@ def recording(layers: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
 @torch.no_grad()
 def response_stds(model: nn.Module, batches, limit: int | None = None) -> list[float]:
     """The std of each 3x3 layer's response over the evaluation batches (at most `limit` images)."""
+    return responses(model, batches, limit)[0]
+
+
+@torch.no_grad()
+def responses(model: nn.Module, batches, limit: int | None = None) -> tuple[list[float], int]:
+    """The std of each 3x3 layer's response over the evaluation batches (at most `limit` images),
+    and how many images that was."""
     model.eval()
     seen = 0
     with recording(response_layers(model)) as sums:
@@ -70,15 +77,17 @@ def response_stds(model: nn.Module, batches, limit: int | None = None) -> list[f
             x = x[: limit - seen] if limit is not None else x
             model(x)
             seen += len(x)
-    return [float((s[2] / s[0] - (s[1] / s[0]) ** 2).clamp_min(0).sqrt()) for s in sums]
+    return [float((s[2] / s[0] - (s[1] / s[0]) ** 2).clamp_min(0).sqrt()) for s in sums], seen
 
 
 def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
     records = []
     for net in nets:
         progress(f"responses: {net.name}")
-        stds = response_stds(net.model, net.data.evals["test"], options.images)
-        records.append({**net.record(), "layers": len(stds), "std": stds, "median": statistics.median(stds)})
+        stds, seen = responses(net.model, net.data.evals["test"], options.images)
+        records.append(
+            {**net.record(), "images": seen, "layers": len(stds), "std": stds, "median": statistics.median(stds)}
+        )
     groups = by_net(records)
     columns = ["net", "seeds", "3x3 layers", "median std", "mean std", "max std", "state"]
     rows = [

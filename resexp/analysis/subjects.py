@@ -1,10 +1,14 @@
 """The nets an analysis looks at: every run under a folder, rebuilt from its config.yaml with the
 weights of its latest checkpoint, or freshly initialised exactly as the run began (--at-init), with
-the run's own data. A diverged run is left out with a line; an unfinished one is analysed at its
-latest checkpoint and marked so."""
+the run's own data (its own training order: the first batch is the one its training saw). A
+diverged run is left out with a line; an unfinished one is analysed at its latest checkpoint and
+marked so. Each net carries the key of what it was built from (the checkpoint's file, iteration and
+SHA-256), which the analysis records and which a computation in chunks checks before it reuses any;
+a run that cannot be analysed (its data moved, its files unreadable) is named and skipped."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,12 +18,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp import checkpoint
+from resexp import checkpoint, identity
+from resexp.build import build_model, seed_everything
 from resexp.config import Config, register, to_object
 from resexp.data import Data, build_data, source
-from resexp.errors import DataError, RunDirError
+from resexp.errors import DataError, NothingToAnalyse, RunDirError, UserError, one_line
 from resexp.rundir import CONFIG, Run, RunDir, find_runs
-from resexp.train import build_model, seed_everything
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Subject:
     data: Data
     device: torch.device
     state: str  # "complete (400)", "unfinished (120 of 400)", "initialised"
+    checkpoint: dict | None = None  # {"file": "last.pt", "step": 400, "sha256": ...}; None when initialised
 
     @property
     def name(self) -> str:
@@ -54,7 +59,15 @@ class Subject:
             "seed": r.seed,
             "run": str(r.path),
             "state": self.state,
+            "checkpoint": self.checkpoint,
         }
+
+    @property
+    def key(self) -> str:
+        """What the net was built from: the checkpoint's SHA-256, or the initialisation of its config."""
+        if self.checkpoint is not None:
+            return self.checkpoint["sha256"]
+        return "init-" + identity.digest(identity.of(self.cfg))
 
 
 def run_config(run_dir: Path, data_root: str | None) -> Config:
@@ -72,12 +85,20 @@ def run_config(run_dir: Path, data_root: str | None) -> Config:
 @functools.lru_cache(maxsize=4)
 def cached_data(data_yaml: str, device: str) -> Data:
     """Runs of one sweep share their data: load it once (the evaluation sets do not depend on the
-    seed; the training stream's order does, and analyses use its first batch only)."""
+    seed; the training order does, and each run gets its own: `own_data`)."""
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config().data), OmegaConf.create(data_yaml)))
     return build_data(cfg, 0, torch.device(device))
 
 
-def load(run: Run, at_init: bool, device: torch.device, data_root: str | None) -> Subject:
+def own_data(cfg: Config, device: torch.device) -> Data:
+    """The run's data, its training batches in the order its own seed drew them."""
+    shared = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))
+    return dataclasses.replace(shared, train=shared.train.with_seed(cfg.seed))
+
+
+def load(
+    run: Run, at_init: bool, device: torch.device, data_root: str | None, warn: Callable[[str], None] = print
+) -> Subject:
     cfg = run_config(run.path, data_root)
     try:
         identity = source(cfg.data).identity()
@@ -89,19 +110,23 @@ def load(run: Run, at_init: bool, device: torch.device, data_root: str | None) -
     change = RunDir(run.path).data_change(identity)
     if change:
         raise RunDirError(f"{run.path}: {change}; point --data-root at the data it was trained on")
-    data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))
+    data = own_data(cfg, device)
     seed_everything(cfg.seed)
     model = build_model(cfg, data.num_classes).to(device)
     if at_init:
-        state = "initialised"
-    else:
-        saved = checkpoint.load_latest(RunDir(run.path), lambda text: None)
-        if saved is None:
-            raise RunDirError(f"{run.path} has no checkpoint yet (analyse it --at-init, or train it first)")
+        return Subject(run, cfg, model.eval(), data, device, "initialised")
+    found = checkpoint.latest(RunDir(run.path), warn, doing="analysing")
+    if found is None:
+        raise RunDirError(f"{run.path} has no checkpoint yet (analyse it --at-init, or train it first)")
+    saved, path, sha = found
+    try:
         model.load_state_dict(saved["model"])
-        step = saved["step"]
-        state = f"complete ({step})" if run.complete else f"unfinished ({step} of {run.iterations})"
-    return Subject(run, cfg, model.eval(), data, device, state)
+    except RuntimeError:
+        raise RunDirError(f"{path} does not fit the net its config.yaml describes") from None
+    step = saved["step"]
+    state = f"complete ({step})" if step >= run.iterations else f"unfinished ({step} of {run.iterations})"
+    key = {"file": path.name, "step": step, "sha256": sha}
+    return Subject(run, cfg, model.eval(), data, device, state, key)
 
 
 def subjects(
@@ -113,16 +138,24 @@ def subjects(
     nets: tuple[str, ...] = (),
     seeds: tuple[int, ...] = (),
 ) -> list[Subject]:
-    """Every analysable run under `folder` (of the given nets and seeds), in the order of `find_runs`."""
-    out = []
+    """Every analysable run under `folder` (of the given nets and seeds), in the order of
+    `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
+    the one line of a NothingToAnalyse."""
+    out, skipped = [], []
     for run in find_runs(folder, warn):
         if (nets and run.label not in nets) or (seeds and run.seed not in seeds):
             continue
         if run.diverged and not at_init:
-            warn(f"skipping {run.path}: {run.state}")
+            skipped.append(f"{run.path}: {run.state}")
             continue
         try:
-            out.append(load(run, at_init, device, data_root))
-        except RunDirError as e:
-            warn(f"skipping {run.path}: {e}")
+            out.append(load(run, at_init, device, data_root, warn))
+        except (UserError, OSError) as e:  # its data moved, a file unreadable: the others go on
+            skipped.append(f"{run.path}: {one_line(e)}")
+    if not out:
+        chosen = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in (("nets", nets), ("seeds", seeds)) if v)
+        why = f": {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+        raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed{why}")
+    for line in skipped:
+        warn(f"skipping {line}")
     return out

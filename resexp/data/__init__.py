@@ -11,7 +11,18 @@ from resexp.data.common import Batch, Data, DataSource, EvalStream, TrainStream,
 from resexp.distributed import ONE, World
 from resexp.errors import DataError
 
-__all__ = ["Batch", "Data", "DataError", "DataSource", "EvalStream", "TrainStream", "build_data", "endless", "source"]
+__all__ = [
+    "Batch",
+    "Data",
+    "DataError",
+    "DataSource",
+    "EvalStream",
+    "TrainStream",
+    "build_data",
+    "endless",
+    "inspect",
+    "source",
+]
 
 
 def source(cfg: DataConfig) -> DataSource:
@@ -23,6 +34,19 @@ def source(cfg: DataConfig) -> DataSource:
     from resexp.data import cifar
 
     return cifar.source(cfg)
+
+
+def inspect(cfg: DataConfig) -> DataSource:
+    """`source`, and the checks of the data that need no pixels read (arrays, shapes, labels), so
+    that every job of a sweep is checked before the first one trains."""
+    found = source(cfg)
+    if cfg.name in (DataName.cifar10, DataName.cifar100):
+        from resexp.data import cifar
+
+        path = cifar.npz_path(cfg)
+        if path is not None:
+            cifar.inspect_npz(path, cifar.CLASSES[cfg.name])
+    return found
 
 
 def build_data(cfg: DataConfig, seed: int, device: torch.device, world: World = ONE) -> Data:

@@ -13,6 +13,7 @@ load), torchvision's folder layout (downloaded on request), or a generated synth
 
 from __future__ import annotations
 
+import copy
 import io
 import shutil
 import zipfile
@@ -149,6 +150,42 @@ def load_npz(path: Path, num_classes: int) -> Arrays:
             f"{path} could not be read as an .npz file of arrays ({type(e).__name__}); is it truncated?"
         ) from None
     return check_arrays(Arrays(num_classes=num_classes, **arrays), str(path))
+
+
+def inspect_npz(path: Path, num_classes: int) -> None:
+    """Check an .npz as `load_npz` will, without reading its images: their shapes and dtypes from
+    the arrays' headers (or the first JPEG), the labels in full (they are small). For the check of
+    every job of a sweep before the first one trains."""
+
+    def header(z: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        with z.zip.open(f"{key}.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        return shape, dtype
+
+    try:
+        with np.load(path) as z:
+            keys = set(z.files)
+            x: dict[str, np.ndarray] = {}
+            if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+                for split in ("train", "test"):
+                    shape, dtype = header(z, f"x_{split}")
+                    x[split] = np.broadcast_to(np.zeros((), dtype), shape)  # a stand-in: no memory
+            elif {"train_jpeg_bytes", "train_jpeg_offsets", "y_train", "test_jpeg_bytes", "test_jpeg_offsets"} <= keys:
+                for split in ("train", "test"):
+                    data, offsets = z[f"{split}_jpeg_bytes"], z[f"{split}_jpeg_offsets"]
+                    first = decode_jpegs(data, offsets[:2]) if len(offsets) > 1 else np.zeros((0, 32, 32, 3), np.uint8)
+                    x[split] = np.broadcast_to(np.zeros((), np.uint8), (len(offsets) - 1, *first.shape[1:]))
+            else:
+                load_npz(path, num_classes)  # says what is missing
+                return
+            ys = {split: z[f"y_{split}"] for split in ("train", "test")}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(
+            f"{path} could not be read as an .npz file of arrays ({type(e).__name__}); is it truncated?"
+        ) from None
+    check_arrays(Arrays(x["train"], ys["train"], x["test"], ys["test"], num_classes), str(path))
 
 
 def check_arrays(a: Arrays, source: str, image_size: int = IMAGE_SIZE) -> Arrays:
@@ -292,6 +329,12 @@ class TensorTrainStream:
 
     def __len__(self) -> int:
         return len(self.x) // self.batch_size  # the last partial batch is dropped: fixed shapes
+
+    def with_seed(self, seed: int):
+        """The same images (shared, not copied) in the order and with the augmentation of `seed`."""
+        stream = copy.copy(self)
+        stream.seed = seed
+        return stream
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Global batch i is positions [i*B, (i+1)*B) of the epoch's order, whatever the number of

@@ -23,6 +23,7 @@ class TrainStream(Protocol):
 
     def __len__(self) -> int: ...  # batches per epoch
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
+    def with_seed(self, seed: int) -> TrainStream: ...  # the same images in the order another seed draws
 
 
 class EvalStream(Protocol):
@@ -46,6 +47,7 @@ class DataSource:
     name: str
     source: str  # what the user would recognise: a file name or a folder
     fingerprint: str
+    legacy: tuple[str, ...] = ()  # what an older resexp called the same data (runs it made still match)
 
     def identity(self) -> dict[str, str]:
         return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint}

@@ -1,0 +1,384 @@
+"""The life of one run: check, admit, start, train, finish.
+
+`run` is what `resexp train` calls for each job of a command:
+
+1. check: everything about the config that can be known wrong before any data is read or any file
+   written (ranges and rules, the device, the memory the net needs). The CLI checks every job of a
+   sweep this way before the first one trains.
+2. admit (rank 0, holding the run directory's lock): the folder holds nothing, or a run of the
+   same identity on the same data whose files agree with each other; a damaged or foreign folder
+   is refused with one line. What the folder holds decides what to do: skip a complete run, refuse
+   a diverged one, resume from the latest checkpoint, or start.
+3. start: build the data, the net, the optimizer and the schedule, and restore the checkpoint;
+   nothing is written until here, so a mistake leaves no trace.
+4. train (resexp.train): the loop writes metrics, TensorBoard and checkpoints through the recorder
+   and the checkpointer; its status ladder is running -> complete | interrupted | diverged | failed.
+
+Under torchrun every process runs this; rank 0 alone locks, reads and writes the run directory and
+tells the others what it found, and every step that can fail on one process is agreed by all
+(`distributed.together`), so that a failure anywhere ends every process within seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from resexp import checkpoint, distributed, identity
+from resexp.build import build_model, check_memory, make_optimizer, pick_device, seed_everything
+from resexp.checkpoint import Checkpointer, TrainState
+from resexp.config import Config, DataName, validate
+from resexp.data import Data, DataSource, build_data, source
+from resexp.distributed import World
+from resexp.errors import (
+    Aborted,
+    ConfigError,
+    DamagedRun,
+    Diverged,
+    Interrupted,
+    OwnTrainingFailure,
+    PeerFailed,
+    PeerLost,
+    RunDirError,
+    TrainingFailed,
+    UserError,
+    one_line,
+)
+from resexp.models import net_spec
+from resexp.recorder import Quiet, Recorder, environment
+from resexp.rundir import CONFIG, DATA, METRICS, RunDir
+from resexp.schedule import Schedule
+from resexp.signals import StopSignals
+from resexp.speed import Speed, resolve
+from resexp.step import stage_grad_norms
+from resexp.train import Parts, train
+
+Warn = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- 1. check
+
+
+def check(cfg: Config) -> tuple[torch.device, Speed]:
+    """Everything that can be known wrong about a config before any data is read or any file
+    written; the CLI runs it for every job of a sweep before the first one trains."""
+    validate(cfg)
+    world = distributed.current()
+    if cfg.resume is not None and not Path(cfg.resume).expanduser().is_file():
+        raise ConfigError(f"resume={cfg.resume} is not a file (resume= takes a checkpoint, e.g. runs/.../last.pt)")
+    device = pick_device(distributed.device_for(cfg.device))
+    share = world.share(cfg.data.batch_size)
+    check_batch_norm(cfg, share)
+    speed = resolve(cfg.speed, device)
+    if world.distributed and speed.cuda_graph:  # not measured under DDP on a GPU yet: eager DDP
+        speed = dataclasses.replace(speed, cuda_graph=False)
+    check_memory(cfg, device, share)
+    return device, speed
+
+
+def check_batch_norm(cfg: Config, batch: int) -> None:
+    """Batch norm in training mode needs more than one value per channel: a batch of one image
+    whose last stage is 1x1 cannot train (torch would fail at iteration 0)."""
+    d, m = cfg.data, cfg.model
+    size = d.image_size if d.name == DataName.synthetic else d.crop_size if d.name == DataName.imagenet else 32
+    side = size
+    if m.family == "imagenet":
+        side = math.ceil(math.ceil(side / 2) / 2)  # the 7x7/2 stem and the max-pool
+    for stage in net_spec(m.family, m.depth).stages:
+        side = math.ceil(side / stage.stride)
+    if batch * side * side < 2:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} on {size}x{size} images leaves {batch * side * side} value per channel "
+            f"in the last stage ({side}x{side}): batch norm needs at least 2; use a larger batch or larger images"
+        )
+
+
+# --------------------------------------------------------------------------- 2. admit
+
+
+def admit(cfg: Config, run: RunDir, data_source: DataSource) -> str | None:
+    """Refuse a run directory that is damaged, or holds a run of another identity or of other data
+    (a run is never overwritten); return the status of the run already there, if any."""
+    missing = run.missing()
+    if missing:
+        raise damaged(run, f"it has {', '.join(sorted(set(run_files(run))))} but no {' and no '.join(missing)}")
+    changes = run.config_changes(cfg)
+    if changes:
+        raise RunDirError(
+            f"{run.path} already holds a run with another config ({'; '.join(changes)}); it is never "
+            "overwritten: set name=... (or hydra.run.dir=...) to start a separate run"
+        )
+    change = run.data_change(data_source.identity(), data_source.legacy)
+    if change:
+        raise RunDirError(
+            f"{run.path} holds a run of other data: {change}; set name=... to train on this data separately"
+        )
+    return run.status().get("status")
+
+
+def run_files(run: RunDir) -> list[str]:
+    return [p.name for p in run.path.iterdir() if not p.name.startswith(".")]
+
+
+def damaged(run: RunDir, what: str) -> DamagedRun:
+    return DamagedRun(
+        f"{run.path} is damaged: {what}; restore what is missing from a backup, or delete the folder to train "
+        "the run again from the start"
+    )
+
+
+@dataclass
+class Decision:
+    """What rank 0 found in the run directory, sent to every process (only rank 0 reads it)."""
+
+    skip: bool = False  # the run is complete already
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    saved: dict[str, Any] | None = None  # the checkpoint to resume, if any
+    origin: str = ""
+    error: Exception | None = None
+
+
+def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Warn) -> Decision:
+    """What the run directory holds, and so what to do. Status is read from the checkpoint and
+    the metrics, never trusted over them: a checkpoint at the schedule's end is a complete run
+    whatever status.json says (a SIGKILL or a full disk can leave it saying running)."""
+    status = admit(cfg, run, data_source)
+    rows = run.metrics(warn, repair=True)
+    if rows and (rows[-1].get("diverged") or not math.isfinite(rows[-1]["train/loss"])):
+        raise Diverged(
+            f"{run.path} diverged at iteration {rows[-1]['step']} (training loss {rows[-1]['train/loss']}); "
+            "delete the folder to train it again"
+        )
+    saved, origin = checkpoint.load_latest(run, warn), str(run.path)
+    iterations = cfg.schedule.iterations
+    if saved is not None:
+        agrees(run, saved, cfg, data_source)
+        end = rows[-1]["step"] if rows else 0
+        if saved["step"] >= iterations and end < iterations:  # the last evaluation is the schedule's end
+            raise damaged(run, f"its checkpoint is at iteration {saved['step']} but {METRICS} ends at iteration {end}")
+    if (saved is not None and saved["step"] >= iterations) or (
+        saved is None and rows and rows[-1]["step"] >= iterations
+    ):
+        if status != "complete":
+            step = max(saved["step"] if saved else 0, rows[-1]["step"] if rows else 0)
+            run.set_status("complete", step, iterations, identity=identity.digest(identity.of(cfg)))
+            warn(f"{run.path} is complete already (status.json said {status or 'nothing'}; corrected); skipping it")
+        else:
+            warn(f"{run.path} is complete already; skipping it")
+        return Decision(skip=True)
+    if saved is not None and cfg.resume:
+        warn(
+            f"{run.path} has a checkpoint of its own (iteration {saved['step']}): resuming from it, not from "
+            f"resume={cfg.resume}"
+        )
+    elif saved is None and cfg.resume:
+        saved, origin = checkpoint.load_file(Path(cfg.resume).expanduser()), cfg.resume
+    elif saved is None and rows:
+        raise damaged(
+            run,
+            f"it has metrics up to iteration {rows[-1]['step']} but no checkpoint to resume from "
+            f"({checkpoint.LAST} and {checkpoint.PREVIOUS} are gone)",
+        )
+    return Decision(rows=rows, saved=saved, origin=origin)
+
+
+def agrees(run: RunDir, saved: dict[str, Any], cfg: Config, data_source: DataSource) -> None:
+    """The checkpoint was trained as config.yaml and data.json say (checkpoints of resexp 0.3 on
+    carry their identity and data fingerprint; older ones are taken as they are)."""
+    if saved.get("identity") is not None:
+        wrong = identity.differences(identity.of(saved["identity"]), identity.of(cfg))
+        if wrong:
+            raise damaged(
+                run, f"its checkpoint was trained with another config than {CONFIG} says ({'; '.join(wrong)})"
+            )
+    data = saved.get("data")
+    if data is not None and data != data_source.fingerprint and data not in data_source.legacy:
+        raise damaged(
+            run,
+            f"its checkpoint was trained on other data (fingerprint {data}) than {data_source.source} "
+            f"(fingerprint {data_source.fingerprint}) that {DATA} and this command name",
+        )
+
+
+def check_metrics(run: RunDir, rows: list[dict[str, Any]], state: TrainState, eval_every: int, iterations: int) -> None:
+    """metrics.jsonl holds every evaluation from where this run began to its checkpoint (rows after
+    the checkpoint are dropped and redone when it resumes)."""
+    if not state.step:
+        return
+    expected = [s for s in range(eval_every, state.step + 1, eval_every) if s > (state.began or 0)]
+    if state.step == iterations and iterations % eval_every:
+        expected.append(iterations)
+    if state.began is None:  # a checkpoint of resexp 0.2 does not say where its run began: the last one
+        expected = expected[-1:]
+    have = {r["step"] for r in rows}
+    lost = [s for s in expected if s not in have]
+    if lost:
+        shown = ", ".join(map(str, lost[:5])) + (" ..." if len(lost) > 5 else "")
+        raise damaged(
+            run,
+            f"its checkpoint is at iteration {state.step} but {METRICS} lacks the evaluations at {shown} "
+            f"({len(lost)} of {len(expected)})",
+        )
+
+
+# --------------------------------------------------------------------------- 3. start
+
+
+@dataclass
+class Start:
+    """A run checked and assembled, with nothing written yet."""
+
+    parts: Parts
+    state: TrainState
+    checkpoints: Checkpointer
+    rows: list[dict[str, Any]]
+    data: DataSource
+    eval_every: int
+
+
+def start(
+    cfg: Config, run: RunDir, data_source: DataSource, device: torch.device, speed: Speed, console: Console
+) -> Start | None:
+    """Read and check everything the run needs, writing nothing; None when there is nothing to do
+    (the run is complete). Under torchrun rank 0 reads the run directory and sends what it found
+    to the others; each process builds its own share of the data."""
+    world = distributed.current()
+    warn = lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    decision = None
+    if world.main:
+        try:
+            decision = decide(cfg, run, data_source, warn)
+        except (UserError, Diverged) as e:
+            decision = Decision(error=e)
+    decision = distributed.broadcast(decision)
+    if decision.error is not None:
+        raise decision.error
+    if decision.skip:
+        return None
+    seed_everything(cfg.seed)
+
+    def build() -> tuple[Data, nn.Module]:
+        data = build_data(cfg.data, cfg.seed, device, world)
+        return data, speed.place(build_model(cfg, data.num_classes).to(device))
+
+    data, model = distributed.together(build, device)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
+    schedule = Schedule(cfg.optim.lr, cfg.schedule)
+    checkpoints = Checkpointer(run, cfg, model, optimizer, schedule, data_source.fingerprint, writes=world.main)
+    saved = decision.saved
+    state = TrainState() if saved is None else checkpoints.restore(saved, decision.origin)
+    eval_every = cfg.eval_every or len(data.train)
+    check_metrics(run, decision.rows, state, eval_every, cfg.schedule.iterations)
+    trained = distributed.wrap(model, device, cfg.model.sync_bn)  # after the restore: DDP sends rank 0's weights
+    probes = (stage_grad_norms,) if cfg.log.grad_norms else ()
+    parts = Parts(model, optimizer, schedule, data, speed, probes, trained)
+    return Start(parts, state, checkpoints, decision.rows, data_source, eval_every)
+
+
+# --------------------------------------------------------------------------- the whole life
+
+
+def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns the
+    last evaluation's metrics. Errors before training are UserErrors (nothing written); errors
+    during training are TrainingFailed (the run stays resumable). Under torchrun every process
+    calls this; rank 0 alone holds the lock and writes the directory."""
+    console = console or Console(stderr=True)
+    world = distributed.current()
+    device, speed = check(cfg)
+    distributed.init(device)
+    folder = RunDir(run_dir)
+    with StopSignals(second_aborts=not world.distributed) as stop, locked(folder, device):
+        began = start(cfg, folder, source(cfg.data), device, speed, console)
+        if began is not None:
+            stop.started = True
+            train_run(cfg, folder, began, device, console, stop)
+            distributed.barrier(device)  # every process waits for rank 0's last writes
+        rows = folder.metrics() if world.main else []
+    return rows[-1] if rows else {}
+
+
+@contextlib.contextmanager
+def locked(folder: RunDir, device: torch.device) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock; whether it got it is agreed by every process, so a
+    refusal (another command is training this run) ends all of them instead of leaving the others
+    waiting for rank 0's decision."""
+    lock = folder.lock() if distributed.current().main else contextlib.nullcontext()
+    distributed.together(lock.__enter__, device)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def notices(cfg: Config, speed: Speed, world: World) -> list[str]:
+    """What the run does differently from what was asked, said once when it starts."""
+    out = []
+    if world.distributed and resolve(cfg.speed, torch.device(speed.device_type)).cuda_graph:
+        out.append(
+            "note: the CUDA-graph step is not used under torchrun (not yet measured with DDP on a GPU): "
+            "training with eager DDP"
+        )
+    if cfg.model.sync_bn and not world.distributed:
+        out.append("note: model.sync_bn=true has no effect in one process (its batch is the global batch)")
+    return out
+
+
+def train_run(
+    cfg: Config, run: RunDir, began: Start, device: torch.device, console: Console, stop: StopSignals
+) -> None:
+    """The training phase: every write to the run directory, and its status at the end."""
+    state, iterations, world = began.state, cfg.schedule.iterations, distributed.current()
+    digest = identity.digest(identity.of(cfg))
+    side_effects = distributed.together(
+        lambda: Recorder(run, iterations, state.step, began.rows, console, digest) if world.main else Quiet(), device
+    )
+    with side_effects as recorder:
+        try:
+            if state.step:
+                recorder.message(f"resuming {run.path} from iteration {state.step}")
+            for line in notices(cfg, began.parts.speed, world):
+                recorder.message(line)
+            env = {**environment(device), "speed": began.parts.speed.describe(), **processes(cfg, world)}
+
+            def describe() -> None:
+                recorder.describe(cfg, began.data.identity(), env)
+                recorder.status("running", state.step)
+
+            distributed.together(describe, device)
+            train(began.parts, state, began.eval_every, recorder, began.checkpoints, stop)
+        except Diverged as e:
+            recorder.status("diverged", state.step, reason=str(e))
+            raise
+        except Aborted as e:
+            recorder.status("interrupted", state.step, signal=str(e), saved=False)
+            raise
+        except Interrupted as e:
+            recorder.status("interrupted", state.step, signal=str(e))
+            recorder.message(
+                f"{e} at iteration {state.step}: checkpoint saved in {run.path}; run the same command again to resume"
+            )
+            raise
+        except Exception as e:
+            with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
+                recorder.status("failed", state.step, reason=one_line(e))
+            cause, own = e, not isinstance(e, PeerFailed)
+            if distributed.peer_error(e):  # another process is gone: its own message says why
+                cause, own = PeerLost(), False
+            failure = OwnTrainingFailure if own else TrainingFailed
+            raise failure(run.path, state.step, cause, checkpoint=run.has_checkpoint()) from e
+        distributed.together(lambda: recorder.status("complete", state.step, time=round(state.time, 3)), device)
+
+
+def processes(cfg: Config, world: World) -> dict[str, Any]:
+    """How many processes trained the run (environment.json): a run may resume under another number."""
+    return {"world_size": world.size, "batch_per_process": cfg.data.batch_size // world.size}
