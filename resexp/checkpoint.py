@@ -33,7 +33,7 @@ KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "mod
 # Written since resexp 0.3 (absent from older checkpoints, which still resume): the run's whole
 # identity and its data's fingerprint (what the checkpoint was trained as, against which
 # config.yaml and data.json are checked), and the iteration this run's own training began at.
-PROVENANCE = ("identity", "data", "began")
+PROVENANCE = ("identity", "data", "began", "metrics")  # metrics: the hash of the rows written before it
 # Checkpoints of resexp 0.1 hold numpy's RNG state as an array: let weights_only load exactly that.
 NUMPY_STATE = [
     np.ndarray,
@@ -198,6 +198,7 @@ class Checkpointer:
                 "identity": self.identity,
                 "data": self.data,
                 "began": state.began,
+                "metrics": self.run.metrics_digest(),
             },
         )
 

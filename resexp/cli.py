@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -26,7 +28,38 @@ DEBUG = typer.Option(False, "--debug", help="Show full tracebacks on errors.")
 # Upper bounds of analysis options: beyond them a computation takes days or more memory than a laptop has.
 MAX_GRID, MAX_DRAWS = 101, 100
 
+try:  # typer vendors click since 0.2x; earlier versions use click itself
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+
+class Commands(typer.core.TyperGroup):
+    """resexp's commands. A mistake on the command line itself (an option's value of the wrong
+    type, an unknown option, a missing argument) is one line and exit status 1, as every other
+    mistake, instead of a usage box and exit status 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help())
+            code = 0
+        except ClickException as e:
+            name = getattr(getattr(e, "ctx", None), "command_path", "resexp")
+            err.print(
+                f"[bold red]error:[/] {escape(e.format_message())} ({name} --help lists what it takes)", soft_wrap=True
+            )
+            code = FAILED
+        except typer.Abort:
+            code = signalled(2)
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+
 app = typer.Typer(
+    cls=Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Reproduce the degradation problem of He et al. 2015: train plain and residual nets, compare their curves.",

@@ -19,6 +19,7 @@ run the jobs elsewhere: 0 when every job's run is complete.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Hydra's own flags, and those that take a value (`--cfg job`): they are not overrides.
 FLAG_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+HYDRA_FLAGS = FLAG_VALUES | {"--help", "-h", "--hydra-help", "--version", "--resolve", "--info", "-i"}
 err = Console(stderr=True)
 
 
@@ -84,40 +86,37 @@ def admit_all(jobs: list[Job]) -> None:
 def run_folder(root: DictConfig) -> str:
     """The folder of one job below runs/<name>/ (resexp.identity.folder_name), from its composed
     config with the hydra node: its identity against the preset's, i.e. the config composed from
-    the job's group choices (the preset included) and the fields the base name shows, without its
-    other value overrides. Called by Hydra when it resolves hydra.run.dir or hydra.sweep.subdir,
-    in whichever process runs the job (joblib, submitit), so it composes with Hydra's own loader."""
+    the job's group choices (the preset included), with the fields the base name shows set as the
+    job sets them (their interpolations, e.g. cifar_fig6's warm-up by depth, follow), without its
+    other value overrides. Called by Hydra when it resolves hydra.run.dir or hydra.sweep.subdir, in
+    whichever process runs the job (joblib, submitit), so it composes with Hydra's own loader."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
     groups = set(loader.list_groups(""))
-    preset, reference = [], []
-    for override in OverridesParser.create().parse_overrides(list(root.hydra.overrides.task)):
-        key = override.key_or_group
-        if key in groups:
-            reference.append(override.input_line)
-            if key == "experiment":
-                preset.append(override.input_line)
-        elif key in identity.BASE_KEYS:
-            reference.append(override.input_line)
-    choices = root.hydra.runtime.choices
-    preset_choices = composed(loader, tuple(preset)).hydra.runtime.choices
+    overrides = OverridesParser.create().parse_overrides(list(root.hydra.overrides.task))
+    chosen = tuple(o.input_line for o in overrides if o.key_or_group in groups)
+    preset = tuple(o.input_line for o in overrides if o.key_or_group == "experiment")
+    reference = copy.deepcopy(composed(loader, chosen))
+    with open_dict(reference):
+        for key in identity.BASE_KEYS:
+            OmegaConf.update(reference, key, OmegaConf.select(root, key), merge=False)
+    choices, preset_choices = root.hydra.runtime.choices, composed(loader, preset).hydra.runtime.choices
     shown = {g: choices[g] for g in identity.GROUPS_IN_NAME if choices.get(g) != preset_choices.get(g)}
-    return identity.folder_name(task_values(root), task_values(composed(loader, tuple(reference))), shown)
+    return identity.folder_name(task_values(root), task_values(reference), shown)
 
 
-_composed: dict[tuple, DictConfig] = {}
+_composed: dict[tuple[str, ...], DictConfig] = {}
 
 
 def composed(loader: Any, overrides: tuple[str, ...]) -> DictConfig:
-    """The config of `overrides` (a job's preset and group choices), composed once per process."""
-    key = (id(loader), overrides)
-    if key not in _composed:
+    """The config of `overrides` (a preset and group choices), composed once per process."""
+    if overrides not in _composed:
         from hydra.types import RunMode
 
-        _composed[key] = loader.load_configuration("config", list(overrides), run_mode=RunMode.RUN)
-    return _composed[key]
+        _composed[overrides] = loader.load_configuration("config", list(overrides), run_mode=RunMode.RUN)
+    return _composed[overrides]
 
 
 def task_values(cfg: DictConfig) -> dict[str, Any]:
@@ -246,7 +245,7 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
 def task(cfg: DictConfig) -> float | None:
     """One job, called by Hydra with its composed config. Reports its own failure in one line
     and returns None, so that Hydra goes on with the other jobs of a sweep and prints nothing
-    more; `launch` reads the command's exit status from the run directories."""
+    more; `launch` reads the command's exit status from the jobs' returns."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -262,7 +261,8 @@ def task(cfg: DictConfig) -> float | None:
 
         torch.set_num_threads(int(hydra_cfg.launcher.cpus_per_task))
     try:
-        return run(config, run_dir, console=err).get("test/error")
+        last = run(config, run_dir, console=err)
+        return float(last.get("test/error", math.nan))  # what a sweeper that optimises reads; None: failed
     except Aborted:
         remove_empty(run_dir)
         raise
@@ -312,6 +312,11 @@ def hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
             flags.append(arg)
             taking = None
         elif arg.startswith("-"):
+            if arg.split("=", 1)[0] not in HYDRA_FLAGS:
+                raise ConfigError(
+                    f"{arg} is not an option of resexp train: it takes -m, --debug, Hydra's "
+                    f"{', '.join(sorted(f for f in HYDRA_FLAGS if f.startswith('--')))}, and overrides key=value"
+                )
             flags.append(arg)
             taking = arg if arg in FLAG_VALUES else None
         elif flags and flags[-1] in ("--info", "-i") and arg in INFO_TOPICS:
@@ -338,28 +343,60 @@ def command_line(argv: list[str], env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def launch(args: list[str], multirun: bool, debug: bool) -> bool:
-    """Plan the command (compose, check, name and admit every job), then run it through
-    hydra.main with its argv, as the shell would have given it; whether every job's run is
-    complete now."""
+@contextmanager
+def hydra_app() -> Iterator[Any]:
+    """Hydra's runner over resexp's configs, set up as hydra.main sets it up (the same config
+    search path, launchers and sweepers), so that its results come back to `launch`."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        yield Hydra.create_main_hydra2("resexp", create_config_search_path("pkg://" + CONFIG_PACKAGE))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def show(args: list[str], flags: list[str], overrides: list[str]) -> None:
+    """Hydra's own flags (--cfg job, --info, --help): checked as a run would be, then printed by
+    hydra.main itself, which reads them from sys.argv; nothing trains."""
     import hydra
+
+    if any(f in ("--cfg", "-c") for f in flags):
+        plan(overrides, multirun=False)  # an invalid config is refused, not printed
+    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
+    with command_line(["resexp train", *args], {"HYDRA_FULL_ERROR": "1"}):
+        main()
+
+
+def launch(args: list[str], multirun: bool, debug: bool) -> bool:
+    """Plan the command (compose, check, name and admit every job), then run its jobs through
+    Hydra's runner (its launcher calls `task` once per job, here or in other processes); whether
+    every job's run is complete, as each job's return says."""
+    from hydra.core.utils import JobReturn, JobStatus
 
     register()
     flags, overrides = hydra_flags(args)
     if flags and multirun:
         raise ConfigError(f"{flags[0]} prints one job and cannot be combined with -m: drop -m (and the comma lists)")
-    prints = any(f in ("--cfg", "-c") for f in flags)
-    jobs = plan(overrides, multirun) if prints or not flags else []
-    admit_all([] if prints else jobs)
+    if flags:
+        show(args, flags, overrides)
+        return True
+    jobs = plan(overrides, multirun)
+    admit_all(jobs)
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
-    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
     quiet = [] if current().main else ["hydra/hydra_logging=disabled"]  # under torchrun rank 0 speaks for all
-    argv = ["resexp train", *(["--multirun"] if multirun else []), *args, *quiet]
+    mode = "hydra.mode=MULTIRUN" if multirun else "hydra.mode=RUN"
     env = {"HYDRA_FULL_ERROR": "1", **({"RESEXP_DEBUG": "1"} if debug else {})}  # errors reach us, not Hydra's printer
     began = time.time()
     try:
-        with command_line(argv, env):
-            main()
+        with command_line(sys.argv, env), hydra_app() as app:
+            if multirun:
+                returns = app.multirun("config", task, [*overrides, *quiet, mode])
+            else:
+                returns = [[app.run("config", task, [*overrides, *quiet, mode])]]
     except KeyboardInterrupt:
         started = [job for job in jobs if RunDir(job.run_dir).status().get("status") in ("running", "interrupted")]
         if started:  # a launcher that runs the jobs in other processes (submitit) was waiting for them
@@ -379,11 +416,16 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
             if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
                 (folder / "multirun.yaml").unlink()
                 remove_empty(folder)
-    if flags or not current().main:  # Hydra printed what was asked; rank 0 alone reads the run directories
-        return True
-    left = unfinished(jobs)
-    if left and multirun and left[0].launcher != BASIC_LAUNCHER:  # the jobs' own lines may be in the launcher's logs
-        for job in left:
+    outcomes = [r for batch in returns or [] if isinstance(batch, list) for r in batch if isinstance(r, JobReturn)]
+    done = [r.status == JobStatus.COMPLETED and r._return_value is not None for r in outcomes]
+    if len(done) == len(jobs) and jobs:
+        left = [job for job, ok in zip(jobs, done, strict=True) if not ok]
+    else:  # a sweeper of its own: its jobs are not known here
+        left = [] if all(done) else unfinished(jobs)
+        if not all(done) and not left:
+            return False
+    if left and current().main and multirun and left[0].launcher != BASIC_LAUNCHER:
+        for job in left:  # the jobs' own lines may be in the launcher's logs (submitit)
             err.print(f"[bold red]error:[/] {escape(str(job.run_dir))}: {escape(state_of(job))}", soft_wrap=True)
     return not left
 

@@ -152,6 +152,7 @@ def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Warn) -> Dec
     the metrics, never trusted over them: a checkpoint at the schedule's end is a complete run
     whatever status.json says (a SIGKILL or a full disk can leave it saying running)."""
     status = admit(cfg, run, data_source)
+    digest = identity.digest(identity.of(cfg))
     rows = run.metrics(warn, repair=True)
     if rows and (rows[-1].get("diverged") or not math.isfinite(rows[-1]["train/loss"])):
         raise Diverged(
@@ -162,16 +163,21 @@ def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Warn) -> Dec
     iterations = cfg.schedule.iterations
     if saved is not None:
         agrees(run, saved, cfg, data_source)
+        written = saved.get("metrics")  # what the rows up to the checkpoint hashed to when it was saved
+        if written is not None and written != run.metrics_digest([r for r in rows if r["step"] <= saved["step"]]):
+            what = "is gone" if not run.file(METRICS).exists() else "was changed after the run wrote it"
+            raise damaged(run, f"its checkpoint is at iteration {saved['step']} but {METRICS} {what}")
         end = rows[-1]["step"] if rows else 0
         if saved["step"] >= iterations and end < iterations:  # the last evaluation is the schedule's end
             raise damaged(run, f"its checkpoint is at iteration {saved['step']} but {METRICS} ends at iteration {end}")
     if (saved is not None and saved["step"] >= iterations) or (
         saved is None and rows and rows[-1]["step"] >= iterations
     ):
-        if status != "complete":
+        if status != "complete" or run.status().get("identity") not in (None, digest):
             step = max(saved["step"] if saved else 0, rows[-1]["step"] if rows else 0)
-            run.set_status("complete", step, iterations, identity=identity.digest(identity.of(cfg)))
-            warn(f"{run.path} is complete already (status.json said {status or 'nothing'}; corrected); skipping it")
+            run.set_status("complete", step, iterations, identity=digest)
+            said = status if status != "complete" else "complete, of another identity"
+            warn(f"{run.path} is complete already (status.json said {said or 'nothing'}; corrected); skipping it")
         else:
             warn(f"{run.path} is complete already; skipping it")
         return Decision(skip=True)

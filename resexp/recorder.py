@@ -127,9 +127,8 @@ class Recorder:
 
         self.run, self.total, self.digest = run, total, digest
         self.console = console or Console(stderr=True)
-        kept = [r for r in rows if r["step"] <= resume_step]
-        if kept != rows:
-            run.write_metrics(kept)
+        kept = [r for r in rows if r["step"] <= resume_step]  # those after the checkpoint are redone
+        run.keep_metrics(kept)
         after_earlier_event_files(run.path)
         self.writer = SummaryWriter(str(run.path), purge_step=resume_step + 1 if resume_step else None)
         self.progress = Progress(

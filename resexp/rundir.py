@@ -17,7 +17,8 @@ one thing a crash can leave there, a torn last line, is repaired with a warning.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -89,48 +90,53 @@ def read_json(path: Path) -> Any:
 
 
 class RunLock:
-    """run_dir/.lock, held with flock by the process writing the run: a second process (another
-    terminal, two sweep jobs that map to one directory) is refused. The kernel drops the lock when
-    its process dies, so a lock left by a killed run, or one whose pid now belongs to another
-    process, is simply taken over."""
+    """run_dir/.lock, held (filelock: flock on POSIX, a byte-range lock on Windows) by the process
+    writing the run: a second process (another terminal, two sweep jobs that map to one directory)
+    is refused, with the holder's pid. The operating system drops the lock when its process dies,
+    so a lock left by a killed run, or one naming a pid that now belongs to another process, is
+    simply taken over; the file is removed while the lock is still held, so the folder is left as
+    it was found."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
-        self.fd: int | None = None
+        self.lock: Any = None
 
     def __enter__(self) -> RunLock:
+        from filelock import FileLock, Timeout
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunDirError(
-                    f"{self.path.parent} is being written by another resexp process (pid {holder}); "
-                    "two runs never share a directory"
-                ) from None
-            try:  # its last holder may have removed the file between our open and our flock
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        self.fd = fd
+        lock = FileLock(str(self.path), timeout=0)
         try:
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            lock.acquire()
+        except Timeout:
+            try:
+                holder = self.path.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunDirError(
+                f"{self.path.parent} is being written by another resexp process (pid {holder}); "
+                "two runs never share a directory"
+            ) from None
+        self.lock = lock
+        try:  # the holder's pid, for the message another process gets
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        except PermissionError:  # Windows: the locked file cannot be written through another handle
+            pass
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
+        if self.lock is not None:
+            with contextlib.suppress(OSError):  # Windows keeps a locked file until it is closed
+                self.path.unlink(missing_ok=True)
+            self.lock.release()
+            self.lock = None
 
 
 def config_yaml(cfg: Any) -> str:
@@ -192,8 +198,9 @@ class RunDir:
 
     # metrics
     def metrics(self, warn: Warn | None = None, repair: bool = False) -> list[dict[str, Any]]:
-        """The rows of metrics.jsonl. A torn last line (a crash mid-write) is dropped with a
-        warning, and with `repair` removed from the file; any other bad line is a MetricsError."""
+        """The rows of metrics.jsonl. A torn last line (a crash mid-write) is left out with a
+        warning (`repair`: it is to be removed, which `keep_metrics` does when the run resumes);
+        any other bad line is a MetricsError."""
         path = self.file(METRICS)
         try:
             text = path.read_bytes().decode("utf-8", errors="replace")
@@ -212,14 +219,26 @@ class RunDir:
                 if warn is not None:
                     warn(
                         f"warning: {path} line {len(lines) + 1} was torn by a crash mid-write; "
-                        + ("removed it" if repair else "ignoring it")
+                        + ("removing it" if repair else "ignoring it")
                     )
-            if repair:
-                self.write_metrics(rows)
         return rows
 
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in rows), durable=True)
+    def metrics_digest(self, rows: list[dict[str, Any]] | None = None) -> str:
+        """A hash of metrics.jsonl as written (or as `rows` would write it): a checkpoint keeps the
+        one of the rows before it, so that rows changed since are found when the run resumes."""
+        if rows is not None:
+            data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        else:
+            data = self.file(METRICS).read_bytes() if self.file(METRICS).exists() else b""
+        return hashlib.sha1(data).hexdigest()[:16]
+
+    def keep_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Make metrics.jsonl hold exactly `rows` (a resumed run drops what came after its
+        checkpoint and a torn last line); untouched when it does already."""
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        path = self.file(METRICS)
+        if path.exists() and path.read_bytes() != text.encode():
+            atomic_write(path, text, durable=True)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.file(METRICS), "a") as f:
@@ -380,7 +399,10 @@ def load_run(path: Path, warn: Warn) -> Run:
     status = run_dir.status()
     written = status.get("identity")
     if written is not None and written != identity.digest(values):
-        raise RunDirError(f"{path / CONFIG} was changed after the run wrote it: restore it (or delete the folder)")
+        raise RunDirError(
+            f"{path / CONFIG} and {STATUS} disagree about the run (one was changed after the run wrote it): "
+            "restore it, or run the same command again to check the run against its checkpoint"
+        )
     wrong = identity.disagreements(path.name, values)
     if wrong:
         raise RunDirError(f"{path / CONFIG} does not describe the run its folder names ({'; '.join(wrong)})")

@@ -161,3 +161,22 @@ def test_the_installed_command_prints_one_line_and_exits_1(tmp_path):
         "110, 1202"
     )
     assert leftovers(tmp_path) == []
+
+
+def test_every_module_imports_where_there_is_no_fcntl(tmp_path):
+    """Windows has no fcntl: resexp still imports there (its run lock is filelock's). The import
+    machinery is what is tested, so a fresh interpreter, with fcntl made unimportable."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, process_env
+
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts)
+        for p in (REPO / "resexp").rglob("*.py")
+        if p.name not in ("__main__.py",)
+    )
+    code = "import sys; sys.modules['fcntl'] = None\n" + "".join(f"import {m}\n" for m in modules)
+    code += "from resexp.rundir import RunLock\nimport pathlib\nwith RunLock(pathlib.Path(sys.argv[1])): pass\n"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], env=process_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -3,6 +3,8 @@ with no traceback; and a failure before training leaves nothing on disk. Hypothe
 sets, valid and invalid values of every public field, on top of a run that takes a fraction of a
 second; through the CLI's entry point, in-process."""
 
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -131,3 +133,156 @@ def test_strange_override_syntax_is_one_line_too(tmp_path, text):
     outcome = resexp("train", *BASE, *text.split(), cwd=tmp_path)
     assert outcome.code in (0, 1) and "Traceback" not in outcome.stderr
     assert outcome.code == 0 or len(outcome.lines) == 1, outcome.stderr
+
+
+# --------------------------------------------------------------------------- the other commands
+
+
+FINISHED = [*BASE, "eval_every=1"]  # two evaluations: last.pt and prev.pt
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny plain/residual sweep, trained once, that each example copies."""
+    cwd = tmp_path_factory.mktemp("finished")
+    assert resexp("train", "-m", *FINISHED, "model.mode=plain,residual", cwd=cwd).code == 0
+    return cwd
+
+
+def on_a_copy(finished: Path, *args: str):
+    """`resexp ARGS` in a copy of the finished sweep: the outcome, and the files it added or changed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp) / "w"
+        shutil.copytree(finished, cwd)
+        before = snapshot(cwd)
+        outcome = resexp(*args, cwd=cwd)
+        return outcome, {k for k, v in snapshot(cwd).items() if before.get(k) != v}
+
+
+def snapshot(cwd: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cwd)): p.read_bytes() for p in cwd.rglob("*") if p.is_file()}
+
+
+def one_line_or_success(outcome, args) -> None:
+    assert "Traceback" not in outcome.stderr, (args, outcome.stderr)
+    assert "an unexpected error" not in outcome.stderr, (args, outcome.stderr)
+    if outcome.code != 0:
+        errors = [line for line in outcome.lines if line.startswith("error: ")]
+        assert outcome.code == 1 and errors == [outcome.lines[-1]], (args, outcome.code, outcome.stderr)
+
+
+OPTIONS = {
+    "analyze": {
+        "KIND": ["responses", "gradients", "lesion", "landscape", "ensembles"],
+        "FOLDER": ["runs/default", "runs/default/synthetic", "nowhere", "runs"],
+        "--images": ["8", "0", "-3", "1000000", "x"],
+        "--draws": ["1", "0", "101", "x"],
+        "--grid": ["2", "3", "1", "102", "100000"],
+        "--span": ["0.5", "0", "-1", "nan", "inf", "x"],
+        "--workers": ["1", "0", "999"],
+        "--nets": ["plain-8", "ResNet-8", "ResNet-99", ","],
+        "--seeds": ["0", "1", "x", "0,,1"],
+        "--device": ["cpu", "auto", "mps", "cuda:7", "gpu"],
+        "--data-root": ["nowhere", "."],
+        "--at-init": [None],
+    },
+    "report": {"FOLDER": ["runs/default", "runs", "nowhere"], "--format": ["markdown", "csv", "json", "html", "pdf"]},
+    "plot": {"FOLDER": ["runs/default", "nowhere"], "--out": ["figs/a", "/proc/no/such"]},
+    "bench": {
+        "--depths": ["8", "8,14", "21", "abc", "1000000004", ""],
+        "--modes": ["plain", "residual,plain", "highway"],
+        "--iterations": ["1", "0", "x"],
+        "--warmup": ["0", "-1"],
+        "--reference-iterations": ["1", "0"],
+        "--workers": ["0", "-1", "999"],
+        "--images": ["64", "10", "100000000"],
+        "--no-reference": [None],
+        "OVERRIDE": ["device=cpu", "device=mps", "data.batch_size=32", "speed.precision=fp32", "speed.compile=x"],
+    },
+}
+
+
+def command(name: str):
+    """A draw of one command's options: its positional arguments first, each option at most once."""
+    table = OPTIONS[name]
+    positional = [k for k in table if k.isupper()]
+    options = sorted(k for k in table if not k.isupper())
+    return st.tuples(
+        *[st.sampled_from(table[k]) for k in positional if k != "OVERRIDE"],
+        st.dictionaries(st.sampled_from(options), st.none(), max_size=4).flatmap(
+            lambda keys: st.tuples(*[st.sampled_from(table[k]).map(lambda v, k=k: (k, v)) for k in keys])
+        ),
+    ).map(lambda drawn: [name, *drawn[:-1], *[x for k, v in drawn[-1] for x in (k, v) if x is not None]])
+
+
+@settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(args=st.one_of(command("analyze"), command("report"), command("plot")))
+def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(finished, args):
+    if args[0] == "analyze" and "--workers" not in args:
+        args = [*args, "--images", "8"] if "--images" not in args else args  # seconds, not minutes
+    outcome, changed = on_a_copy(finished, *args)
+    event(f"{args[0]} exit {outcome.code}")
+    one_line_or_success(outcome, args)
+    if outcome.code != 0 and args[0] == "analyze":
+        assert not [c for c in changed if "/analysis/" in c and "chunks" not in c], (args, changed)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(args=command("bench"))
+def test_every_option_of_bench_ends_in_success_or_one_line(tmp_path_factory, args):
+    args = [*args, "--iterations", "1", "--warmup", "0", "--images", "64", "data.batch_size=16", "device=cpu"]
+    args = [a for i, a in enumerate(args) if a not in ("--iterations", "--warmup", "--images") or a not in args[:i]]
+    outcome = resexp(*args, "--no-reference", cwd=tmp_path_factory.mktemp("bench"))
+    event(f"bench exit {outcome.code}")
+    one_line_or_success(outcome, args)
+
+
+# --------------------------------------------------------------------------- damaged run folders
+
+RUN_FILES = ["config.yaml", "data.json", "metrics.jsonl", "status.json", "last.pt", "prev.pt", "environment.json"]
+DAMAGE = ["delete", "truncate", "empty", "garbage", "edit"]
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"\xff\xfe not what it was \x00")
+    else:  # a digit changed: a number edited by hand
+        text = bytearray(data)
+        at = next((i for i in range(len(text) // 3, len(text)) if chr(text[i]).isdigit()), None)
+        if at is not None:
+            text[at] = ord("7") if text[at] != ord("7") else ord("3")
+        path.write_bytes(bytes(text))
+
+
+@settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(file=st.sampled_from(RUN_FILES), how=st.sampled_from(DAMAGE), command=st.sampled_from(["train", "report"]))
+def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished, file, how, command):
+    """Whatever one file of a finished run suffered, `resexp train` again either leaves the run as
+    it was trained (the same metrics, row for row) or says in one line why not, touching nothing;
+    report goes on (the run named if it cannot be read)."""
+    run_dir = next(p.parent for p in (finished / "runs").rglob("metrics.jsonl") if "residual" in str(p))
+    rows = (run_dir / "metrics.jsonl").read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp) / "w"
+        shutil.copytree(finished, cwd)
+        copy = cwd / run_dir.relative_to(finished)
+        damage(copy / file, how)
+        before = snapshot(copy)
+        args = ["train", *FINISHED, "model.mode=residual"] if command == "train" else ["report", "runs"]
+        outcome = resexp(*args, cwd=cwd)
+        event(f"{command} {file} {how}: exit {outcome.code}")
+        one_line_or_success(outcome, (file, how))
+        if command == "train" and outcome.code == 0:
+            done = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+            assert [{k: v for k, v in r.items() if k != "time"} for r in done] == [
+                {k: v for k, v in json.loads(line).items() if k != "time"} for line in rows.splitlines()
+            ], (file, how)
+        if command == "train" and outcome.code != 0:
+            assert snapshot(copy) == before, (file, how)

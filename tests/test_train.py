@@ -276,31 +276,31 @@ def test_short_run_on_real_cifar10(tmp_path, cifar_npz):
 def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_sweep(tmp_path, monkeypatch):
     """submitit may report a job that Ctrl-C stopped as a failed job (an exception) before its
     own process sees the Ctrl-C: the command still says the sweep was interrupted, exit 130. An
-    exception with no job stopped by a signal since the command began stays an error."""
-    import hydra
+    exception with no job stopped by a signal since the command began names the runs left."""
+    import contextlib
 
+    from resexp import launch
     from resexp.rundir import RunDir
 
     def launcher_that_fails(stopped: bool):
-        def main(**kwargs):
-            def decorate(task):
-                def run():
-                    if stopped:
-                        run_dir = RunDir(tmp_path / folder(*TINY, "seed=1"))
-                        run_dir.path.mkdir(parents=True)
-                        run_dir.set_status("interrupted", 3, 16, signal="SIGINT")
-                    raise RuntimeError("FailedJobError: job 1 failed")
+        class App:
+            def multirun(self, *args):
+                if stopped:
+                    run_dir = RunDir(tmp_path / folder(*TINY, "seed=1"))
+                    run_dir.path.mkdir(parents=True)
+                    run_dir.set_status("interrupted", 3, 16, signal="SIGINT")
+                raise RuntimeError("FailedJobError: job 1 failed")
 
-                return run
+        @contextlib.contextmanager
+        def app():
+            yield App()
 
-            return decorate
+        return app
 
-        return main
-
-    monkeypatch.setattr(hydra, "main", launcher_that_fails(stopped=True))
+    monkeypatch.setattr(launch, "hydra_app", launcher_that_fails(stopped=True))
     out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path)
     assert out.code == 130 and "interrupted: 1 job(s) of the sweep had started" in out.stderr
-    monkeypatch.setattr(hydra, "main", launcher_that_fails(stopped=False))
+    monkeypatch.setattr(launch, "hydra_app", launcher_that_fails(stopped=False))
     (tmp_path / "b").mkdir()
     out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path / "b")
     assert out.code == 1 and out.lines == [
