@@ -318,6 +318,9 @@ def analyze(
         "", help="Only these nets, by the names report shows, e.g. ResNet-56,plain-56.", show_default="all"
     ),
     seeds: str = typer.Option("", help="Only runs of these seeds, e.g. 0 or 0,1.", show_default="all"),
+    per_channel: bool = typer.Option(
+        False, "--per-channel", help="responses: the std per channel, averaged (default: over all of a layer's values)."
+    ),
     debug: bool = DEBUG,
 ) -> None:
     from rich.table import Table
@@ -350,7 +353,9 @@ def analyze(
         result, paths = run_analysis(
             kind,
             folder,
-            Options(at_init, images, draws, grid, span, workers, nets=net_list, seeds=seed_list),
+            Options(
+                at_init, images, draws, grid, span, workers, nets=net_list, seeds=seed_list, per_channel=per_channel
+            ),
             pick_device(device, "--device"),
             data_root,
             note,
@@ -364,7 +369,7 @@ def analyze(
     console = Console()
     console.width = max(console.width, 140)
     console.print(table)
-    for line in result.verdicts:
-        console.print(f"- {line}", highlight=False, soft_wrap=True, markup=False)
+    for verdict in result.verdicts:
+        console.print(f"- {verdict}", highlight=False, soft_wrap=True, markup=False)
     for path in paths:
         typer.echo(str(path))

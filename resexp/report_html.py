@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from resexp.analysis import KINDS
+from resexp.analysis import stored
 from resexp.report import summarise, table, verdicts
 from resexp.rundir import Run
 
@@ -56,26 +56,35 @@ def section(title: str, about: str, png: bytes | None, body: str = "") -> str:
     return f"<section><h2>{html.escape(title)}</h2><p class=about>{about}</p>{image}{body}</section>"
 
 
+def verdict_item(verdict: dict | str) -> str:
+    """One verdict: the claim, its outcome as a coloured label, and why (the numbers, the criterion)."""
+    if isinstance(verdict, str):  # an analysis written by resexp 0.2
+        return f"<li>{html.escape(verdict)}</li>"
+    outcome = verdict["outcome"]
+    return (
+        f"<li><span class='outcome {outcome.replace(' ', '-')}'>{html.escape(outcome)}</span> "
+        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(verdict['why'])}</li>"
+    )
+
+
 def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
     """A section per analysis result under FOLDER/analysis; a result file that cannot be read is
     named in a warning and left out."""
     out = []
-    for kind in KINDS:
-        for stem, when in ((kind, ""), (f"{kind}-init", " at initialisation")):
-            doc_path, png_path = folder / "analysis" / f"{stem}.json", folder / "analysis" / f"{stem}.png"
-            if not (doc_path.exists() and png_path.exists()):
-                continue
-            try:
-                doc = json.loads(doc_path.read_text())
-                nets = sorted({f"{r['net']} s{r['seed']} ({r['state']})" for r in doc["records"]})
-                body = "<ul>" + "".join(f"<li>{html.escape(str(v))}</li>" for v in doc["verdicts"]) + "</ul>"
-                body += f"<p class=meta>{len(nets)} nets: {html.escape(', '.join(nets))}; {doc.get('seconds', '?')} s "
-                body += f"on {html.escape(str(doc.get('device', '?')))}.</p>"
-                png = png_path.read_bytes()
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                warn(f"warning: leaving out {doc_path}: it is not an analysis result ({type(e).__name__})")
-                continue
-            out.append(section(f"{kind}{when}", ABOUT[kind], png, body))
+    for found in stored(folder):
+        try:
+            doc = json.loads(found.numbers.read_text())
+            nets = sorted({f"{r['net']} s{r['seed']} ({r['state']})" for r in doc["records"]})
+            body = "<ul>" + "".join(verdict_item(v) for v in doc["verdicts"]) + "</ul>"
+            body += f"<p class=meta>{len(nets)} nets: {html.escape(', '.join(nets))}; {doc.get('seconds', '?')} s "
+            body += f"on {html.escape(str(doc.get('device', '?')))}.</p>"
+            png = found.figure.read_bytes()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            warn(f"warning: leaving out {found.numbers}: it is not an analysis result ({type(e).__name__})")
+            continue
+        out.append(
+            section(f"{found.kind}{' at initialisation' if found.at_init else ''}", ABOUT[found.kind], png, body)
+        )
     return out
 
 
@@ -118,6 +127,9 @@ h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.25em; border-bottom: 1px solid #dd
 img {{ max-width: 100%; display: block; margin: .5em 0; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 3px 6px; }}
 th {{ background: #f3f3f3; }} .about {{ color: #444; }} .meta {{ color: #777; font-size: 13px; }}
+.outcome {{ padding: 1px 6px; border-radius: 3px; font-size: 12px; font-weight: bold; white-space: nowrap; }}
+.agrees {{ background: #d4edda; color: #155724; }} .does-not-agree {{ background: #f8d7da; color: #721c24; }}
+.cannot-decide {{ background: #fff3cd; color: #856404; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class=meta>Made by resexp on {made}. He et al. 2015, "Deep Residual Learning for Image Recognition".</p>

@@ -18,6 +18,7 @@ from resexp.analysis.gradients import conv_layers, gradient_norms
 from resexp.analysis.lesion import blocks_of, removable, without
 from resexp.analysis.responses import response_layers, response_stds
 from resexp.analysis.subjects import subjects
+from resexp.analysis.verdict import OUTCOMES
 from resexp.errors import NotRemovable
 from resexp.models import build_net
 
@@ -128,10 +129,12 @@ def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(sw
     for kind in ("responses", "gradients", "lesion"):
         result = resexp("analyze", kind, "runs/default", cwd=sweep)
         assert result.code == 0, result.stderr
-        assert f"- {kind}" in result.stdout and "plain-8" in result.stdout and "ResNet-8" in result.stdout
+        assert "plain-8" in result.stdout and "ResNet-8" in result.stdout
+        assert any(f": {outcome.upper()}: " in result.stdout for outcome in OUTCOMES), result.stdout
         doc = json.loads((sweep / f"runs/default/analysis/{kind}.json").read_text())
         assert {r["net"] for r in doc["records"]} == {"plain-8", "ResNet-8"}
         assert all(r["state"] == "complete (16)" for r in doc["records"]) and doc["verdicts"]
+        assert all(v["outcome"] in OUTCOMES and v["why"] and v["source"] for v in doc["verdicts"])
         assert (sweep / f"runs/default/analysis/{kind}.png").stat().st_size > 10_000
     gradients = json.loads((sweep / "runs/default/analysis/gradients.json").read_text())["records"]
     assert sorted(r["at"] for r in gradients) == ["checkpoint", "checkpoint", "init", "init"]
@@ -177,7 +180,7 @@ def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(sweep):
     assert result.code == 0, result.stderr
     doc = json.loads((sweep / "runs/default/analysis/landscape.json").read_text())
     assert [r["net"] for r in doc["records"]] == ["ResNet-8"] and len(doc["records"][0]["grid"]) == 3
-    assert "landscape:" in result.stdout and "concave share" in result.stdout
+    assert "landscape:" in result.stdout and "non-convex share" in result.stdout
 
 
 def test_unfinished_and_diverged_runs_are_said_so(tmp_path, monkeypatch):
@@ -229,6 +232,8 @@ def test_the_html_report_is_one_self_contained_file(sweep):
     assert result.code == 0 and result.stdout.strip() == "runs/default/report.html"
     page = (sweep / "runs/default/report.html").read_text()
     assert "<h2>responses</h2>" in page and "<h2>table and verdict</h2>" in page and "He et al. 2015, Fig. 7" in page
+    labels = re.findall(r"<span class='outcome ([a-z-]+)'>([a-z ]+)</span>", page)  # each verdict: which and why
+    assert labels and all(word in OUTCOMES and cls == word.replace(" ", "-") for cls, word in labels)
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing fetched
     assert "http://" not in page and "https://" not in page
@@ -266,18 +271,6 @@ def test_the_html_report_renders_in_a_real_browser(sweep, tmp_path):
     assert image.size == (1200, 2400)
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 500  # text, tables and plotted curves, not a blank page
-
-
-def test_a_bowl_is_convex_and_a_bumpy_basin_is_not():
-    import numpy as np
-
-    a, b = np.meshgrid(np.linspace(-1, 1, 21), np.linspace(-1, 1, 21))
-    bowl = landscape.shape_of(2 * (a**2 + b**2))
-    assert bowl["local_minima"] == 1 and bowl["concave_share"] == 0 and bowl["basin_points"] == 21 * 21
-    bumpy = landscape.shape_of(2 * (a**2 + b**2) + 0.5 * np.cos(12 * a) * np.cos(12 * b))
-    assert bumpy["local_minima"] > 3 and bumpy["concave_share"] > 0.2
-    exploding = landscape.shape_of(np.where(a**2 + b**2 < 0.25, a**2 + b**2, 1e6))  # only the basin counts
-    assert exploding["basin_points"] < 21 * 21 and exploding["concave_share"] == 0 and exploding["local_minima"] == 1
 
 
 def test_data_moved_since_training_is_one_line_that_names_data_root(tmp_path):
@@ -359,3 +352,18 @@ def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(sweep, 
     job = {"run": net.run, "device": "cpu", "data_root": net.cfg.data.root, "folder": str(chunks), "images": 32}
     landscape.compute_chunk({**job, "name": "row-001", "points": [tuple(p[:2]) for p in pinned]})
     assert json.loads((chunks / "row-001.json").read_text()) == pinned
+
+
+def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
+    """gradients reads the first training batch as the run's training saw it, in its seed's order
+    (before: seed 0's batch for every run), from data loaded once for the runs of a sweep."""
+    from resexp.analysis.subjects import own_data
+    from resexp.data import build_data
+    from resexp.launch import compose
+
+    cfg = [compose([*TINY, f"seed={seed}"]) for seed in (0, 1)]
+    first = [next(iter(own_data(c, torch.device("cpu")).train.batches(0))) for c in cfg]
+    trained = next(iter(build_data(cfg[1].data, 1, torch.device("cpu")).train.batches(0)))
+    assert torch.equal(first[1][0], trained[0]) and torch.equal(first[1][1], trained[1])
+    assert not torch.equal(first[0][0], first[1][0])
+    assert own_data(cfg[0], torch.device("cpu")).evals["test"] is own_data(cfg[1], torch.device("cpu")).evals["test"]

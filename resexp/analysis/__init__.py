@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from resexp.analysis.subjects import Subject, subjects
+from resexp.analysis.verdict import Verdict
 from resexp.errors import UserError
 from resexp.rundir import atomic_write
 
@@ -40,6 +41,7 @@ class Options:
     seed: int = 0  # landscape directions, lesion draws
     nets: tuple[str, ...] = ()  # only these nets, by the paper's names (plain-56, ResNet-56); () = all
     seeds: tuple[int, ...] = ()  # only runs of these seeds; () = all
+    per_channel: bool = False  # responses: the std per channel, averaged (the paper does not say which)
 
 
 @dataclass
@@ -48,12 +50,34 @@ class Result:
     records: list[dict[str, Any]]  # one per net (and per state, for gradients)
     columns: list[str]
     rows: list[list[str]]
-    verdicts: list[str]
+    verdicts: list[Verdict]
     figure: Any = field(repr=False)  # a matplotlib Figure
 
 
 def stem(kind: str, options: Options) -> str:
     return f"{kind}-init" if options.at_init else kind
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One analysis written under FOLDER/analysis: its numbers (KIND.json) and figure (KIND.png)."""
+
+    kind: str
+    at_init: bool
+    numbers: Path
+    figure: Path
+
+
+def stored(folder: Path) -> list[Stored]:
+    """The analyses written under `folder`, in the order of KINDS (each checkpoint one before its
+    --at-init one): where they are is this package's business, not its readers'."""
+    out = []
+    for kind in KINDS:
+        for at_init in (False, True):
+            base = folder / "analysis" / stem(kind, Options(at_init=at_init))
+            if base.with_suffix(".json").exists() and base.with_suffix(".png").exists():
+                out.append(Stored(kind, at_init, base.with_suffix(".json"), base.with_suffix(".png")))
+    return out
 
 
 def analyze(
@@ -79,7 +103,7 @@ def analyze(
         "options": asdict(options),
         "device": str(device),
         "seconds": round(seconds, 1),
-        "verdicts": result.verdicts,
+        "verdicts": [asdict(v) for v in result.verdicts],
         "records": result.records,
     }
     base = out / stem(kind, options)

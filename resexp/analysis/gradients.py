@@ -6,8 +6,11 @@ initialisation and at its checkpoint; BN in training mode, as in a training step
 Lectures blame the degradation problem on vanishing gradients; He et al. (Sec. 4.1) argue that
 with BN "the backward propagated gradients exhibit healthy norms", so plain nets are not hard to
 train because their gradients vanish. The verdict compares the first conv layer's gradient with
-the last one's, per weight (RMS = norm / sqrt(weights), so layers of different sizes compare): a
-vanishing gradient would put the first layer orders of magnitude below the last.
+the last one's, per weight (RMS = norm / sqrt(weights), so layers of different sizes compare):
+healthy within a factor of HEALTHY either way; below 1/HEALTHY the gradient vanishes toward the
+input, above HEALTHY it explodes toward the input; a ratio that is not a finite positive number
+(a last layer whose gradient is exactly zero, as under Fixup's zero-initialised branches) cannot
+be judged. The claim is judged per state: at the checkpoint, and at initialisation.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 from resexp.models import Block
 
-VANISHING = 0.01  # first-layer RMS gradient below 1/100 of the last layer's
+HEALTHY = 100.0  # first / last conv layer RMS gradient within [1/100, 100]: healthy
 
 
 def conv_layers(model: nn.Module) -> list[nn.Conv2d]:
@@ -101,22 +105,42 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     return Result("gradients", records, columns, rows, verdicts(records), figure(nets, records))
 
 
-def verdicts(records: list[dict]) -> list[str]:
-    latest = {}
-    for r in records:  # the checkpoint when there is one, else the initialisation
-        latest[(r["net"], r["seed"])] = r
-    vanishing = sorted({r["net"] for r in latest.values() if r["first_to_last"] < VANISHING})
-    ratios = [r["first_to_last"] for r in latest.values()]
-    per_net = "; ".join(f"{n} s{s} {r['first_to_last']:.3g}" for (n, s), r in latest.items())
-    if vanishing:
-        head = f"gradients vanish in {', '.join(vanishing)} (first layer below 1/{1 / VANISHING:.0f} of the last)"
-    else:
-        head = (
-            f"no vanishing gradients: the first conv layer's gradient is {min(ratios):.2g} to {max(ratios):.2g} "
-            "times the last one's per weight; agrees with Sec. 4.1 (BN keeps gradient norms healthy, so "
-            "vanishing gradients do not explain the degradation)"
+def flow(ratio: float) -> str:
+    """How a gradient travels toward the input, from the first / last conv layer RMS ratio."""
+    if not math.isfinite(ratio) or ratio <= 0:
+        return "unmeasurable"
+    if ratio > HEALTHY:
+        return "explodes"
+    if ratio < 1 / HEALTHY:
+        return "vanishes"
+    return "healthy"
+
+
+def verdicts(records: list[dict]) -> list[Verdict]:
+    """Sec. 4.1's claim per state (the checkpoint, initialisation): agrees when every net's
+    gradient is healthy, does not agree when one vanishes or explodes, cannot decide when one
+    cannot be measured and none contradicts."""
+    out = []
+    for at, when in (("checkpoint", "at the checkpoint"), ("init", "at initialisation")):
+        mine = [r for r in records if r["at"] == at]
+        if not mine:
+            continue
+        kinds = {id(r): flow(r["first_to_last"]) for r in mine}
+        outcome = overall(
+            AGREES if kinds[id(r)] == "healthy" else UNDECIDED if kinds[id(r)] == "unmeasurable" else DISAGREES
+            for r in mine
         )
-    return [f"gradients: {head}. Per net (first / last, RMS): {per_net}"]
+        per_net = "; ".join(f"{r['net']} s{r['seed']} {r['first_to_last']:.3g} ({kinds[id(r)]})" for r in mine)
+        out.append(
+            Verdict(
+                f"with BN the gradients keep healthy norms, {when}",
+                "He et al. 2015, Sec. 4.1",
+                outcome,
+                f"first / last conv layer gradient per weight: {per_net}; healthy = within a factor of "
+                f"{HEALTHY:g} either way, below 1/{HEALTHY:g} vanishes, above {HEALTHY:g} explodes toward the input",
+            )
+        )
+    return out
 
 
 def figure(nets: list[Subject], records: list[dict]):

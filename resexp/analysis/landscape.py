@@ -14,13 +14,21 @@ side; on a GPU, one process takes the images in large batches.
 
 Their finding: ResNet-56's surface is smooth and nearly convex around the minimum, the same 56
 layers without shortcuts give a chaotic, non-convex one, and 110 plain layers a worse one still.
-Measured here: the share of interior grid points where the surface curves downward (a negative
-discrete Laplacian; 0 for a convex bowl) and the number of local minima.
+Measured here, in the basin around the weights (the grid points whose loss is within CEILING of the
+lowest, each with its eight neighbours in the basin too; outside it the loss explodes and any
+surface looks convex): the surface's 2x2 Hessian at each point (central differences on the grid),
+and the share of points with significant negative curvature, |lambda_min / lambda_max| > SIGNIFICANT
+with lambda_min < 0: Li et al.'s convexity map (their Fig. 7) on the plane the figure shows; and the
+basin's size (a wider basin is a flatter one). The verdict compares each residual net with the
+plain net of its depth: smoother when its non-convex share is lower by more than MARGIN, or, as
+convex, its basin is WIDER; with fewer than MIN_BASIN measured points in either basin, or no
+difference beyond those margins at this resolution, it cannot decide.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -35,6 +43,7 @@ from torch import nn
 
 from resexp.analysis import Options, Result, pyplot
 from resexp.analysis.subjects import Subject, load
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 from resexp.rundir import atomic_write
 
 DEFAULT_IMAGES = 512
@@ -205,24 +214,37 @@ def landscape(subject: Subject, options: Options, folder: Path, progress) -> dic
 
 
 CEILING = 10.0  # the basin: points whose loss is within this of the lowest (the figures clip there too)
+SIGNIFICANT = 0.1  # |lambda_min / lambda_max| above which a point's negative curvature counts
+MIN_BASIN = 9  # measured points a basin needs for its shape to be judged
+MARGIN = 0.05  # a difference in non-convex share that counts
+WIDER = 1.2  # a basin this many times as many points as another's is flatter
 
 
-def shape_of(loss: np.ndarray) -> dict[str, float]:
-    """How far the basin around the weights is from a convex bowl, measured where the loss is
-    within CEILING of its lowest value (outside it, the loss explodes and any surface looks
-    convex): the share of the basin's points whose discrete Laplacian is negative (the surface
-    curves downward there; 0 for a bowl), and the number of strict local minima (3x3)."""
+def shape_of(loss: np.ndarray) -> dict[str, Any]:
+    """The basin's shape on a grid of losses (rows b, columns a): its points, how many of them can
+    be measured (all eight neighbours in the basin), the share of those with significant negative
+    curvature (NaN when fewer than MIN_BASIN), and its strict local minima (3x3)."""
     basin = loss <= loss.min() + CEILING
-    inner = loss[1:-1, 1:-1]
+    centre = loss[1:-1, 1:-1]
+    d_aa = loss[1:-1, 2:] - 2 * centre + loss[1:-1, :-2]  # the grid step cancels in every ratio below
+    d_bb = loss[2:, 1:-1] - 2 * centre + loss[:-2, 1:-1]
+    d_ab = (loss[2:, 2:] - loss[2:, :-2] - loss[:-2, 2:] + loss[:-2, :-2]) / 4
+    half_trace, spread = (d_aa + d_bb) / 2, np.sqrt(((d_aa - d_bb) / 2) ** 2 + d_ab**2)
+    low, high = half_trace - spread, half_trace + spread  # the Hessian's eigenvalues at each point
     around = [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
-    neighbours = np.stack([loss[1 + i : loss.shape[0] - 1 + i, 1 + j : loss.shape[1] - 1 + j] for i, j in around])
-    in_basin = basin[1:-1, 1:-1] & np.stack(
+    measured = basin[1:-1, 1:-1] & np.stack(
         [basin[1 + i : basin.shape[0] - 1 + i, 1 + j : basin.shape[1] - 1 + j] for i, j in around]
     ).all(0)
-    laplacian = neighbours[[1, 3, 4, 6]].sum(0) - 4 * inner  # the 4 direct neighbours
-    minima = int(((inner[None] < neighbours).all(0) & in_basin).sum())
-    share = float((laplacian[in_basin] < 0).mean()) if in_basin.any() else float("nan")
-    return {"concave_share": share, "local_minima": minima, "basin_points": int(basin.sum())}
+    bent = (low < 0) & (-low > SIGNIFICANT * np.maximum(high, 0))
+    neighbours = np.stack([loss[1 + i : loss.shape[0] - 1 + i, 1 + j : loss.shape[1] - 1 + j] for i, j in around])
+    minima = int(((centre[None] < neighbours).all(0) & measured).sum())
+    share = float(bent[measured].mean()) if measured.sum() >= MIN_BASIN else float("nan")
+    return {
+        "nonconvex_share": share,
+        "basin_points": int(basin.sum()),
+        "measured_points": int(measured.sum()),
+        "local_minima": minima,
+    }
 
 
 def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
@@ -240,7 +262,8 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
         "grid",
         "images",
         "basin points",
-        "concave share",
+        "measurable",
+        "non-convex share",
         "local minima",
         "max loss",
     ]
@@ -256,7 +279,8 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
                 f"{grid.shape[0]}x{grid.shape[1]}",
                 str(r["images"]),
                 str(r["basin_points"]),
-                "-" if r["concave_share"] != r["concave_share"] else f"{r['concave_share']:.2f}",
+                str(r["measured_points"]),
+                "-" if math.isnan(r["nonconvex_share"]) else f"{r['nonconvex_share']:.2f}",
                 str(r["local_minima"]),
                 f"{grid[:, :, 2].max():.3g}",
             ]
@@ -265,42 +289,46 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
 
 
 def basin(r: dict) -> str:
-    if r["concave_share"] != r["concave_share"]:  # NaN: no point of the basin has its neighbours in it
-        return f"a basin of {r['basin_points']} grid points, too few to measure its shape (use a smaller --span)"
-    share, points = r["concave_share"], r["basin_points"]
-    return f"{r['local_minima']} local minima, concave share {share:.2f} in a basin of {points} points"
+    if math.isnan(r["nonconvex_share"]):
+        return (
+            f"a basin of {r['basin_points']} grid points, {r['measured_points']} measurable: too few (a smaller --span)"
+        )
+    return f"non-convex share {r['nonconvex_share']:.2f} of a basin of {r['basin_points']} points"
 
 
-def verdicts(records: list[dict]) -> list[str]:
+def compare(residual: dict, plain: dict) -> str:
+    """Whether the residual net's surface is smoother than the plain net's, by the criteria above."""
+    if math.isnan(residual["nonconvex_share"]) or math.isnan(plain["nonconvex_share"]):
+        return UNDECIDED
+    gap = plain["nonconvex_share"] - residual["nonconvex_share"]
+    if abs(gap) > MARGIN:
+        return AGREES if gap > 0 else DISAGREES
+    wider = residual["basin_points"] / max(plain["basin_points"], 1)
+    if wider >= WIDER or wider <= 1 / WIDER:
+        return AGREES if wider >= WIDER else DISAGREES
+    return UNDECIDED
+
+
+def verdicts(records: list[dict]) -> list[Verdict]:
     parts = [f"{r['net']} s{r['seed']}: {basin(r)}" for r in records]
     pairs = [
         (r, p)
         for r in records
         for p in records
-        if r["mode"] == "residual" and p["mode"] == "plain" and r["depth"] == p["depth"]
+        if r["mode"] == "residual" and p["mode"] == "plain" and r["depth"] == p["depth"] and r["seed"] == p["seed"]
     ]
+    claim = "with shortcuts the loss surface is smoother and closer to convex than without"
     if not pairs:
-        return [f"landscape: {'; '.join(parts)}. No verdict: needs a plain and a residual net of one depth"]
-    smoother = [compare(r, p) for r, p in pairs]
-    claim = "Li et al. 2018 (with shortcuts the surface is smoother and closer to convex than without)"
-    if all(s == 0 for s in smoother):
-        head = f"no difference at this resolution (a smaller --span or a finer --grid looks closer); {claim}"
-    elif all(s > 0 for s in smoother):
-        head = f"agrees with {claim}"
-    elif all(s <= 0 for s in smoother):
-        head = f"does NOT agree with {claim}"
-    else:
-        head = f"partly agrees with {claim}"
-    return [f"landscape: {'; '.join(parts)}: {head}"]
-
-
-def compare(residual: dict, plain: dict) -> int:
-    """+1 when the residual basin is smoother (fewer local minima, or as many and a concave share
-    smaller by more than 0.02), -1 when the plain one is, 0 when they measure alike."""
-    if residual["local_minima"] != plain["local_minima"]:
-        return 1 if residual["local_minima"] < plain["local_minima"] else -1
-    gap = plain["concave_share"] - residual["concave_share"]
-    return 0 if abs(gap) <= 0.02 or gap != gap else (1 if gap > 0 else -1)
+        why = f"{'; '.join(parts)}; needs a plain and a residual net of one depth and seed"
+        return [Verdict(claim, "Li et al. 2018, Figs. 5 and 7", UNDECIDED, why)]
+    outcome = overall(compare(r, p) for r, p in pairs)
+    criterion = (
+        f"criterion: non-convex share (|lambda_min/lambda_max| > {SIGNIFICANT:g}, lambda_min < 0) lower by more than "
+        f"{MARGIN:g}, or as convex and a basin {WIDER:g}x as wide; a basin needs {MIN_BASIN} measurable points"
+    )
+    if outcome == UNDECIDED and all(compare(r, p) == UNDECIDED for r, p in pairs):
+        criterion += " (no difference at this resolution, or a basin too small: a smaller --span or a finer --grid)"
+    return [Verdict(claim, "Li et al. 2018, Figs. 5 and 7", outcome, f"{'; '.join(parts)}; {criterion}")]
 
 
 def figure(records: list[dict]):

@@ -7,9 +7,16 @@ only possible where the block keeps the shape of its input; the blocks that chan
 removed and are reported as such. First each block alone, then k random blocks at once (k = 1 up
 to every removable block, several draws each).
 
-Their finding: for a ResNet, removing one block (one that does not downsample) barely changes the
-error, and the error rises smoothly with k, as for an ensemble losing members; for a plain net,
-removing any block sends the error to chance.
+Their findings, and the criteria resexp holds them to (each on a net whose intact error is at
+least UNTRAINED points below chance; on one that is not, no lesion can show anything: cannot decide):
+- residual nets, Fig. 3: removing one block that does not downsample barely changes the error: every
+  such block's removal raises the test error by at most SMALL points (all blocks, not the median:
+  one catastrophic block is a counter-example);
+- residual nets, Fig. 5: the error rises smoothly with the number of blocks removed, as for an
+  ensemble losing members: no single step of the mean error against k accounts for more than
+  STEEPEST of the whole rise (needs at least MIN_STEPS removable blocks and a rise of more than SMALL);
+- plain nets, Fig. 3: removing any block sends the error to chance: every removable block's removal
+  takes the error at least HALFWAY from the intact net's error to chance.
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 from resexp.errors import NotRemovable
 from resexp.models import Block
 
-SMALL = 5.0  # points of error: "barely changes"
-NEAR_CHANCE = 0.85  # of the chance error: "sends it to chance"
+SMALL = 5.0  # points of test error: "barely changes"
+HALFWAY = 0.5  # of the way from the intact net's error to chance: "sends it to chance"
+UNTRAINED = 10.0  # points below chance: a net closer to chance than this is not trained enough to judge
+STEEPEST = 0.5  # the largest step of error against k, as a share of the whole rise: "smooth" below it
+MIN_STEPS = 4  # removable blocks needed to call a curve smooth or not
 
 
 def blocks_of(model: nn.Module) -> list[tuple[nn.Sequential, int, Block]]:
@@ -185,24 +196,76 @@ def single_removals(record: dict) -> list[float]:
     return [e for i, e in enumerate(record["single"]) if e is not None and i not in record["downsampling"]]
 
 
-def verdicts(records: list[dict]) -> list[str]:
-    lines = []
-    for mode, claim in (("residual", "barely changes the error"), ("plain", "sends the error to chance")):
-        mine = [r for r in records if r["mode"] == mode]
+def trained(record: dict) -> bool:
+    return record["intact"] <= record["chance"] - UNTRAINED
+
+
+def single_block(record: dict) -> tuple[str, str]:
+    """Fig. 3 for one net: (outcome, numbers)."""
+    name, intact = f"{record['net']} s{record['seed']}", record["intact"]
+    if not trained(record):
+        return UNDECIDED, f"{name} {intact:.1f} intact: not trained (chance {record['chance']:.0f})"
+    if record["mode"] == "residual":
+        rises = {
+            i: e - intact for i, e in enumerate(record["single"]) if e is not None and i not in record["downsampling"]
+        }
+        if not rises:
+            return UNDECIDED, f"{name}: no block to remove but downsampling ones"
+        worst = max(rises, key=rises.get)
+        text = (
+            f"{name} {intact:.1f} -> at most {intact + rises[worst]:.1f} (block {worst + 1} of {len(record['single'])})"
+        )
+        return (AGREES if rises[worst] <= SMALL else DISAGREES), text
+    floor = {i: intact + HALFWAY * (record["chance"] - intact) for i, e in enumerate(record["single"]) if e is not None}
+    if not floor:
+        return UNDECIDED, f"{name}: no removable block"
+    mildest = min(floor, key=lambda i: record["single"][i])
+    error = record["single"][mildest]
+    text = f"{name} {intact:.1f} -> at least {error:.1f} (block {mildest + 1}; halfway to chance: {floor[mildest]:.1f})"
+    return (AGREES if error >= floor[mildest] else DISAGREES), text
+
+
+def smoothness(record: dict) -> tuple[str, str]:
+    """Fig. 5 for one residual net: (outcome, numbers)."""
+    name = f"{record['net']} s{record['seed']}"
+    ks = sorted(record["by_k"], key=int)
+    if not trained(record):
+        return UNDECIDED, f"{name}: not trained"
+    if len(ks) < MIN_STEPS:
+        return UNDECIDED, f"{name}: {len(ks)} removable blocks, fewer than {MIN_STEPS}"
+    curve = [record["intact"], *(statistics.fmean(record["by_k"][k]) for k in ks)]
+    rise = curve[-1] - curve[0]
+    if rise <= SMALL:
+        return UNDECIDED, f"{name}: removing every block raises the error by only {rise:.1f} points"
+    steps = [b - a for a, b in zip(curve, curve[1:], strict=False)]
+    k = max(range(len(steps)), key=steps.__getitem__)
+    text = f"{name}: largest step {steps[k]:.1f} of a {rise:.1f}-point rise (from {k} to {k + 1} blocks removed)"
+    return (AGREES if steps[k] <= STEEPEST * rise else DISAGREES), text
+
+
+def verdicts(records: list[dict]) -> list[Verdict]:
+    out = []
+    for mode, claim in (
+        ("residual", "removing one block of a residual net (not a downsampling one) barely changes the error"),
+        ("plain", "removing any block of a plain net sends the error to chance"),
+    ):
+        mine = [single_block(r) for r in records if r["mode"] == mode]
         if not mine:
             continue
-        parts, agree = [], []
-        for r in mine:
-            median = statistics.median(single_removals(r))
-            agree.append(median - r["intact"] < SMALL if mode == "residual" else median >= NEAR_CHANCE * r["chance"])
-            parts.append(f"{r['net']} s{r['seed']} {r['intact']:.1f} -> {median:.1f}")
-        head = "agrees" if all(agree) else "does NOT agree" if not any(agree) else "partly agrees"
-        lines.append(
-            f"lesion ({mode}): test error intact -> median with one non-downsampling block removed: "
-            f"{'; '.join(parts)} (chance {mine[0]['chance']:.0f}): {head} with Veit et al. 2016 "
-            f"(removing one block of a {mode} net {claim})"
+        criterion = (
+            f"every such block at most {SMALL:g} points"
+            if mode == "residual"
+            else f"every block at least {HALFWAY:g} of the way to chance"
         )
-    return lines
+        numbers = "; ".join(text for _, text in mine)
+        why = f"test error intact -> with one block removed: {numbers}; criterion: {criterion}"
+        out.append(Verdict(claim, "Veit et al. 2016, Fig. 3", overall(o for o, _ in mine), why))
+    mine = [smoothness(r) for r in records if r["mode"] == "residual"]
+    if mine:
+        why = "; ".join(text for _, text in mine) + f"; criterion: no step above {STEEPEST:g} of the whole rise"
+        claim = "the error of a residual net rises smoothly with the number of blocks removed"
+        out.append(Verdict(claim, "Veit et al. 2016, Fig. 5", overall(o for o, _ in mine), why))
+    return out
 
 
 def figure(nets: list[Subject], records: list[dict]):

@@ -1,12 +1,16 @@
 """Layer responses, He et al. 2015, Sec. 4.2 and Figure 7: "The responses are the outputs of each
 3x3 layer, after BN and before other nonlinearity (ReLU/addition)". For each net, the standard
-deviation of each 3x3 layer's response over the test set (all images, channels and positions),
-in eval mode; by layer index, and sorted by magnitude.
+deviation of each 3x3 layer's response over the test set, in eval mode; by layer index, and
+sorted by magnitude. The paper does not say whether the std is taken over all values of a layer
+(images, channels and positions: the default here) or per channel and then averaged
+(`--per-channel`); both are computed from the same sums.
 
-The paper's claim: residual functions are generally closer to zero than the non-residual ones,
-so residual nets' responses are smaller than their plain counterparts', and the deeper a
-residual net, the smaller its responses ("an individual layer of ResNets tends to modify the
-signal less").
+The paper's claims: residual functions are generally closer to zero than the non-residual ones,
+so residual nets' responses are smaller than their plain counterparts' at the same depth, and the
+deeper a residual net, the smaller its responses ("an individual layer of ResNets tends to modify
+the signal less"). Each comparison is of the median std over layers, averaged over seeds, and
+counts only beyond the seeds' noise (twice the larger std over seeds of the two nets): with one
+seed of a net the noise is unknown and the comparison cannot decide.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 
 
 def response_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -37,16 +42,16 @@ def response_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 @contextmanager
 def recording(layers: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
-    """Forward hooks that sum each layer's output (count, sum, sum of squares, in float64);
-    removed on exit, whatever happens."""
-    sums = [torch.zeros(3, dtype=torch.float64) for _ in layers]
+    """Forward hooks that sum each layer's output per channel ((3, C): count, sum, sum of squares,
+    in float64); removed on exit, whatever happens."""
+    sums: list[torch.Tensor] = [torch.zeros(3, 0, dtype=torch.float64) for _ in layers]
 
     def hook(index: int):
         def add(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            out = output.detach().double()
-            sums[index] += torch.stack(
-                [torch.tensor(out.numel(), dtype=torch.float64), out.sum().cpu(), out.square().sum().cpu()]
-            )
+            out = output.detach().double().transpose(0, 1).flatten(1)  # (C, values)
+            count = torch.full((out.shape[0],), float(out.shape[1]), dtype=torch.float64)
+            new = torch.stack([count, out.sum(1).cpu(), out.square().sum(1).cpu()])
+            sums[index] = new if sums[index].shape[1] == 0 else sums[index] + new
 
         return add
 
@@ -59,15 +64,23 @@ def recording(layers: list[nn.Module]) -> Iterator[list[torch.Tensor]]:
 
 
 @torch.no_grad()
-def response_stds(model: nn.Module, batches, limit: int | None = None) -> list[float]:
+def response_stds(model: nn.Module, batches, limit: int | None = None, per_channel: bool = False) -> list[float]:
     """The std of each 3x3 layer's response over the evaluation batches (at most `limit` images)."""
-    return responses(model, batches, limit)[0]
+    return responses(model, batches, limit, per_channel)[0]
+
+
+def std(sums: torch.Tensor) -> float:
+    """The std of all values from (count, sum, sum of squares)."""
+    count, total, squares = sums
+    return float((squares / count - (total / count) ** 2).clamp_min(0).sqrt())
 
 
 @torch.no_grad()
-def responses(model: nn.Module, batches, limit: int | None = None) -> tuple[list[float], int]:
+def responses(
+    model: nn.Module, batches, limit: int | None = None, per_channel: bool = False
+) -> tuple[list[float], int]:
     """The std of each 3x3 layer's response over the evaluation batches (at most `limit` images),
-    and how many images that was."""
+    over all its values or per channel and averaged; and how many images that was."""
     model.eval()
     seen = 0
     with recording(response_layers(model)) as sums:
@@ -77,14 +90,16 @@ def responses(model: nn.Module, batches, limit: int | None = None) -> tuple[list
             x = x[: limit - seen] if limit is not None else x
             model(x)
             seen += len(x)
-    return [float((s[2] / s[0] - (s[1] / s[0]) ** 2).clamp_min(0).sqrt()) for s in sums], seen
+    if per_channel:
+        return [statistics.fmean(std(c) for c in s.T) for s in sums], seen
+    return [std(s.sum(1)) for s in sums], seen
 
 
 def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
     records = []
     for net in nets:
         progress(f"responses: {net.name}")
-        stds, seen = responses(net.model, net.data.evals["test"], options.images)
+        stds, seen = responses(net.model, net.data.evals["test"], options.images, options.per_channel)
         records.append(
             {**net.record(), "images": seen, "layers": len(stds), "std": stds, "median": statistics.median(stds)}
         )
@@ -121,29 +136,41 @@ def mean_curve(group: list[dict]) -> list[float]:
     return [statistics.fmean(values) for values in zip(*(r["std"] for r in group), strict=True)]
 
 
-def verdicts(groups: dict[str, list[dict]]) -> list[str]:
-    """Compare medians of the per-layer stds: residual vs plain at each depth, and deeper vs
-    shallower residual nets (option A, B or C, whichever is there)."""
-    median = {name: mean_of(g, "median") for name, g in groups.items()}
+def smaller(a: list[dict], b: list[dict]) -> tuple[str, str]:
+    """Whether net a's responses are smaller than net b's beyond the seeds' noise: (outcome, numbers)."""
+    ma, mb = mean_of(a, "median"), mean_of(b, "median")
+    text = f"{a[0]['net']} {ma:.3f} vs {b[0]['net']} {mb:.3f}"
+    if len(a) < 2 or len(b) < 2:
+        return UNDECIDED, text + " (one seed: noise unknown)"
+    noise = 2 * max(statistics.stdev(r["median"] for r in g) for g in (a, b))
+    text += f" (2 std over seeds {noise:.3f})"
+    if abs(mb - ma) <= noise:
+        return UNDECIDED, text
+    return (AGREES if ma < mb else DISAGREES), text
+
+
+def verdicts(groups: dict[str, list[dict]]) -> list[Verdict]:
+    """Residual vs plain at each depth, and each deeper residual net vs the next shallower one
+    (option A, B or C, whichever is there); median std over layers, mean over seeds."""
     mode = {name: g[0]["mode"] for name, g in groups.items()}
     depth = {name: g[0]["depth"] for name, g in groups.items()}
     residual = sorted((n for n in groups if mode[n] == "residual"), key=depth.get)
     pairs = [(r, p) for r in residual for p in groups if mode[p] == "plain" and depth[p] == depth[r]]
-    parts, agree = [], []
-    for r, p in pairs:
-        agree.append(median[r] < median[p])
-        parts.append(f"{r} {median[r]:.3f} vs {p} {median[p]:.3f}")
-    for shallow, deep in zip(residual, residual[1:], strict=False):
-        if depth[deep] > depth[shallow]:
-            agree.append(median[deep] < median[shallow])
-            parts.append(f"{deep} {median[deep]:.3f} vs {shallow} {median[shallow]:.3f}")
-    if not agree:
-        return ["responses: no verdict: needs a residual and a plain net of one depth, or two residual depths"]
-    head = "agrees with" if all(agree) else "does NOT agree with" if not any(agree) else "partly agrees with"
-    return [
-        f"responses: median response std {'; '.join(parts)}: {head} the paper (Sec. 4.2, Fig. 7: residual "
-        "responses smaller than plain, and smaller still in deeper residual nets)"
-    ]
+    deeper = [(d, s) for s, d in zip(residual, residual[1:], strict=False) if depth[d] > depth[s]]
+    out = []
+    for claim, compared in (
+        ("residual nets respond less than plain nets of the same depth", pairs),
+        ("the deeper a residual net, the smaller its responses", deeper),
+    ):
+        if not compared:
+            why = "needs " + ("a residual and a plain net of one depth" if compared is pairs else "two residual depths")
+            out.append(Verdict(claim, "He et al. 2015, Sec. 4.2, Fig. 7", UNDECIDED, why))
+            continue
+        results = [smaller(groups[a], groups[b]) for a, b in compared]
+        why = "median response std: " + "; ".join(text for _, text in results)
+        why += "; criterion: smaller by more than twice the larger std over seeds"
+        out.append(Verdict(claim, "He et al. 2015, Sec. 4.2, Fig. 7", overall(o for o, _ in results), why))
+    return out
 
 
 def figure(nets: list[Subject], groups: dict[str, list[dict]]):
