@@ -207,6 +207,12 @@ def test_analyze_mistakes_are_one_line(sweep, tmp_path):
         (["lesion", "empty"], "no run under empty can be analysed"),
         (["lesion", "runs/default", "--nets", "ResNet-99"], "no run under runs/default matching --nets ResNet-99"),
         (["lesion", "runs/default", "--seeds", "x"], "--seeds x must be a comma list of integers"),
+        (["landscape", "runs/default", "--grid", "100000"], "--grid 100000 must be at most 101"),
+        (["landscape", "runs/default", "--workers", "999"], "--workers 999 must be at most"),
+        (["landscape", "runs/default", "--span", "inf"], "--span inf must be a positive number"),
+        (["lesion", "runs/default", "--draws", "1000000"], "--draws 1000000 must be at most 100"),
+        (["lesion", "runs/default", "--grid", "x"], "Invalid value for '--grid'"),
+        (["lesion", "runs/default", "--device", "mps"], "--device mps is not supported"),
     ):
         (sweep / "empty").mkdir(exist_ok=True)
         result = resexp("analyze", *args, cwd=sweep)
@@ -367,3 +373,16 @@ def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
     assert torch.equal(first[1][0], trained[0]) and torch.equal(first[1][1], trained[1])
     assert not torch.equal(first[0][0], first[1][0])
     assert own_data(cfg[0], torch.device("cpu")).evals["test"] is own_data(cfg[1], torch.device("cpu")).evals["test"]
+
+
+def test_one_run_that_cannot_be_analysed_is_named_and_the_others_go_on(sweep, tmp_path):
+    """Before: one unreadable run aborted the whole analysis."""
+    shutil.copytree(sweep / "runs", tmp_path / "runs")
+    shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)
+    broken = tmp_path / folder(*TINY, "model.mode=plain")
+    (broken / "data.json").write_text('{"fingerprint": "someone else\'s data", "source": "x"}')
+    result = resexp("analyze", "responses", "runs/default", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert f"skipping {broken.relative_to(tmp_path)}: " in result.stderr and "it was trained on x" in result.stderr
+    [record] = json.loads((tmp_path / "runs/default/analysis/responses.json").read_text())["records"]
+    assert record["net"] == "ResNet-8"

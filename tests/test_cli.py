@@ -59,10 +59,11 @@ def test_help_texts(tmp_path):
         ("speed.cuda_graph=true", "speed.cuda_graph=true needs a CUDA device, not cpu"),
         ("name=../../escape", "must be a folder name below runs/"),
         ("model.depth=1000000004", "needs about"),
+        ("data.image_size=4 data.batch_size=1", "leaves 1 value per channel in the last stage (1x1)"),
     ],
 )
 def test_mistakes_end_in_one_line_and_leave_nothing_behind(tmp_path, override, message):
-    result = resexp("train", *TINY, override, cwd=tmp_path)
+    result = resexp("train", *TINY, *override.split(), cwd=tmp_path)
     assert result.code == 1
     assert result.lines == [result.lines[0]] and message in result.lines[0], result.stderr
     assert leftovers(tmp_path) == [] and not (tmp_path.parent / "escape").exists()
@@ -180,3 +181,64 @@ def test_every_module_imports_where_there_is_no_fcntl(tmp_path):
     code += "from resexp.rundir import RunLock\nimport pathlib\nwith RunLock(pathlib.Path(sys.argv[1])): pass\n"
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], env=process_env(), capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cfg", "job", "model.depth=21"], "model.depth=21 is not a CIFAR depth"),
+        (["--cfg", "job", "seed=-5", "optim.lr=nan"], "seed=-5 must be at least 0"),
+        (["--bogus"], "--bogus is not an option of resexp train"),
+        (["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "seed=0,1"], "timeout_min=0 must be"),
+    ],
+)
+def test_printing_a_config_checks_it_and_launcher_options_are_checked_first(tmp_path, args, message):
+    """Before: --cfg job printed invalid configs with exit 0, and timeout_min=0 left multirun.yaml,
+    .submitit/ and a literal %j/ folder."""
+    result = resexp("train", *TINY, *args, cwd=tmp_path)
+    assert result.code == 1 and len(result.lines) == 1 and message in result.lines[0], result.stderr
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["train", "report", "plot", "analyze", "bench", "models"])
+def test_every_command_has_debug_for_the_traceback(tmp_path, command):
+    args = {
+        "train": ["model.depth=21"],
+        "report": ["nowhere"],
+        "plot": ["nowhere"],
+        "analyze": ["responses", "nowhere"],
+        "bench": ["--depths", "21"],
+        "models": [],
+    }[command]
+    from resexp.errors import UserError
+
+    if command == "models":
+        assert resexp(command, "--debug", "--json", cwd=tmp_path).code == 0
+        return
+    with pytest.raises((UserError, ValueError)):
+        resexp(command, *args, "--debug", cwd=tmp_path)
+
+
+def test_report_goes_on_past_runs_it_cannot_read(tiny_run, tmp_path):
+    """A metrics.jsonl that cannot be read (here a folder by that name) and a config.yaml that is
+    not UTF-8 are named, one warning each; an analysis result of the wrong shape is left out of the
+    HTML page with a warning (before: tracebacks)."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    for name in ("unreadable", "latin1", "fine"):
+        shutil.copytree(tiny_run[0], runs / name / tiny_run[0].name)
+    (runs / "unreadable" / tiny_run[0].name / "metrics.jsonl").unlink()
+    (runs / "unreadable" / tiny_run[0].name / "metrics.jsonl").mkdir()
+    (runs / "latin1" / tiny_run[0].name / "config.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (runs / "analysis").mkdir()
+    (runs / "analysis" / "lesion.json").write_text('{"records": 3}')
+    (runs / "analysis" / "lesion.png").write_bytes(b"")
+    result = resexp("report", "runs", "--format", "html", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.lines if line.startswith("warning")]
+    assert len(warnings) == 3 and "Traceback" not in result.stderr
+    assert any("unreadable" in w and "metrics.jsonl cannot be read" in w for w in warnings)
+    assert any("latin1" in w and "config.yaml cannot be read" in w for w in warnings)
+    assert any("lesion.json: it is not an analysis result" in w for w in warnings)
+    assert (runs / "report.html").exists()

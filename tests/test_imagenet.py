@@ -168,3 +168,23 @@ def test_the_input_pipeline_benchmark_prints_images_per_second(capsys):
     assert torch.get_num_threads() == threads  # the rest of the session trains as before
     assert result["workers"] == 0 and result["images_per_s"] > 0
     assert "images/s" in capsys.readouterr().out
+
+
+def test_the_fingerprint_sees_other_images_under_the_same_names(tmp_path):
+    """A tree with the same class folders, file names and counts but other images is other data
+    (before: only the class names and file counts were hashed); resexp 0.2's fingerprint is kept
+    as the legacy one, so that the runs it made still match the data they were trained on."""
+    import shutil
+
+    from resexp.data.imagenet import source
+
+    a = jpeg_tree(tmp_path / "a", {"train": 3, "val": 3})
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    cfg_a, cfg_b = imagenet_cfg(a), imagenet_cfg(b)
+    assert source(cfg_a).fingerprint == source(cfg_b).fingerprint  # a copy is the same data
+    first = sorted((b / "train").iterdir())[0]
+    image = sorted(first.iterdir())[0]
+    image.write_bytes(sorted(sorted((b / "val").iterdir())[1].iterdir())[0].read_bytes())  # another image, same name
+    assert source(cfg_a).fingerprint != source(cfg_b).fingerprint
+    assert source(cfg_a).legacy == source(cfg_b).legacy  # what resexp 0.2 could not tell apart

@@ -308,3 +308,32 @@ def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_
         f"{folder(*TINY, 'seed=0')}, {folder(*TINY, 'seed=1')}; the same command again resumes them from their last "
         "checkpoints"
     ]
+
+
+def test_a_sweep_whose_jobs_ran_elsewhere_says_which_runs_did_not_finish(tmp_path):
+    """With a launcher that runs the jobs in other processes (joblib here, submitit on a cluster,
+    whose jobs write their lines into log files), the command itself names each run that did
+    not finish and why (before: a submitit sweep whose jobs all diverged exited 1, saying nothing)."""
+    args = [*TINY, "optim.lr=1e6", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = resexp("train", "-m", *args, cwd=tmp_path)
+    assert result.code == 1
+    ours = [line for line in result.lines if line.startswith("error: runs/")]
+    assert [line.split(":")[1].strip() for line in ours] == [folder(*TINY, "optim.lr=1e6", f"seed={s}") for s in (0, 1)]
+    assert all("diverged at iteration 8 (training loss is nan at iteration 8)" in line for line in ours)
+
+
+def test_a_failure_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
+    """Before: 'X keeps its last checkpoint' for a run that had none."""
+    from resexp import train
+
+    def broken(*args):
+        def step(x, y, lr):
+            raise OSError(5, "Input/output error")
+
+        return step
+
+    monkeypatch.setattr(train, "make_step", broken)
+    result = resexp("train", *TINY, cwd=tmp_path)
+    assert result.code == 1 and result.lines == [
+        f"error: Input/output error (at iteration 0; {TINY_DIR} has no checkpoint yet: the same command starts it again)"
+    ]
