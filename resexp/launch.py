@@ -252,7 +252,8 @@ def task(cfg: DictConfig) -> float | None:
     from resexp.lifecycle import run
 
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(os.path.relpath(hydra_cfg.runtime.output_dir))  # as the user wrote it: runs/...
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.sweep.dir) / hydra_cfg.sweep.subdir if multirun else Path(hydra_cfg.run.dir)  # runs/...
     config = to_object(cfg)
     if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("n_jobs") is not None:
         config.device = share_machine(config.device, hydra_cfg.job.num, hydra_cfg.launcher.n_jobs)

@@ -165,3 +165,11 @@ def signal_at(monkeypatch, iteration: int, *signums: int, gap: float = 0.01) -> 
                 time.sleep(gap)  # let the handler run before the next signal
 
     monkeypatch.setattr(recorder.Recorder, "iteration", iteration_then_signal)
+
+
+def fresh_joblib_workers() -> None:
+    """joblib's loky workers outlive a command and keep the working directory they were started
+    in; the tests run commands in-process from many directories, so each joblib test starts its own."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)

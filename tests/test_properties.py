@@ -91,7 +91,7 @@ overrides = st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size
 )
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=overrides)
 def test_every_override_set_ends_in_success_or_one_line_and_a_failed_start_leaves_nothing(drawn):
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +215,7 @@ def command(name: str):
     ).map(lambda drawn: [name, *drawn[:-1], *[x for k, v in drawn[-1] for x in (k, v) if x is not None]])
 
 
-@settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(args=st.one_of(command("analyze"), command("report"), command("plot")))
 def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(finished, args):
     if args[0] == "analyze" and "--workers" not in args:

@@ -5,10 +5,12 @@ checkpoints, locks and resume=PATH in-process through the CLI's entry point."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,12 +37,33 @@ LONG_DIR = folder(*LONG)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The metrics of an uninterrupted run."""
+def finished(tmp_path_factory) -> Path:
+    """A folder holding one uninterrupted run of RUN (tests copy it: `copy_runs`)."""
     cwd = tmp_path_factory.mktemp("reference")
     result = resexp("train", *RUN, cwd=cwd)
     assert result.code == 0, result.stderr
-    return without_time(rows(cwd / RUN_DIR))
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def reference(finished):
+    """The metrics of an uninterrupted run."""
+    return without_time(rows(finished / RUN_DIR))
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> Path:
+    """A folder holding RUN stopped by Ctrl-C at iteration 35 of 60: evaluations at 10, 20 and 30,
+    a checkpoint at 35 (tests copy it: `copy_runs`)."""
+    cwd = tmp_path_factory.mktemp("stopped")
+    with pytest.MonkeyPatch.context() as patch:
+        signal_at(patch, 35, signal.SIGINT)
+        assert resexp("train", *RUN, cwd=cwd).code == 130
+    return cwd
+
+
+def copy_runs(source: Path, cwd: Path) -> None:
+    shutil.copytree(source / "runs", cwd / "runs")
 
 
 def status(cwd, run_dir=RUN_DIR):
@@ -74,7 +97,7 @@ def long_reference(tmp_path_factory):
     return without_time(rows(cwd / LONG_DIR))
 
 
-@pytest.mark.parametrize("after_rows,extra_delay", [(2, 0.0), (3, 0.03)])
+@pytest.mark.parametrize("after_rows,extra_delay", [(3, 0.03)])
 def test_sigkill_anywhere_then_rerun_gives_identical_metrics(tmp_path, long_reference, after_rows, extra_delay):
     proc = start(tmp_path)
     wait_for_rows(tmp_path, after_rows, proc)
@@ -196,10 +219,8 @@ def test_first_signal_asks_the_loop_to_stop_and_the_second_aborts_at_once():
 # --------------------------------------------------------------------------- damaged run directories
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, monkeypatch):
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    assert resexp("train", *RUN, cwd=tmp_path).code == 130
-    monkeypatch.undo()
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, stopped, reference):
+    copy_runs(stopped, tmp_path)
     last = tmp_path / RUN_DIR / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     result = resexp("train", *RUN, cwd=tmp_path)
@@ -208,10 +229,8 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, reference
     assert without_time(rows(tmp_path / RUN_DIR)) == reference
 
 
-def test_a_torn_last_metrics_line_is_repaired_with_a_warning(tmp_path, reference, monkeypatch):
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    resexp("train", *RUN, cwd=tmp_path)
-    monkeypatch.undo()
+def test_a_torn_last_metrics_line_is_repaired_with_a_warning(tmp_path, stopped, reference):
+    copy_runs(stopped, tmp_path)
     metrics = tmp_path / RUN_DIR / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 40, "epoch": 5.0, "lr"')  # a crash mid-write
     result = resexp("train", *RUN, cwd=tmp_path)
@@ -220,10 +239,8 @@ def test_a_torn_last_metrics_line_is_repaired_with_a_warning(tmp_path, reference
 
 
 @pytest.mark.parametrize("line", ["garbage", "null", "[1, 2, 3]", '{"step": 25}', '{"step": 5, "epoch": 1}'])
-def test_a_malformed_metrics_line_is_refused_by_number_and_nothing_is_dropped(tmp_path, monkeypatch, line):
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    resexp("train", *RUN, cwd=tmp_path)
-    monkeypatch.undo()
+def test_a_malformed_metrics_line_is_refused_by_number_and_nothing_is_dropped(tmp_path, stopped, line):
+    copy_runs(stopped, tmp_path)
     metrics = tmp_path / RUN_DIR / "metrics.jsonl"
     good = metrics.read_text().splitlines()
     metrics.write_text("\n".join([good[0], line, *good[1:]]) + "\n")
@@ -232,13 +249,6 @@ def test_a_malformed_metrics_line_is_refused_by_number_and_nothing_is_dropped(tm
     assert result.code == 1 and len(result.lines) == 1
     assert f"{RUN_DIR}/metrics.jsonl line 2 is not a metrics row" in result.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / RUN_DIR).iterdir()} == before
-
-
-def interrupted_at_35(tmp_path, monkeypatch) -> None:
-    """A run stopped at iteration 35 of 60, with evaluations at 10, 20 and 30 and a checkpoint at 35."""
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    assert resexp("train", *RUN, cwd=tmp_path).code == 130
-    monkeypatch.undo()
 
 
 def files(run_dir):
@@ -262,10 +272,10 @@ def files(run_dir):
         (lambda d: (d / "data.json").write_text("garbage"), "data.json is not a data record"),
     ],
 )
-def test_a_run_folder_with_a_file_lost_or_wrong_is_damaged_never_resumed(tmp_path, monkeypatch, damage, message):
+def test_a_run_folder_with_a_file_lost_or_wrong_is_damaged_never_resumed(tmp_path, stopped, damage, message):
     """A file a started run must have, missing or unreadable: one line naming it and the two ways
     out, nothing touched (before: metrics.jsonl deleted resumed and kept only the new rows)."""
-    interrupted_at_35(tmp_path, monkeypatch)
+    copy_runs(stopped, tmp_path)
     run_dir = tmp_path / RUN_DIR
     damage(run_dir)
     before = files(run_dir)
@@ -275,10 +285,10 @@ def test_a_run_folder_with_a_file_lost_or_wrong_is_damaged_never_resumed(tmp_pat
     assert files(run_dir) == before
 
 
-def test_a_config_yaml_edited_to_fit_another_command_is_caught_by_the_checkpoint(tmp_path, monkeypatch):
+def test_a_config_yaml_edited_to_fit_another_command_is_caught_by_the_checkpoint(tmp_path, stopped):
     """config.yaml edited (or replaced) to say lr 0.05, then a command with lr 0.05 aimed at the
     folder: the checkpoint remembers what it was trained as (before: the two configs were mixed)."""
-    interrupted_at_35(tmp_path, monkeypatch)
+    copy_runs(stopped, tmp_path)
     config = tmp_path / RUN_DIR / "config.yaml"
     config.write_text(config.read_text().replace("lr: 0.1", "lr: 0.05"))
     result = resexp("train", *RUN, "optim.lr=0.05", f"hydra.run.dir={RUN_DIR}", cwd=tmp_path)
@@ -308,17 +318,15 @@ def test_a_finished_run_is_never_trained_past_its_end_whatever_status_json_says(
     assert status(tmp_path)["status"] == "complete" and status(tmp_path)["step"] == 60
 
 
-def test_a_complete_run_whose_metrics_were_lost_is_damaged(tmp_path):
-    assert resexp("train", *RUN, cwd=tmp_path).code == 0
+def test_a_complete_run_whose_metrics_were_lost_is_damaged(tmp_path, finished):
+    copy_runs(finished, tmp_path)
     (tmp_path / RUN_DIR / "metrics.jsonl").write_text("")
     again = resexp("train", *RUN, cwd=tmp_path)
     assert again.code == 1 and "its checkpoint is at iteration 60 but metrics.jsonl was changed" in again.stderr
 
 
-def test_metrics_without_checkpoints_are_not_silently_started_over(tmp_path, monkeypatch):
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    resexp("train", *RUN, cwd=tmp_path)
-    monkeypatch.undo()
+def test_metrics_without_checkpoints_are_not_silently_started_over(tmp_path, stopped):
+    copy_runs(stopped, tmp_path)
     (tmp_path / RUN_DIR / "last.pt").unlink()
     (tmp_path / RUN_DIR / "prev.pt").unlink()
     result = resexp("train", *RUN, cwd=tmp_path)
@@ -473,10 +481,8 @@ def test_last_checkpoint_is_never_absent_while_the_next_one_replaces_it(tmp_path
 # --------------------------------------------------------------------------- resume=PATH
 
 
-def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path, monkeypatch):
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    resexp("train", *RUN, cwd=tmp_path)
-    monkeypatch.undo()
+def test_resume_from_a_given_checkpoint_starts_at_its_step(tmp_path, stopped):
+    copy_runs(stopped, tmp_path)
     source = tmp_path / "kept.pt"
     source.write_bytes((tmp_path / RUN_DIR / "last.pt").read_bytes())
     result = resexp("train", *RUN, "name=branch", f"resume={source}", cwd=tmp_path)

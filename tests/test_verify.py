@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import runpy
+import subprocess
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, resexp
 
 
 def fake_cifar(folder: Path, n_train: int = 150, n_test: int = 30) -> Path:
@@ -58,9 +60,27 @@ def test_the_jpeg_subset_holds_the_jpeg_copies_of_exactly_the_exact_images(tmp_p
     assert error < shifted  # each JPEG decodes close to its own exact image, not its neighbour's
 
 
+def in_process(monkeypatch, verify, exit_status: int | None = None) -> None:
+    """The script's `python -m resexp train ...` run in this process through the CLI's entry point
+    (or only answered with `exit_status`): what is tested here is what the script does with the
+    runs; the budget's SIGTERM to a real process is resexp's own, tested in test_resume.py."""
+
+    class Run:
+        def __init__(self, cmd):
+            assert cmd[1:3] == ["-m", "resexp"], cmd
+            self.code = resexp(*cmd[3:], cwd=Path.cwd()).code if exit_status is None else exit_status
+
+        def wait(self, timeout=None):
+            return self.code
+
+    fake = types.SimpleNamespace(**{**vars(subprocess), "Popen": Run})
+    monkeypatch.setitem(verify["main"].__globals__, "subprocess", fake)
+
+
 def test_data_and_precision_parts_run_and_write_their_figures(tmp_path, monkeypatch, verify):
     data = fake_cifar(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
+    in_process(monkeypatch, verify)
     common = ["--data", str(data), "--work", "work", "--out", "out", "--device", "cpu", "--seeds", "0"]
     assert verify["main"]([*common, "--part", "data", "--budget-s", "0"]) == 3  # no budget: nothing ran
     assert not Path("out/verify-data.json").exists()
@@ -96,14 +116,13 @@ def test_the_gpu_tests_part_fails_closed(
     tmp_path, monkeypatch, capsys, verify, tests, failures, skipped, code, expected
 ):
     """Every GPU test skipped (no CUDA device) is not a success: exit 1 and the reason."""
-    import subprocess
 
     def pytest_run(cmd):
         report = next(a.split("=", 1)[1] for a in cmd if a.startswith("--junitxml="))
         Path(report).write_text(JUNIT.format(tests=tests, failures=failures, skipped=skipped))
         return code
 
-    monkeypatch.setattr(subprocess, "call", pytest_run)
+    monkeypatch.setitem(verify["main"].__globals__, "subprocess", types.SimpleNamespace(call=pytest_run))
     status = verify["main"](["--part", "pytest", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     if expected is None:
@@ -123,22 +142,10 @@ def test_a_failed_run_fails_the_part_and_a_rerun_replaces_its_section(tmp_path, 
     data = fake_cifar(tmp_path / "data")
     common = ["--data", str(data), "--work", "work", "--out", "out", "--seeds", "0", "--part", "precision"]
 
-    def exits(status):
-        class Proc:
-            def __init__(self, cmd):
-                pass
-
-            def wait(self, timeout=None):
-                return status
-
-        return Proc
-
-    import subprocess
-
-    monkeypatch.setattr(subprocess, "Popen", exits(1))
+    in_process(monkeypatch, verify, exit_status=1)
     assert verify["main"]([*common, "--device", "cuda"]) == 1
     assert "error: precision: default: resexp train exited with status 1" in capsys.readouterr().err
-    monkeypatch.setattr(subprocess, "Popen", exits(0))
+    in_process(monkeypatch, verify, exit_status=0)
     monkeypatch.setitem(verify["main"].__globals__, "results", lambda run: [])  # nothing to read back
     for _ in range(2):
         assert verify["main"]([*common, "--device", "cpu"]) == 0
