@@ -78,6 +78,24 @@ def within(*options: tuple[str, int | float | None, float, float]) -> None:
             raise OptionError(f"{option} {value} must be at most {high:g}")
 
 
+@contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Under torchrun rank 0 speaks for all (resexp.distributed.voice): the others' console is
+    quiet for the length of the command."""
+    from resexp import distributed
+    from resexp.errors import ConfigError
+
+    before = err.quiet
+    try:
+        err.quiet = not distributed.current().main
+    except ConfigError:  # a half-set torchrun environment: the error boundary says so
+        pass
+    try:
+        yield
+    finally:
+        err.quiet = before
+
+
 def fail(message: str, code: int = FAILED) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -117,9 +135,8 @@ def train(
     from resexp.errors import Aborted, Interrupted
     from resexp.launch import launch
 
-    with boundary(debug, "interrupted before training started: nothing was written"):
+    with quiet_unless_main(), boundary(debug, "interrupted before training started: nothing was written"):
         try:
-            err.quiet = not distributed.current().main  # under torchrun rank 0 speaks for all (distributed.voice)
             finished = launch(list(overrides or []), multirun, debug)
             distributed.close()
         except Aborted as e:
@@ -128,9 +145,12 @@ def train(
                     f"aborted by a second {e}: no checkpoint since the last evaluation; run the same command "
                     "again to resume from it",
                     highlight=False,
+                    soft_wrap=True,
                 )
             else:
-                err.print(f"interrupted by {e} before training started: nothing was written", highlight=False)
+                err.print(
+                    f"interrupted by {e} before training started: nothing was written", highlight=False, soft_wrap=True
+                )
             raise typer.Exit(signalled(e.signum)) from None
         except Interrupted as e:
             distributed.close()  # every process stopped after the same iteration
@@ -207,7 +227,11 @@ def bench(
             ("--workers", workers, 0, max(8, os.cpu_count() or 1)),
         )
         cuda = device.type == "cuda"
-        progress = (lambda text: None) if as_json else (lambda text: err.print(f"bench {text}", highlight=False))
+        progress = (
+            (lambda text: None)
+            if as_json
+            else (lambda text: err.print(f"bench {text}", highlight=False, soft_wrap=True))
+        )
         result = run_bench(
             depth_list,
             mode_list,

@@ -17,6 +17,15 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 
+# Under pytest-xdist (make test runs two workers on two cores) each worker computes with one
+# thread, in-process and in the processes it starts, so that the workers do not fight over cores
+# and a run's numbers do not depend on which process computed them.
+WORKER_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 0
+if WORKER_THREADS:
+    import torch
+
+    torch.set_num_threads(WORKER_THREADS)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 CIFAR_NPZ = SHARED_DATA / "cifar10.npz"
@@ -97,6 +106,8 @@ def torchrun(*overrides: str, cwd: Path, nproc: int = 2) -> subprocess.Popen:
 def process_env() -> dict[str, str]:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
+    if WORKER_THREADS:  # the processes a test starts compute as the test's own process does
+        env["OMP_NUM_THREADS"] = str(WORKER_THREADS)
     return env
 
 
