@@ -16,7 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, only_run, process_env, resexp, resexp_process, rows
+from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, only_run, process_env, resexp, rows
 from resexp.speed import cpu_has_bf16
 from resexp.train import evaluate
 
