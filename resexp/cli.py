@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,10 +87,8 @@ def quiet_unless_main() -> Iterator[None]:
     from resexp.errors import ConfigError
 
     before = err.quiet
-    try:
+    with contextlib.suppress(ConfigError):  # a half-set torchrun environment: the error boundary says so
         err.quiet = not distributed.current().main
-    except ConfigError:  # a half-set torchrun environment: the error boundary says so
-        pass
     try:
         yield
     finally:
