@@ -9,12 +9,12 @@ status 130, and "an unexpected error" only for a genuine bug; an interrupted run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
