@@ -25,10 +25,11 @@ import torch
 
 from resexp import reference
 from resexp.build import fits, make_optimizer
+from resexp.costs import training_memory
 from resexp.data.cifar import Normalizer, TensorTrainStream
 from resexp.data.common import endless
 from resexp.errors import OptionError
-from resexp.models import Mode, build_net, net_spec, training_memory, valid_depths
+from resexp.models import Mode, build_net, net_spec, valid_depths
 from resexp.speed import Speed
 from resexp.step import Running, make_step
 

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from resexp.config import Config, DataName
+from resexp.costs import training_memory
 from resexp.errors import ConfigError
-from resexp.models import build_net, training_memory
+from resexp.models import build_net
 from resexp.speed import EAGER, Speed
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -22,7 +23,7 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The only function that turns config into a model."""
     m = cfg.model
-    return build_net(m.family, m.depth, m.mode, m.shortcut, num_classes)
+    return build_net(m.family, m.depth, m.mode, m.shortcut, num_classes, m.norm, m.init, m.block, m.body)
 
 
 def make_optimizer(
@@ -75,7 +76,7 @@ def check_memory(cfg: Config, device: torch.device, batch_size: int | None = Non
         size, classes = (d.crop_size, 1000) if d.name == DataName.imagenet else (32, 100)
     crops = 10 if d.name == DataName.imagenet and d.ten_crop else 1
     batch_size = batch_size or d.batch_size  # this process's share of the global batch
-    params, needed = training_memory(m.family, m.depth, batch_size, size, classes, d.eval_batch_size * crops)
+    params, needed = training_memory(m.family, m.depth, batch_size, size, classes, d.eval_batch_size * crops, m.body)
     if d.name == DataName.synthetic:
         needed += (d.train_size + d.test_size) * size * size * 3
     fits(needed, device, f"model.depth={m.depth} at a batch of {batch_size} on {size}x{size} images", params)

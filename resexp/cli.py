@@ -167,7 +167,7 @@ def models(
 ) -> None:
     from rich.table import Table
 
-    from resexp.models import variant_rows
+    from resexp.costs import variant_rows
 
     with boundary(debug):
         rows = variant_rows()
@@ -313,15 +313,21 @@ def report(
 
 
 @app.command(
-    help="Why residual learning works, measured on the runs under FOLDER (a run or a folder of runs). KIND: "
-    "responses (He et al. Fig. 7: std of each 3x3 layer's response), gradients (gradient norms by layer, at "
-    "initialisation and at the checkpoint), lesion (Veit et al. 2016: test error with blocks removed), landscape "
-    "(Li et al. 2018: loss around the weights along filter-normalised directions). Writes FOLDER/analysis/KIND.png, "
-    ".svg and .json, and prints a table and a verdict beside the paper's claim."
+    help="Why residual learning works, measured on the runs under FOLDER (a run or a folder of runs), or at "
+    "initialisation on the nets of a config (--at-init OVERRIDES). KIND: responses (He et al. Fig. 7: std of each 3x3 "
+    "layer's response), gradients (gradient norms by layer, at initialisation and at the checkpoint), lesion (Veit et "
+    "al. 2016: test error with blocks removed), landscape (Li et al. 2018: loss around the weights along "
+    "filter-normalised directions), signal (the stream's scale, each block's distance from the identity and the "
+    "gradient, through the net). Writes FOLDER/analysis/KIND.png, .svg and .json, and prints a table and verdicts: "
+    "each claim agrees, does not agree, or cannot decide."
 )
 def analyze(
-    kind: str = typer.Argument(..., help="responses, gradients, lesion or landscape."),
-    folder: Path = typer.Argument(..., help="A run folder or a folder of runs (e.g. runs/cifar_quick)."),
+    kind: str = typer.Argument(..., help="responses, gradients, lesion, landscape or signal."),
+    targets: list[str] = typer.Argument(
+        ...,
+        help="A run folder or a folder of runs (e.g. runs/cifar_quick); or, with --at-init, the overrides of a config "
+        "or a sweep (e.g. +experiment=why_init data.root=../shared/data): no training needed.",
+    ),
     at_init: bool = typer.Option(False, "--at-init", help="Analyse freshly initialised nets of the same configs."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     data_root: str | None = typer.Option(
@@ -357,7 +363,13 @@ def analyze(
     with boundary(debug, f"interrupted: nothing of this analysis was written{kept}"):
         if kind not in KINDS:
             raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
-        if not folder.is_dir():
+        configs = None if len(targets) == 1 and "=" not in targets[0] else targets
+        folder = Path(targets[0]) if configs is None else None
+        if configs is not None and not at_init:
+            raise UserError(
+                f"{' '.join(targets)}: a config has no trained weights: add --at-init, or give a folder of runs"
+            )
+        if folder is not None and not folder.is_dir():
             raise UserError(f"{folder} is not a folder")
         within(
             ("--images", images, 1, math.inf),
@@ -383,8 +395,9 @@ def analyze(
             data_root,
             note,
             note,
+            configs,
         )
-    table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder}")
+    table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder or ' '.join(targets)}")
     for column in result.columns:
         table.add_column(column)
     for row in result.rows:

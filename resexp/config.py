@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.errors import ConfigError
-from resexp.models import Family, Mode, ShortcutOption, StrEnum, net_spec
+from resexp.models import Body, Family, Init, Mode, Norm, Order, ShortcutOption, StrEnum, net_spec
 
 CONFIG_PACKAGE = "resexp.configs"  # configs/ of the repository, shipped inside the package
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -83,6 +83,11 @@ class ModelConfig:
     shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
     # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm); not in a checkpoint's shapes
     sync_bn: bool = field(default=False, metadata={WEIGHTS: False})
+    # The counterfactuals (resexp.models, resexp.inits); the defaults are the 2015 nets.
+    norm: Norm = Norm.batch  # batch | none (no normalisation: every conv gets a bias)
+    init: Init = Init.he  # he | xavier | zero_gamma | skipinit | fixup
+    block: Order = Order.post  # post (the 2015 block) | pre (full pre-activation, He et al. 2016)
+    body: Body | None = None  # CIFAR: basic (6n+2, the default) | bottleneck (9n+2); ImageNet: by depth
 
 
 @dataclass
@@ -197,10 +202,10 @@ def run_path(*, _root_: DictConfig) -> str:
 
 
 def paper_shortcut(family: str, depth: Any) -> ShortcutOption:
-    """The paper's option when none is set: B for the bottleneck nets (Sec. 3.4, "ResNet-50/101/152
-    use option B"), A for the others (CIFAR, Sec. 4.2; ImageNet 18/34, Table 2)."""
+    """The paper's option when none is set: B for the ImageNet bottleneck nets (Sec. 3.4,
+    "ResNet-50/101/152 use option B"), A for the others (CIFAR, Sec. 4.2; ImageNet 18/34, Table 2)."""
     try:
-        bottleneck = net_spec(family, int(depth)).block == "bottleneck"
+        bottleneck = family == Family.imagenet and net_spec(family, int(depth)).block == "bottleneck"
     except ValueError:  # validate() names the bad depth
         bottleneck = False
     return ShortcutOption.B if bottleneck else ShortcutOption.A
@@ -227,9 +232,10 @@ def validate(cfg: Config) -> None:
     one line naming the field, its value and what would be valid."""
     m, d, o, s = cfg.model, cfg.data, cfg.optim, cfg.schedule
     try:
-        net_spec(m.family, m.depth)
+        net_spec(m.family, m.depth, m.body)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    design(m)
     at_least = {
         "data.batch_size": (d.batch_size, 1),
         "data.eval_batch_size": (d.eval_batch_size, 1),
@@ -321,6 +327,29 @@ def validate(cfg: Config) -> None:
             f"name={cfg.name!r} must be a folder name below runs/ (letters, digits and . , = + - _, "
             "subfolders with /, no '..')"
         )
+
+
+def design(m: ModelConfig) -> None:
+    """The counterfactual switches that make no sense together, each refused in one line."""
+    branch_inits = {Init.zero_gamma, Init.skipinit, Init.fixup}
+    if m.init in branch_inits and m.mode == Mode.plain:
+        raise ConfigError(
+            f"model.init={m.init} initialises residual branches, and a plain net has none: use model.mode=residual "
+            "(or model.init=he or xavier)"
+        )
+    if m.init in (Init.fixup, Init.skipinit) and m.norm != Norm.none:
+        who = "Zhang et al. 2019" if m.init == Init.fixup else "De and Smith 2020"
+        raise ConfigError(
+            f"model.init={m.init} trains without normalisation ({who}): add model.norm=none, or use "
+            "model.init=zero_gamma for the same start with BN"
+        )
+    if m.init == Init.zero_gamma and m.norm != Norm.batch:
+        raise ConfigError(
+            "model.init=zero_gamma zeroes the last BN scale of each residual branch, and model.norm=none has none: "
+            "use model.init=skipinit or fixup without BN"
+        )
+    if m.init == Init.fixup and m.block != Order.post:
+        raise ConfigError("model.init=fixup is defined for the 2015 block: use model.block=post with it")
 
 
 def to_object(cfg: DictConfig) -> Config:

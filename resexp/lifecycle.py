@@ -89,11 +89,13 @@ def check_batch_norm(cfg: Config, batch: int) -> None:
     """Batch norm in training mode needs more than one value per channel: a batch of one image
     whose last stage is 1x1 cannot train (torch would fail at iteration 0)."""
     d, m = cfg.data, cfg.model
+    if m.norm != "batch":
+        return
     size = d.image_size if d.name == DataName.synthetic else d.crop_size if d.name == DataName.imagenet else 32
     side = size
     if m.family == "imagenet":
         side = math.ceil(math.ceil(side / 2) / 2)  # the 7x7/2 stem and the max-pool
-    for stage in net_spec(m.family, m.depth).stages:
+    for stage in net_spec(m.family, m.depth, m.body).stages:
         side = math.ceil(side / stage.stride)
     if batch * side * side < 2:
         raise ConfigError(

@@ -1,11 +1,14 @@
-"""Plain and residual networks of He et al. 2015, "Deep Residual Learning for Image Recognition".
+"""Plain and residual networks of He et al. 2015, "Deep Residual Learning for Image Recognition",
+and the counterfactual designs that ask why they train.
 
 One spec table per family and one stage builder serve every depth:
 
 - CIFAR (Sec. 4.2): a 3x3 conv stem of width 16, three stages of n basic blocks with widths
   16/32/64 (stride 2 at the first block of stages 2 and 3), global average pooling, a linear
   head; depth = 6n + 2. Option A parameter counts with a 10-way head: ResNet-20 0.27M,
-  -32 0.46M, -44 0.66M, -56 0.85M, -110 1.7M, -1202 19.4M.
+  -32 0.46M, -44 0.66M, -56 0.85M, -110 1.7M, -1202 19.4M. With bottleneck blocks (`body`,
+  He et al. 2016's deepest CIFAR nets) depth = 9n + 2 and stages of widths 64/128/256 (16/32/64
+  inside each block): pre-activation ResNet-164 1.7M, ResNet-1001 10.2M.
 - ImageNet (Sec. 3.4, Table 1): a 7x7/2 conv stem of width 64 and a 3x3/2 max-pool, four stages
   of basic blocks (18, 34) or bottleneck blocks (50, 101, 152) with widths 64/128/256/512
   (x4 at the output of a bottleneck), global average pooling, a linear head. With option B the
@@ -16,12 +19,20 @@ Plain vs residual is one switch: a block's `shortcut` is None in a plain net, an
 then simply skips the addition. Shortcut options carry the paper's names (Sec. 3.3, 4.1):
 A zero-pads the identity where the shape changes (no parameters), B projects (1x1 conv + BN)
 only where the shape changes, C projects in every block.
+
+The counterfactuals, each one switch (the defaults build the 2015 nets, module for module):
+- `norm`: `batch` (BN after every conv, the paper's) or `none` (no normalisation; every conv
+  has a bias).
+- `block`: `post` (the 2015 block: conv-BN-ReLU-conv-BN, add, ReLU) or `pre` (full
+  pre-activation, He, Zhang, Ren and Sun 2016, "Identity Mappings in Deep Residual Networks":
+  BN-ReLU-conv twice, the addition last and nothing after it, so the identity path runs clean
+  from the stem to a final BN-ReLU before pooling; a pre-activation bottleneck strides in its
+  3x3 conv, as that paper's code does; a projection shortcut reads the block's input x).
+- `init` (resexp.inits): He, Xavier/Glorot, zero-gamma, SkipInit or Fixup.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,6 +65,39 @@ class ShortcutOption(StrEnum):
     C = "C"  # projection in every block
 
 
+class Norm(StrEnum):
+    batch = "batch"  # BN after every conv (the paper's)
+    none = "none"  # no normalisation: every conv has a bias
+
+
+class Init(StrEnum):
+    he = "he"  # He et al. 2015b, "Delving deep into rectifiers" (the paper's)
+    xavier = "xavier"  # Glorot and Bengio 2010: what deep nets used before 2015
+    zero_gamma = "zero_gamma"  # Goyal et al. 2017: the last BN scale of each residual branch at zero
+    skipinit = "skipinit"  # De and Smith 2020: each residual branch times a learnable scalar, at zero
+    fixup = "fixup"  # Zhang, Dauphin and Ma 2019: rescaled branches, last layers at zero, no normalisation
+
+
+class Order(StrEnum):
+    post = "post"  # the 2015 block: the activation after the addition
+    pre = "pre"  # full pre-activation (He et al. 2016): BN-ReLU before each conv, nothing after the addition
+
+
+class Body(StrEnum):
+    basic = "basic"  # two 3x3 convs
+    bottleneck = "bottleneck"  # 1x1 (reduce) - 3x3 - 1x1 (restore)
+
+
+@dataclass(frozen=True)
+class Design:
+    """How a block is built: the counterfactual switches (the defaults are the 2015 nets)."""
+
+    norm: str = Norm.batch
+    order: str = Order.post
+    fixup: bool = False  # scalar biases and a scalar multiplier around each branch's layers (Fixup)
+    skip_scale: bool = False  # each residual branch times a learnable scalar (SkipInit)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     blocks: int
@@ -78,40 +122,87 @@ IMAGENET_STAGES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)  # the depths the paper trains
+CIFAR_BOTTLENECK_DEPTHS: tuple[int, ...] = (164, 1001)  # He et al. 2016's
 BOTTLENECK_EXPANSION = 4
 
 
-def valid_depths(family: str) -> str:
+def valid_depths(family: str, body: str | None = None) -> str:
     """A human-readable list of the depths a family accepts, for error messages."""
+    if family == "cifar" and body == Body.bottleneck:
+        return "9n+2 for n >= 1 with model.body=bottleneck, e.g. 11, 29, " + ", ".join(
+            map(str, CIFAR_BOTTLENECK_DEPTHS)
+        )
     if family == "cifar":
         return "6n+2 for n >= 1, e.g. " + ", ".join(map(str, (8, 14) + CIFAR_DEPTHS))
     return ", ".join(map(str, IMAGENET_STAGES))
 
 
-def net_spec(family: str, depth: int) -> NetSpec:
-    """The stage table for one family and depth; raises ValueError listing valid depths."""
+def net_spec(family: str, depth: int, body: str | None = None) -> NetSpec:
+    """The stage table for one family, depth and block body (None: the family's own, basic for
+    CIFAR); raises ValueError listing valid depths."""
     if family == "cifar":
-        if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"model.depth={depth} is not a CIFAR depth: valid depths are {valid_depths('cifar')}")
-        n = (depth - 2) // 6
-        stages = (StageSpec(n, 16, 1), StageSpec(n, 32, 2), StageSpec(n, 64, 2))
-        return NetSpec("cifar", depth, "basic", stages)
+        bottleneck = body == Body.bottleneck
+        per_block = 3 if bottleneck else 2
+        if depth < 3 * per_block + 2 or (depth - 2) % (3 * per_block) != 0:
+            raise ValueError(
+                f"model.depth={depth} is not a CIFAR depth: valid depths are {valid_depths('cifar', body)}"
+            )
+        n = (depth - 2) // (3 * per_block)
+        expansion = BOTTLENECK_EXPANSION if bottleneck else 1
+        stages = tuple(StageSpec(n, w * expansion, s) for w, s in ((16, 1), (32, 2), (64, 2)))
+        return NetSpec("cifar", depth, "bottleneck" if bottleneck else "basic", stages)
     if family == "imagenet":
         if depth not in IMAGENET_STAGES:
             raise ValueError(
                 f"model.depth={depth} is not an ImageNet depth: valid depths are {valid_depths('imagenet')}"
             )
         block, blocks = IMAGENET_STAGES[depth]
+        if body is not None and body != block:
+            raise ValueError(
+                f"model.body={body} does not fit ImageNet depth {depth}: Table 1 builds it of {block} blocks "
+                "(leave model.body out)"
+            )
         expansion = BOTTLENECK_EXPANSION if block == "bottleneck" else 1
         stages = tuple(StageSpec(b, 64 * 2**i * expansion, 1 if i == 0 else 2) for i, b in enumerate(blocks))
         return NetSpec("imagenet", depth, block, stages)
     raise ValueError(f"model.family={family!r} is unknown: valid families are cifar, imagenet")
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    """A convolution (no bias: BN follows) and its batch norm, as in every layer of the paper."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False)
-    return [conv, nn.BatchNorm2d(out_channels)]
+def conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, norm: str = Norm.batch
+) -> list[nn.Module]:
+    """A convolution and its batch norm, as in every layer of the paper (no bias: BN follows);
+    without normalisation, a convolution with a bias."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=norm == Norm.none)
+    return [conv, nn.BatchNorm2d(out_channels)] if norm == Norm.batch else [conv]
+
+
+def pre_conv(in_channels: int, out_channels: int, kernel: int, stride: int, norm: str) -> list[nn.Module]:
+    """A pre-activation layer (He et al. 2016): BN (when normalised) and ReLU, then the conv."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=norm == Norm.none)
+    return [*([nn.BatchNorm2d(in_channels)] if norm == Norm.batch else []), nn.ReLU(inplace=False), conv]
+
+
+class Bias(nn.Module):
+    """A learnable scalar added to its input (Fixup's biases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class Scale(nn.Module):
+    """A learnable scalar its input is multiplied by (Fixup's multiplier, SkipInit's alpha)."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1,), value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
 
 
 class ZeroPadIdentity(nn.Module):
@@ -130,66 +221,101 @@ class ZeroPadIdentity(nn.Module):
         return x
 
 
-def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def projection(in_channels: int, out_channels: int, stride: int, norm: str = Norm.batch) -> nn.Module:
     """Options B and C: a 1x1 conv + BN projection."""
-    return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride))
+    return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride, norm))
 
 
-def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int, norm: str = Norm.batch) -> nn.Module:
     """The shortcut of one residual block under option A, B or C."""
     shape_changes = stride != 1 or in_channels != out_channels
     if option == "C" or (option == "B" and shape_changes):
-        return projection(in_channels, out_channels, stride)
+        return projection(in_channels, out_channels, stride, norm)
     if option in ("A", "B"):
         return ZeroPadIdentity(in_channels, out_channels, stride) if shape_changes else nn.Identity()
     raise ValueError(f"model.shortcut={option!r} is unknown: valid options are {', '.join(ShortcutOption)}")
 
 
-def basic_body(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """conv3x3-BN-ReLU-conv3x3-BN (Fig. 2, Fig. 5 left)."""
+def basic_body(in_channels: int, out_channels: int, stride: int, design: Design = Design()) -> nn.Sequential:
+    """conv3x3-BN-ReLU-conv3x3-BN (Fig. 2, Fig. 5 left); pre-activation: BN-ReLU-conv3x3 twice."""
+    norm = design.norm
+    if design.order == Order.pre:
+        return nn.Sequential(
+            *pre_conv(in_channels, out_channels, 3, stride, norm), *pre_conv(out_channels, out_channels, 3, 1, norm)
+        )
+    if design.fixup:  # Fixup's scalar biases before each conv and activation, a multiplier at the end
+        return fixup_body([(in_channels, out_channels, 3, stride), (out_channels, out_channels, 3, 1)], norm)
     return nn.Sequential(
-        *conv_bn(in_channels, out_channels, 3, stride), nn.ReLU(inplace=True), *conv_bn(out_channels, out_channels, 3)
+        *conv_bn(in_channels, out_channels, 3, stride, norm),
+        nn.ReLU(inplace=True),
+        *conv_bn(out_channels, out_channels, 3, 1, norm),
     )
 
 
-def bottleneck_body(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """1x1 (reduce, with the stride) - 3x3 - 1x1 (restore), each with BN (Fig. 5 right)."""
-    mid = out_channels // BOTTLENECK_EXPANSION
+def bottleneck_body(in_channels: int, out_channels: int, stride: int, design: Design = Design()) -> nn.Sequential:
+    """1x1 (reduce, with the stride) - 3x3 - 1x1 (restore), each with BN (Fig. 5 right);
+    pre-activation: BN-ReLU before each conv, the stride in the 3x3 (He et al. 2016's code)."""
+    mid, norm = out_channels // BOTTLENECK_EXPANSION, design.norm
+    if design.order == Order.pre:
+        return nn.Sequential(
+            *pre_conv(in_channels, mid, 1, 1, norm),
+            *pre_conv(mid, mid, 3, stride, norm),
+            *pre_conv(mid, out_channels, 1, 1, norm),
+        )
+    if design.fixup:
+        return fixup_body([(in_channels, mid, 1, stride), (mid, mid, 3, 1), (mid, out_channels, 1, 1)], norm)
     return nn.Sequential(
-        *conv_bn(in_channels, mid, 1, stride),
+        *conv_bn(in_channels, mid, 1, stride, norm),
         nn.ReLU(inplace=True),
-        *conv_bn(mid, mid, 3),
+        *conv_bn(mid, mid, 3, 1, norm),
         nn.ReLU(inplace=True),
-        *conv_bn(mid, out_channels, 1),
+        *conv_bn(mid, out_channels, 1, 1, norm),
     )
+
+
+def fixup_body(convs: list[tuple[int, int, int, int]], norm: str) -> nn.Sequential:
+    """A Fixup branch (Zhang et al. 2019): a scalar bias before each conv and after each but the
+    last, a ReLU between them, and after the last conv a scalar multiplier and a scalar bias."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout, kernel, stride) in enumerate(convs):
+        layers += [Bias(), *conv_bn(cin, cout, kernel, stride, norm)]
+        layers += [Bias(), nn.ReLU(inplace=True)] if i < len(convs) - 1 else [Scale(), Bias()]
+    return nn.Sequential(*layers)
 
 
 BODIES = {"basic": basic_body, "bottleneck": bottleneck_body}
 
 
 class Block(nn.Module):
-    """One block: relu(body(x) + shortcut(x)) when residual, relu(body(x)) when plain."""
+    """One block: relu(body(x) + shortcut(x)) when residual, relu(body(x)) when plain; a
+    pre-activation block (`post_relu` False) adds last and applies nothing after."""
 
-    def __init__(self, body: nn.Module, shortcut: nn.Module | None) -> None:
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None, post_relu: bool = True) -> None:
         super().__init__()
         self.body = body
         self.shortcut = shortcut
+        self.post_relu = post_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
-        return F.relu(out)
+        return F.relu(out) if self.post_relu else out
 
 
-def make_stage(block: str, in_channels: int, spec: StageSpec, mode: str, shortcut: str) -> nn.Sequential:
+def make_stage(
+    block: str, in_channels: int, spec: StageSpec, mode: str, shortcut: str, design: Design = Design()
+) -> nn.Sequential:
     """A stage of `spec.blocks` blocks; the first one carries the stride and the width change."""
     blocks = []
     for i in range(spec.blocks):
         stride = spec.stride if i == 0 else 1
         cin = in_channels if i == 0 else spec.width
-        sc = make_shortcut(shortcut, cin, spec.width, stride) if mode == "residual" else None
-        blocks.append(Block(BODIES[block](cin, spec.width, stride), sc))
+        body = BODIES[block](cin, spec.width, stride, design)
+        if mode == "residual" and design.skip_scale:
+            body.append(Scale(0.0))  # SkipInit: alpha * branch, alpha = 0 at first
+        sc = make_shortcut(shortcut, cin, spec.width, stride, design.norm) if mode == "residual" else None
+        blocks.append(Block(body, sc, post_relu=design.order == Order.post))
     return nn.Sequential(*blocks)
 
 
@@ -206,152 +332,66 @@ class Net(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-def make_stem(family: str) -> tuple[nn.Module, int]:
-    """The stem and its output width."""
+def make_stem(family: str, design: Design = Design()) -> tuple[nn.Module, int]:
+    """The stem and its output width. A pre-activation CIFAR net's stem is its conv alone (the
+    first block's BN-ReLU follows); Fixup's has no bias but a scalar one before its ReLU."""
     if family == "cifar":
-        return nn.Sequential(*conv_bn(3, 16, 3), nn.ReLU(inplace=True)), 16
-    stem = nn.Sequential(*conv_bn(3, 64, 7, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        if design.order == Order.pre:
+            return nn.Sequential(nn.Conv2d(3, 16, 3, 1, padding=1, bias=design.norm == Norm.none)), 16
+        if design.fixup:
+            return nn.Sequential(nn.Conv2d(3, 16, 3, 1, padding=1, bias=False), Bias(), nn.ReLU(inplace=True)), 16
+        return nn.Sequential(*conv_bn(3, 16, 3, norm=design.norm), nn.ReLU(inplace=True)), 16
+    layers = conv_bn(3, 64, 7, stride=2, norm=design.norm)
+    if design.fixup:
+        layers = [nn.Conv2d(3, 64, 7, 2, padding=3, bias=False), Bias()]
+    stem = nn.Sequential(*layers, nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     return stem, 64
 
 
-def make_head(width: int, num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+def make_head(width: int, num_classes: int, design: Design = Design()) -> nn.Module:
+    """Pool and classify; a pre-activation net's final BN-ReLU first, Fixup's scalar bias before the classifier."""
+    before = [*([nn.BatchNorm2d(width)] if design.norm == Norm.batch else []), nn.ReLU(inplace=False)]
+    return nn.Sequential(
+        *(before if design.order == Order.pre else []),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        *([Bias()] if design.fixup else []),
+        nn.Linear(width, num_classes),
+    )
 
 
-def he_init(net: nn.Module) -> None:
-    """He et al. 2015 ("Delving deep") normal init for convs; BN starts as the identity."""
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+def build_net(
+    family: str,
+    depth: int,
+    mode: str,
+    shortcut: str,
+    num_classes: int,
+    norm: str = Norm.batch,
+    init: str = Init.he,
+    block: str = Order.post,
+    body: str | None = None,
+) -> Net:
+    """The network for one row of the spec table, built and initialised as `norm`, `init`,
+    `block` and `body` say. `shortcut` is ignored when `mode` is plain. resexp.config refuses the
+    combinations that make no sense (Fixup with BN, ...) before anything is built."""
+    from resexp.inits import initialise
 
-
-def build_net(family: str, depth: int, mode: str, shortcut: str, num_classes: int) -> Net:
-    """The network for one row of the spec table. `shortcut` is ignored when `mode` is plain."""
     if mode not in list(Mode):
         raise ValueError(f"model.mode={mode!r} is unknown: valid modes are {', '.join(Mode)}")
     if shortcut not in list(ShortcutOption):
         raise ValueError(f"model.shortcut={shortcut!r} is unknown: valid options are {', '.join(ShortcutOption)}")
-    spec = net_spec(family, depth)
-    stem, width = make_stem(family)
+    spec = net_spec(family, depth, body)
+    design = Design(norm, block, fixup=init == Init.fixup, skip_scale=init == Init.skipinit)
+    stem, width = make_stem(family, design)
     stages = []
     for stage in spec.stages:
-        stages.append(make_stage(spec.block, width, stage, mode, shortcut))
+        stages.append(make_stage(spec.block, width, stage, mode, shortcut, design))
         width = stage.width
-    net = Net(stem, nn.Sequential(*stages), make_head(width, num_classes))
-    he_init(net)
+    net = Net(stem, nn.Sequential(*stages), make_head(width, num_classes, design))
+    initialise(net, init, branches=sum(s.blocks for s in spec.stages), layers=3 if spec.block == "bottleneck" else 2)
     return net
 
 
-def count_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-def count_macs(net: nn.Module, image_size: int) -> int:
-    """Multiply-adds of one forward pass on one image: convolutions and the linear head, as in
-    the paper's FLOP figures (torch's FlopCounterMode counts 2 FLOPs per multiply-add; batch norm,
-    ReLU and additions are not counted). A net built on the meta device costs no memory and no
-    arithmetic."""
-    x = torch.empty(1, 3, image_size, image_size, device=next(net.parameters()).device)
-    was_training = net.training
-    try:
-        return block_macs(net, x)
-    finally:
-        net.train(was_training)
-
-
-FAMILY_IMAGE_SIZE = {Family.cifar: 32, Family.imagenet: 224}
-
-
-def cost(family: str, depth: int, mode: str, shortcut: str, num_classes: int) -> tuple[int, int]:
-    """(parameters, multiply-adds per image) of one variant. The blocks after the first of a
-    stage are all alike, and blocks recur across depths, so each distinct block is counted once
-    (on the meta device) and multiplied by its repeats: all 44 standard variants take a second."""
-    spec = net_spec(family, depth)
-    size = FAMILY_IMAGE_SIZE[Family(family)]
-    with torch.device("meta"):
-        stem, width = make_stem(family)
-        x = stem(torch.empty(1, 3, size, size))
-        params, macs = count_params(stem), block_macs(stem, torch.empty(1, 3, size, size))
-        side = x.shape[-1]
-        for stage in spec.stages:
-            first = block_cost(spec.block, width, stage.width, stage.stride, mode, shortcut, side)
-            side = math.ceil(side / stage.stride)
-            rest = block_cost(spec.block, stage.width, stage.width, 1, mode, shortcut, side)
-            params += first[0] + (stage.blocks - 1) * rest[0]
-            macs += first[1] + (stage.blocks - 1) * rest[1]
-            width = stage.width
-        head = make_head(width, num_classes)
-        params, macs = params + count_params(head), macs + block_macs(head, torch.empty(1, width, side, side))
-    return params, macs
-
-
-@functools.cache
-def block_cost(block: str, cin: int, width: int, stride: int, mode: str, shortcut: str, side: int) -> tuple[int, int]:
-    """(parameters, multiply-adds) of one block on a (cin, side, side) input."""
-    with torch.device("meta"):
-        [module] = make_stage(block, cin, StageSpec(1, width, stride), mode, shortcut)
-        return count_params(module), block_macs(module, torch.empty(1, cin, side, side))
-
-
-def block_macs(module: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module.eval()(x)
-    return counter.get_total_flops() // 2
-
-
-def variant_rows(num_classes: dict[str, int] | None = None) -> list[dict]:
-    """Parameters and multiply-adds of the standard variants: CIFAR 20..1202 and ImageNet 18..152,
-    plain (no shortcut, so no option) and residual under each option."""
-    num_classes = num_classes or {Family.cifar: 10, Family.imagenet: 1000}
-    rows = []
-    for family, depths in ((Family.cifar, CIFAR_DEPTHS), (Family.imagenet, tuple(IMAGENET_STAGES))):
-        for depth in depths:
-            for mode, options in ((Mode.plain, ("-",)), (Mode.residual, tuple(ShortcutOption))):
-                for option in options:
-                    params, macs = cost(family, depth, mode, "A" if option == "-" else option, num_classes[family])
-                    rows.append(
-                        {
-                            "family": str(family),
-                            "depth": depth,
-                            "mode": str(mode),
-                            "shortcut": str(option),
-                            "params": params,
-                            "macs": macs,
-                        }
-                    )
-    return rows
-
-
-def training_memory(
-    family: str, depth: int, batch_size: int, image_size: int, num_classes: int, eval_batch_size: int = 0
-) -> tuple[int, int]:
-    """(parameters, bytes) to train a net at a batch size, estimated from the spec table alone,
-    without building a module: fp32 weights, gradients and momentum, plus the activations autograd
-    keeps, about three per convolution (its output, the batch norm's, the ReLU's); or, if larger,
-    an evaluation batch's widest layer. A lower bound within a factor of about two, used to
-    refuse nets that cannot fit before any is built."""
-    spec = net_spec(family, depth)
-    side = math.ceil(image_size / 4) if family == Family.imagenet else image_size  # stem stride and max-pool
-    width = 64 if family == Family.imagenet else 16
-    params, values = 3 * width * (49 if family == Family.imagenet else 9), width * side * side
-    widest = 4 * values if family == Family.imagenet else values  # the stem's output, before the max-pool
-    expansion = BOTTLENECK_EXPANSION if spec.block == "bottleneck" else 1
-    for stage in spec.stages:
-        side = math.ceil(side / stage.stride)
-        mid = stage.width // expansion
-        for cin, count in ((width, 1), (stage.width, stage.blocks - 1)):
-            if spec.block == "basic":
-                block_params, block_values = 9 * (cin + stage.width) * stage.width, 2 * stage.width
-            else:
-                block_params, block_values = (cin + 9 * mid + stage.width) * mid, 2 * mid + stage.width
-            params += count * block_params
-            values += count * block_values * side * side
-        widest = max(widest, stage.width * side * side)
-        width = stage.width
-    params += width * num_classes
-    return params, 4 * max(4 * params + 3 * batch_size * values, params + 3 * eval_batch_size * widest)
+def fixup_scale(branches: int, layers: int) -> float:
+    """Fixup's factor for the layers of a branch: L^(-1/(2m-2)), L branches of m layers each."""
+    return branches ** (-1.0 / (2 * layers - 2)) if branches > 0 else 1.0

@@ -32,6 +32,12 @@ ABOUT = {
     "random blocks removed (right). In a residual net the signal still flows through the shortcut, so removing a "
     "block should barely matter and the error should rise smoothly with k, like an ensemble losing members; in a "
     "plain net, any removal should send the error to chance (dashed grey).",
+    "signal": "How a signal and its gradient travel through each net, on one training batch: the std of the "
+    "stream after each block (left), each residual branch's output norm against its shortcut's (middle: below the "
+    "dotted line a block is close to the identity), and the gradient's norm at each position (right). Look at "
+    "which lines fall or climb by orders of magnitude toward the input: without BN a plain net's signal and "
+    "gradient vanish (Xavier init) or hold (He init); with BN they explode toward the input; shortcuts keep them "
+    "level only with an init that starts the branches near zero.",
     "landscape": "Li et al. 2018, Fig. 5: loss around the trained weights along two random, filter-normalised "
     "directions: a 1D slice, the contours and the surface. Look for a smooth, bowl-shaped surface with shortcuts "
     "and a rougher, non-convex one without.",

@@ -1,10 +1,12 @@
 """`resexp analyze KIND FOLDER`: why residual learning works, measured on the user's own runs.
 
 Kinds (one module each): responses (He et al. 2015, Fig. 7), gradients (gradient flow; Sec. 4.1),
-lesion (Veit et al. 2016, Figs. 3 and 5), landscape (Li et al. 2018, Fig. 5). Each takes the nets
-of a folder of runs (resexp.analysis.subjects), computes its numbers, and returns a `Result`; the
-driver here writes FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg
-(KIND-init.* with --at-init), and the CLI prints the table and the verdict.
+lesion (Veit et al. 2016, Figs. 3 and 5), landscape (Li et al. 2018, Fig. 5), signal (signal
+propagation: the lectures' explanations put to the numbers). Each takes the nets of a folder of
+runs, or of configs at initialisation (resexp.analysis.subjects), computes its numbers, and
+returns a `Result` with its verdicts (resexp.analysis.verdict); the driver here writes
+FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg (KIND-init.* with
+--at-init), and the CLI prints the table and the verdicts.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 
 import torch
 
-from resexp.analysis.subjects import Subject, subjects
+from resexp.analysis.subjects import Subject, from_configs, subjects
 from resexp.analysis.verdict import Verdict
 from resexp.errors import UserError
+from resexp.report import jsonable
 from resexp.rundir import atomic_write
 
-KINDS = ("responses", "gradients", "lesion", "landscape")
+KINDS = ("responses", "gradients", "lesion", "landscape", "signal")
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -82,17 +85,24 @@ def stored(folder: Path) -> list[Stored]:
 
 def analyze(
     kind: str,
-    folder: Path,
+    folder: Path | None,
     options: Options,
     device: torch.device,
     data_root: str | None,
     warn: Callable[[str], None],
     progress: Callable[[str], None],
+    configs: list[str] | None = None,
 ) -> tuple[Result, list[Path]]:
-    """Run one analysis on the runs under `folder`; returns its result and the files written."""
+    """Run one analysis on the runs under `folder`, or (at initialisation) on the nets of
+    `configs`, the overrides of a config or a sweep (written under its runs/<name>/); returns its
+    result and the files written."""
     if kind not in KINDS:
         raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
-    nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds)
+    if configs is not None:
+        nets, folder = from_configs(configs, device)
+    else:
+        assert folder is not None
+        nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds)
     out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
     module = importlib.import_module(f"resexp.analysis.{kind}")
@@ -107,8 +117,8 @@ def analyze(
         "records": result.records,
     }
     base = out / stem(kind, options)
-    out.mkdir(exist_ok=True)
-    atomic_write(base.with_suffix(".json"), json.dumps(document, indent=1, allow_nan=True) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(base.with_suffix(".json"), json.dumps(jsonable(document), indent=1) + "\n")
     paths = [base.with_suffix(".json")]
     for suffix in (".png", ".svg"):
         result.figure.savefig(base.with_suffix(suffix), dpi=130, bbox_inches="tight")
@@ -119,9 +129,11 @@ def analyze(
     return result, paths
 
 
-def colour_of(subjects_: list[Subject]) -> dict[tuple[str, int], str]:
-    """One colour per (mode, depth), stable across analyses."""
-    keys = sorted({(s.run.mode, s.run.depth) for s in subjects_})
+def colour_of(subjects_: list[Subject]) -> dict[str, str]:
+    """One colour per net (as records name it: its settings included), stable across analyses."""
+    keys = sorted(
+        {s.net for s in subjects_}, key=lambda n: next((s.run.mode, s.run.depth, n) for s in subjects_ if s.net == n)
+    )
     return {k: COLOURS[i % len(COLOURS)] for i, k in enumerate(keys)}
 
 

@@ -149,7 +149,7 @@ def figure(nets: list[Subject], records: list[dict]):
     fig, (weights, inputs) = plt.subplots(1, 2, figsize=(12, 4.5))
     labelled = set()
     for r in records:
-        style = dict(color=colour[(r["mode"], r["depth"])], ls="-" if r["at"] == "checkpoint" else ":", lw=1.4)
+        style = dict(color=colour[r["net"]], ls="-" if r["at"] == "checkpoint" else ":", lw=1.4)
         label = f"{r['net']} ({r['at']})"
         style["label"] = None if label in labelled else label
         labelled.add(label)

@@ -315,7 +315,9 @@ def verdicts(records: list[dict]) -> list[Verdict]:
         (r, p)
         for r in records
         for p in records
-        if r["mode"] == "residual" and p["mode"] == "plain" and r["depth"] == p["depth"] and r["seed"] == p["seed"]
+        if r["mode"] == "residual"
+        and p["mode"] == "plain"
+        and (r["depth"], r["seed"], r.get("settings")) == (p["depth"], p["seed"], p.get("settings"))
     ]
     claim = "with shortcuts the loss surface is smoother and closer to convex than without"
     if not pairs:

@@ -273,7 +273,7 @@ def figure(nets: list[Subject], records: list[dict]):
     colour = colour_of(nets)
     fig, (single, many) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in records:
-        c = colour[(r["mode"], r["depth"])]
+        c = colour[r["net"]]
         label = f"{r['net']} s{r['seed']}"
         errors = [math.nan if e is None else e for e in r["single"]]  # gaps where a block is not removable
         single.plot(range(1, len(errors) + 1), errors, "o-", color=c, ms=3, lw=1, label=label)

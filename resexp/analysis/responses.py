@@ -154,9 +154,20 @@ def verdicts(groups: dict[str, list[dict]]) -> list[Verdict]:
     (option A, B or C, whichever is there); median std over layers, mean over seeds."""
     mode = {name: g[0]["mode"] for name, g in groups.items()}
     depth = {name: g[0]["depth"] for name, g in groups.items()}
-    residual = sorted((n for n in groups if mode[n] == "residual"), key=depth.get)
-    pairs = [(r, p) for r in residual for p in groups if mode[p] == "plain" and depth[p] == depth[r]]
-    deeper = [(d, s) for s, d in zip(residual, residual[1:], strict=False) if depth[d] > depth[s]]
+    alike = {
+        name: (g[0].get("settings", "-"), g[0]["shortcut"] if g[0]["mode"] == "residual" else "")
+        for name, g in groups.items()
+    }
+    residual = sorted((n for n in groups if mode[n] == "residual"), key=lambda n: (alike[n], depth[n]))
+    pairs = [
+        (r, p)
+        for r in residual
+        for p in groups
+        if mode[p] == "plain" and depth[p] == depth[r] and alike[p][0] == alike[r][0]
+    ]
+    deeper = [
+        (d, s) for s, d in zip(residual, residual[1:], strict=False) if alike[d] == alike[s] and depth[d] > depth[s]
+    ]
     out = []
     for claim, compared in (
         ("residual nets respond less than plain nets of the same depth", pairs),
@@ -179,9 +190,9 @@ def figure(nets: list[Subject], groups: dict[str, list[dict]]):
     fig, (by_index, by_size) = plt.subplots(2, 1, figsize=(8, 7))
     for name, group in groups.items():
         curve = mean_curve(group)
-        mode, depth = group[0]["mode"], group[0]["depth"]
+        mode = group[0]["mode"]
         label = name + (f" ({len(group)} seeds)" if len(group) > 1 else "")
-        style = dict(color=colour[(mode, depth)], ls="--" if mode == "plain" else "-", lw=1.6, label=label)
+        style = dict(color=colour[name], ls="--" if mode == "plain" else "-", lw=1.6, label=label)
         by_index.plot(range(1, len(curve) + 1), curve, **style)
         by_size.plot(range(1, len(curve) + 1), sorted(curve, reverse=True), **style)
     by_index.set_xlabel("layer index (original)")

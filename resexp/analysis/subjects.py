@@ -37,11 +37,17 @@ class Subject:
     device: torch.device
     state: str  # "complete (400)", "unfinished (120 of 400)", "initialised"
     checkpoint: dict | None = None  # {"file": "last.pt", "step": 400, "sha256": ...}; None when initialised
+    settings: str = "-"  # what tells this net apart from the others analysed with it (norm=none init=fixup)
+
+    @property
+    def net(self) -> str:
+        """The paper's name, and the settings that tell it apart: plain-56, plain-56 (norm=none)."""
+        return self.run.label + ("" if self.settings == "-" else f" ({self.settings})")
 
     @property
     def name(self) -> str:
-        """The paper's name and the seed: ResNet-56 s0, plain-20 s2."""
-        return f"{self.run.label} s{self.run.seed}"
+        """The paper's name and the seed: ResNet-56 s0, plain-20 (norm=none) s2."""
+        return f"{self.net} s{self.run.seed}"
 
     def initial_model(self) -> nn.Module:
         """The net as this run began: the same seed, the same initial weights."""
@@ -52,7 +58,8 @@ class Subject:
         """What identifies this net in an analysis's JSON."""
         r = self.run
         return {
-            "net": r.label,
+            "net": self.net,
+            "settings": self.settings,
             "mode": r.mode,
             "depth": r.depth,
             "shortcut": r.shortcut,
@@ -158,4 +165,28 @@ def subjects(
         raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed{why}")
     for line in skipped:
         warn(f"skipping {line}")
-    return out
+    return named(out)
+
+
+def from_configs(overrides: list[str], device: torch.device) -> tuple[list[Subject], Path]:
+    """The nets of a config or a sweep (the overrides of `resexp train [-m]`), freshly initialised
+    as their runs would begin, with their data; and the folder their analyses go to (runs/<name>)."""
+    from resexp.launch import plan
+
+    jobs = plan(overrides, multirun=True)  # comma lists expand as a sweep's do; one config is a sweep of one
+    out = []
+    for job in jobs:
+        data = own_data(job.config, device)
+        seed_everything(job.config.seed)
+        model = build_model(job.config, data.num_classes).to(device).eval()
+        run = Run(path=job.run_dir, identity=identity.of(job.config))
+        out.append(Subject(run, job.config, model, data, device, "initialised"))
+    return named(out), jobs[0].sweep_dir or jobs[0].run_dir.parent
+
+
+def named(nets: list[Subject]) -> list[Subject]:
+    """Each net's settings: the fields that differ between the nets of one analysis."""
+    from resexp.report import experiments, settings_of
+
+    settings = settings_of(experiments([net.run for net in nets]))
+    return [dataclasses.replace(net, settings=settings[net.run.setting]) for net in nets]
