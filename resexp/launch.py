@@ -37,6 +37,7 @@ from resexp import identity
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
 from resexp.distributed import current, voice
 from resexp.errors import Aborted, ConfigError, Diverged, SweepInterrupted, UserError, first_line, one_line
+from resexp.hparams import SUFFIX
 from resexp.rundir import STATUS, RunDir
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -219,9 +220,11 @@ def apart(jobs: list[Job]) -> None:
             continue
         a, b = identity.flat(jobs[other].config), identity.flat(job.config)
         keys = [k for k in a if not identity.same(a[k], b.get(k))]
+        both = f"jobs {other} ({' '.join(jobs[other].overrides)}) and {num} ({' '.join(job.overrides)})"
+        if not keys:
+            raise ConfigError(f"{both} are one run (the same values): drop one of them")
         raise ConfigError(
-            f"jobs {other} ({' '.join(jobs[other].overrides)}) and {num} ({' '.join(job.overrides)}) would train in "
-            f"one folder, {job.run_dir}: they differ only in {', '.join(keys)}, which "
+            f"{both} would train in one folder, {job.run_dir}: they differ only in {', '.join(keys)}, which "
             f"{'is' if len(keys) == 1 else 'are'} not part of a run's identity; sweep them in separate commands, each "
             "with its own name=..."
         )
@@ -344,6 +347,17 @@ def command_line(argv: list[str], env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def describe_sweep(folder: Path, jobs: list[Job]) -> None:
+    """The experiment TensorBoard's HParams tab shows for the sweep's folder: over its runs so far
+    and this command's jobs (resexp.hparams)."""
+    from resexp.hparams import write_experiment
+    from resexp.rundir import find_runs
+
+    runs = [r.identity for r in find_runs(folder, lambda text: None)] if folder.is_dir() else []
+    folder.mkdir(parents=True, exist_ok=True)
+    write_experiment(folder, runs + [identity.of(job.config) for job in jobs])
+
+
 @contextmanager
 def hydra_app() -> Iterator[Any]:
     """Hydra's runner over resexp's configs, set up as hydra.main sets it up (the same config
@@ -388,6 +402,8 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
     jobs = plan(overrides, multirun)
     admit_all(jobs)
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
+    if jobs and jobs[0].sweep_dir is not None and current().main:
+        describe_sweep(jobs[0].sweep_dir, jobs)
     quiet = [] if current().main else ["hydra/hydra_logging=disabled"]  # under torchrun rank 0 speaks for all
     mode = "hydra.mode=MULTIRUN" if multirun else "hydra.mode=RUN"
     env = {"HYDRA_FULL_ERROR": "1", **({"RESEXP_DEBUG": "1"} if debug else {})}  # errors reach us, not Hydra's printer
@@ -413,9 +429,10 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
             raise
         raise LauncherFailed(e, unfinished(jobs)) from e  # a job killed under submitit, ...
     finally:
-        for folder in new_dirs:  # a sweep folder holding only Hydra's multirun.yaml: no run was written
-            if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
-                (folder / "multirun.yaml").unlink()
+        for folder in new_dirs:  # a sweep folder holding only what the command wrote before any run started
+            if folder.is_dir() and all(p.name == "multirun.yaml" or p.name.endswith(SUFFIX) for p in folder.iterdir()):
+                for p in folder.iterdir():
+                    p.unlink()
                 remove_empty(folder)
     outcomes = [r for batch in returns or [] if isinstance(batch, list) for r in batch if isinstance(r, JobReturn)]
     done = [r.status == JobStatus.COMPLETED and r._return_value is not None for r in outcomes]

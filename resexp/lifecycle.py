@@ -133,8 +133,8 @@ def run_files(run: RunDir) -> list[str]:
 
 def damaged(run: RunDir, what: str) -> DamagedRun:
     return DamagedRun(
-        f"{run.path} is damaged: {what}; restore what is missing from a backup, or delete the folder to train "
-        "the run again from the start"
+        f"{run.path} is damaged: {what}; restore the folder from a backup, or delete it to train the run again "
+        "from the start"
     )
 
 

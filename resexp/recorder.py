@@ -7,8 +7,9 @@ TensorBoard tags: train/loss, train/error, test/loss, test/error (and val/* with
 split), lr; errors are in percent, x is the iteration. Each run writes into its own directory,
 so `tensorboard --logdir runs` lays every run of a sweep side by side. Each run also writes, into
 its own directory (not a new run, as SummaryWriter.add_hparams would): its hyperparameters for
-the HParams tab, with final and best errors as its metrics, and a Custom Scalars layout with one
-chart of training error and one of test error that hold every run (the paper's style).
+the HParams tab (resexp.hparams), whose metrics are the final/* and best/* scalars below, and a
+Custom Scalars layout with one chart of training error and one of test error that hold every run
+(the paper's style).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from resexp import hparams, identity
 from resexp.config import Config
 from resexp.rundir import CONFIG, DATA, ENVIRONMENT, RunDir, atomic_write, config_yaml, write_json
 
 NOT_SCALARS = ("step", "epoch", "time", "diverged")
-HPARAM_METRICS = ("final/train_error", "final/test_error", "best/train_error", "best/test_error")
 LAYOUT = {
     "errors (all runs)": {
         "training error": ["Multiline", [r"^train/error$"]],
@@ -70,22 +71,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def hparams(cfg: Config) -> dict[str, Any]:
-    """What TensorBoard's HParams tab shows per run."""
-    m = cfg.model
-    return {
-        "data": str(cfg.data.name),
-        "family": str(m.family),
-        "depth": m.depth,
-        "mode": str(m.mode),
-        "shortcut": str(m.shortcut),
-        "seed": cfg.seed,
-        "lr": cfg.optim.lr,
-        "batch_size": cfg.data.batch_size,
-        "iterations": cfg.schedule.iterations,
     }
 
 
@@ -148,12 +133,10 @@ class Recorder:
 
     def describe(self, cfg: Config, data: dict[str, Any], env: dict[str, Any]) -> None:
         """The run directory's self-description, written when the run starts."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
         atomic_write(self.run.file(CONFIG), config_yaml(cfg))
         write_json(self.run.file(DATA), data)
         write_json(self.run.file(ENVIRONMENT), env)
-        for summary in hparams_summary(hparams(cfg), {k: 0.0 for k in HPARAM_METRICS}):
+        for summary in hparams.session(identity.of(cfg), self.run.path.name):
             self.writer.file_writer.add_summary(summary)
         self.writer.add_custom_scalars(LAYOUT)
 

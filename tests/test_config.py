@@ -171,6 +171,8 @@ def test_two_jobs_that_would_share_a_folder_are_refused_before_anything_trains(t
         "runs/default/cifar10/residual-20A_s0: they differ only in data.root, which is not part of a run's identity; "
         "sweep them in separate commands, each with its own name=..."
     )
+    with pytest.raises(ConfigError, match=r"jobs 0 \(seed=0 device=cpu\) and 1 \(seed=0 device=cpu\) are one run"):
+        plan(["seed=0,0", "device=cpu"], multirun=True)
 
 
 @pytest.mark.parametrize(

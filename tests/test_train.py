@@ -340,3 +340,45 @@ def test_a_failure_before_the_first_checkpoint_does_not_claim_one(tmp_path, monk
         f"error: Input/output error (at iteration 0; {TINY_DIR} has no checkpoint yet: the same command starts it "
         "again)"
     ]
+
+
+def test_tensorboards_hparams_table_shows_what_the_sweep_varies(tmp_path):
+    """The sweep's folder declares the experiment: mode, depth, shortcut, seed and the run's short
+    name first, then the fields its runs vary (here the learning rate), then the constant ones, as
+    TensorBoard orders them (differing first, then by name); the metrics are the final and best
+    errors. Each run declares its values under the same names."""
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    result = resexp("train", "-m", *TINY, "model.mode=plain,residual", "optim.lr=0.1,0.05", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    acc = events(tmp_path / "runs/default")
+    [experiment] = [
+        metadata.parse_experiment_plugin_data(c)
+        for t, c in acc.PluginTagToContent("hparams").items()
+        if t == metadata.EXPERIMENT_TAG
+    ]
+    _sort_and_reduce_to_hparams_limit(experiment)  # what TensorBoard's backend does
+    shown = [(h.display_name, h.differs) for h in experiment.hparam_infos]
+    assert shown[:6] == [
+        ("mode", True),
+        ("depth", True),
+        ("shortcut", True),
+        ("seed", True),
+        ("run", True),
+        ("lr", True),
+    ]
+    assert not any(differs for _, differs in shown[6:]) and "momentum" in dict(shown)
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "final/test_error",
+        "final/train_error",
+        "best/test_error",
+        "best/train_error",
+    ]
+    run_dir = tmp_path / folder(*TINY, "model.mode=plain", "optim.lr=0.05")
+    start = metadata.parse_session_start_info_plugin_data(
+        events(run_dir).PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG]
+    )
+    values = {name: v.string_value or v.number_value for name, v in start.hparams.items()}
+    assert values["00 mode"] == "plain" and values["02 shortcut"] == "-" and values["01 depth"] == 8
+    assert values["04 run"] == "plain-8 s0 " + run_dir.name.partition("+")[2] and "lr-0.05" in values["04 run"]

@@ -28,15 +28,16 @@ from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 
 
-def response_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+def response_layers(model: nn.Module) -> list[nn.Module]:
     """The batch norm right after each 3x3 convolution, in the order of the forward pass (stem,
-    then each block's body; 1x1 projections and 7x7 stems are not 3x3 layers)."""
-    layers, previous = [], None
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d) and previous.kernel_size == (3, 3):
-            layers.append(module)
-        if next(module.children(), None) is None:  # a leaf: the modules in forward order
-            previous = module
+    then each block's body; 1x1 projections and 7x7 stems are not 3x3 layers); where no BN follows
+    a 3x3 conv (model.norm=none, a pre-activation block's last conv) the conv itself."""
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]  # in forward order
+    layers = []
+    for i, module in enumerate(leaves):
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+            following = leaves[i + 1] if i + 1 < len(leaves) else None
+            layers.append(following if isinstance(following, nn.BatchNorm2d) else module)
     return layers
 
 
