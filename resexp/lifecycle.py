@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ def check(cfg: Config) -> tuple[torch.device, Speed]:
     if cfg.resume is not None and not Path(cfg.resume).expanduser().is_file():
         raise ConfigError(f"resume={cfg.resume} is not a file (resume= takes a checkpoint, e.g. runs/.../last.pt)")
     device = pick_device(distributed.device_for(cfg.device))
+    most = 4 * (os.cpu_count() or 1)  # DataLoader workers are processes: beyond this they only fight for cores
+    if cfg.data.name == DataName.imagenet and cfg.data.workers > most:
+        raise ConfigError(f"data.workers={cfg.data.workers} must be at most {most} (4 per core of this machine)")
     share = world.share(cfg.data.batch_size)
     check_batch_norm(cfg, share)
     speed = resolve(cfg.speed, device)

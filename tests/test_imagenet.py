@@ -140,6 +140,7 @@ def test_a_run_with_the_multi_scale_test(tmp_path, tree):
         (["data.lighting=-0.1"], "data.lighting=-0.1 must be a finite non-negative number"),
         (["data.lighting=nan"], "data.lighting=nan must be a finite non-negative number"),
         (["data.normalize=pixel_mean"], "data.normalize=pixel_mean is not available for ImageNet"),
+        (["data.workers=100000"], "data.workers=100000 must be at most"),  # a process each
     ],
 )
 def test_recipe_options_are_checked(tmp_path, overrides, message):

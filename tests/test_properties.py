@@ -52,7 +52,7 @@ FIELDS = {
     "data.scale_max": ["48", "480", "8"],
     "data.crop_size": ["32", "224", "-1"],
     "data.download": ["false", "maybe"],
-    "data.workers": ["0", "2", "-1"],
+    "data.workers": ["0", "2", "-1", "999"],
     "data.image_size": ["8", "32", "0", "100000"],
     "data.num_classes": ["2", "10", "1", "0"],
     "data.train_size": ["32", "64", "0", "8"],
