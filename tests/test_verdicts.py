@@ -144,7 +144,7 @@ def test_an_exploding_surface_is_judged_on_its_basin():
 
 
 def group(mode, depth, medians):
-    return [{"net": f"{mode}-{depth}", "mode": mode, "depth": depth, "median": m} for m in medians]
+    return [{"net": f"{mode}-{depth}", "mode": mode, "depth": depth, "shortcut": "A", "median": m} for m in medians]
 
 
 def test_responses_count_a_gap_only_beyond_the_seeds_noise():
