@@ -89,7 +89,7 @@ def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
             warn(f"warning: leaving out {found.numbers}: it is not an analysis result ({type(e).__name__})")
             continue
         out.append(
-            section(f"{found.kind}{' at initialisation' if found.at_init else ''}", ABOUT[found.kind], png, body)
+            section(found.title, ABOUT[found.kind], png, body)
         )
     return out
 

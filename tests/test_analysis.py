@@ -178,7 +178,9 @@ def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(sweep):
     args = ["--grid", "3", "--images", "32", "--workers", "2", "--nets", "ResNet-8", "--seeds", "0"]
     result = resexp("analyze", "landscape", "runs/default", *args, cwd=sweep)
     assert result.code == 0, result.stderr
-    doc = json.loads((sweep / "runs/default/analysis/landscape.json").read_text())
+    written = sweep / "runs/default/analysis/landscape+grid-3+images-32+nets-ResNet-8+seeds-0.json"
+    assert str(written.relative_to(sweep)) in result.stdout.splitlines()  # named by the options that are not defaults
+    doc = json.loads(written.read_text())
     assert [r["net"] for r in doc["records"]] == ["ResNet-8"] and len(doc["records"][0]["grid"]) == 3
     assert "landscape:" in result.stdout and "non-convex share" in result.stdout
 
@@ -234,10 +236,14 @@ def test_grad_norms_are_logged_per_stage_only_when_asked(tmp_path):
 
 def test_the_html_report_is_one_self_contained_file(sweep):
     assert resexp("analyze", "responses", "runs/default", cwd=sweep).code == 0
+    # The same analysis with another option: its own file, beside the first, and its own section.
+    assert resexp("analyze", "responses", "runs/default", "--per-channel", "--seeds", "0", cwd=sweep).code == 0
+    assert (sweep / "runs/default/analysis/responses+per_channel-true+seeds-0.json").exists()
     result = resexp("report", "runs/default", "--format", "html", cwd=sweep)
     assert result.code == 0 and result.stdout.strip() == "runs/default/report.html"
     page = (sweep / "runs/default/report.html").read_text()
     assert "<h2>responses</h2>" in page and "<h2>table and verdict</h2>" in page and "He et al. 2015, Fig. 7" in page
+    assert "<h2>responses (per_channel true, seeds 0)</h2>" in page
     labels = re.findall(r"<span class='outcome ([a-z-]+)'>([a-z ]+)</span>", page)  # each verdict: which and why
     assert labels and all(word in OUTCOMES and cls == word.replace(" ", "-") for cls, word in labels)
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
@@ -334,13 +340,14 @@ def test_landscape_chunks_of_other_weights_are_never_reused(sweep, tmp_path):
     shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)
     args = ["landscape", "runs/default", "--nets", "ResNet-8", "--grid", "3", "--images", "100000"]
     assert resexp("analyze", *args, cwd=tmp_path).code == 0
-    first = json.loads((tmp_path / "runs/default/analysis/landscape.json").read_text())["records"][0]
+    written = tmp_path / "runs/default/analysis/landscape+grid-3+images-100000+nets-ResNet-8.json"
+    first = json.loads(written.read_text())["records"][0]
     assert first["images"] == 256  # all the training images there are, not the 100000 asked for
     shutil.rmtree(tmp_path / TINY_DIR)
     assert resexp("train", *TINY, "optim.momentum=0.8", f"hydra.run.dir={TINY_DIR}", cwd=tmp_path).code == 0
     again = resexp("analyze", *args, cwd=tmp_path)
     assert again.code == 0 and "are of other weights or settings; starting again" in again.stderr
-    second = json.loads((tmp_path / "runs/default/analysis/landscape.json").read_text())["records"][0]
+    second = json.loads(written.read_text())["records"][0]
     assert second["checkpoint"]["sha256"] != first["checkpoint"]["sha256"] and second["grid"] != first["grid"]
 
 

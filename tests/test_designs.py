@@ -239,9 +239,16 @@ def test_signal_at_init_straight_from_a_config(tmp_path):
     args = ["signal", "--at-init", "data=synthetic", "model.depth=8,20", "model.mode=plain,residual", "device=cpu"]
     result = resexp("analyze", *args, "--device", "cpu", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    doc = json.loads((tmp_path / "runs/default/analysis/signal-init.json").read_text())
+    analysis = tmp_path / "runs/default/analysis"
+    doc = json.loads((analysis / "signal-config+data-synthetic+depth-8,20+mode-plain,residual.json").read_text())
     assert sorted(r["net"] for r in doc["records"]) == ["ResNet-20", "ResNet-8", "plain-20", "plain-8"]
     assert {v["outcome"] for v in doc["verdicts"]} <= {"agrees", "does not agree", "cannot decide"}
     assert not (tmp_path / "runs/default/synthetic").exists()  # nothing trained, no run folders
+    # Other nets of the same preset: their own files, the first analysis kept.
+    zero = ["data=synthetic", "model.depth=8", "model.mode=residual", "model.init=zero_gamma"]
+    assert resexp("analyze", "signal", "--at-init", *zero, "--device", "cpu", cwd=tmp_path).code == 0
+    [other] = analysis.glob("signal-config+*init-zero_gamma*.json")
+    assert [r["net"] for r in json.loads(other.read_text())["records"]] == ["ResNet-8"]
+    assert len(list(analysis.glob("signal-config+*.json"))) == 2
     trained = resexp("analyze", "signal", "data=synthetic", cwd=tmp_path)
     assert trained.code == 1 and "a config has no trained weights: add --at-init" in trained.lines[-1]

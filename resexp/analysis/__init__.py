@@ -6,11 +6,13 @@ propagation: the lectures' explanations put to the numbers). Each takes the nets
 runs, or of configs at initialisation (resexp.analysis.subjects), computes its numbers, and
 returns a `Result` with its verdicts (resexp.analysis.verdict); the driver here writes
 FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg (KIND-init.* with
---at-init), and the CLI prints the table and the verdicts.
+--at-init, KIND-config.* from a config; options away from their defaults named after a +, see
+`stem`), and the CLI prints the table and the verdicts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from resexp import identity
 from resexp.analysis.subjects import Subject, from_configs, subjects
 from resexp.analysis.verdict import Verdict
 from resexp.errors import UserError
@@ -57,29 +60,96 @@ class Result:
     figure: Any = field(repr=False)  # a matplotlib Figure
 
 
-def stem(kind: str, options: Options) -> str:
-    return f"{kind}-init" if options.at_init else kind
+# The options each kind reads (besides --at-init): an analysis's file name says those that differ
+# from their defaults, so that analyses that can differ never share a file.
+READS = {
+    "responses": ("images", "per_channel", "nets", "seeds"),
+    "gradients": ("images", "nets", "seeds"),
+    "lesion": ("draws", "images", "seed", "nets", "seeds"),
+    "landscape": ("grid", "span", "images", "seed", "nets", "seeds"),
+    "signal": ("images", "nets", "seeds"),
+}
+STATES = ("", "-init", "-config")  # at the checkpoint, --at-init on runs, --at-init from a config
+MAX_STEM = 200  # bytes: a longer tag becomes a hash, as a run folder's suffix does
+
+
+def state(kind: str, options: Options, configs: list[str] | None = None) -> str:
+    """KIND, KIND-init or KIND-config: the weights analysed, without the options."""
+    return kind + ("-config" if configs is not None else "-init" if options.at_init else "")
+
+
+def stem(kind: str, options: Options, configs: list[str] | None = None) -> str:
+    """An analysis's file name, without its suffix: its state, then `+key-value` for each option the
+    kind reads that differs from its default and, from a config, each override typed that bears on
+    the nets (not +experiment, which names the folder, nor where the data is): `lesion+nets-ResNet-56+seeds-0`,
+    `signal-config+mode-residual+init-zero_gamma`. The same command again replaces its own files."""
+    default = Options()
+    items = []
+    for key in READS[kind]:
+        value = getattr(options, key)
+        if value != getattr(default, key):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else identity.shown(value)
+            items.append(f"{key}{identity.VALUE}{shown}")
+    items += typed(configs or [])
+    tag = "".join(f"{identity.ITEM}{item}" for item in items).replace("/", "_")
+    if len(tag.encode()) > MAX_STEM:
+        tag = f"{identity.ITEM}hash{identity.VALUE}" + hashlib.sha1(tag.encode()).hexdigest()[:12]
+    return state(kind, options, configs) + tag
+
+
+def typed(overrides: list[str]) -> list[str]:
+    """`key-value` for each override of a config that bears on its nets, sorted (the order typed
+    does not matter): identity fields by their short names, group choices (model=imagenet) by the group's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    short = identity.short_names()
+    out = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        value = override.input_line.partition("=")[2]
+        if key in short:
+            out.append(f"{short[key]}{identity.VALUE}{value}")
+        elif "." not in key and key not in ("experiment", "hydra") and key in GROUPS:
+            out.append(f"{key}{identity.VALUE}{value}")
+    return sorted(out)
+
+
+GROUPS = ("model", "data", "schedule")  # config groups whose choice changes the nets (experiment names the folder)
 
 
 @dataclass(frozen=True)
 class Stored:
-    """One analysis written under FOLDER/analysis: its numbers (KIND.json) and figure (KIND.png)."""
+    """One analysis written under FOLDER/analysis: its numbers (STEM.json) and figure (STEM.png)."""
 
     kind: str
     at_init: bool
     numbers: Path
     figure: Path
 
+    @property
+    def title(self) -> str:
+        """lesion, signal at initialisation (from the config), landscape (span 0.5, nets plain-56)."""
+        name = self.numbers.stem
+        head, _, tag = name.partition(identity.ITEM)
+        where = {"": "", "-init": " at initialisation", "-config": " at initialisation (from the config)"}
+        title = self.kind + where[head[len(self.kind) :]]
+        items = [item.replace(identity.VALUE, " ", 1) for item in tag.split(identity.ITEM)] if tag else []
+        return title + (f" ({', '.join(items)})" if items else "")
+
 
 def stored(folder: Path) -> list[Stored]:
-    """The analyses written under `folder`, in the order of KINDS (each checkpoint one before its
-    --at-init one): where they are is this package's business, not its readers'."""
+    """The analyses written under `folder`, in the order of KINDS (at the checkpoint, then --at-init
+    on the runs, then from a config; each first without options, then by name): where they are is
+    this package's business, not its readers'."""
     out = []
+    analysis = folder / "analysis"
     for kind in KINDS:
-        for at_init in (False, True):
-            base = folder / "analysis" / stem(kind, Options(at_init=at_init))
-            if base.with_suffix(".json").exists() and base.with_suffix(".png").exists():
-                out.append(Stored(kind, at_init, base.with_suffix(".json"), base.with_suffix(".png")))
+        for suffix in STATES:
+            head = kind + suffix
+            found = [analysis / f"{head}.json"] + sorted(analysis.glob(f"{head}{identity.ITEM}*.json"))
+            for numbers in found:
+                if numbers.exists() and numbers.with_suffix(".png").exists():
+                    out.append(Stored(kind, bool(suffix), numbers, numbers.with_suffix(".png")))
     return out
 
 
@@ -106,7 +176,7 @@ def analyze(
     out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
     module = importlib.import_module(f"resexp.analysis.{kind}")
-    result: Result = module.analyze(nets, options, out / stem(kind, options), progress)
+    result: Result = module.analyze(nets, options, out / state(kind, options, configs), progress)
     seconds = time.perf_counter() - started
     document = {
         "kind": kind,
@@ -116,7 +186,7 @@ def analyze(
         "verdicts": [asdict(v) for v in result.verdicts],
         "records": result.records,
     }
-    base = out / stem(kind, options)
+    base = out / stem(kind, options, configs)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(base.with_suffix(".json"), json.dumps(jsonable(document), indent=1) + "\n")
     paths = [base.with_suffix(".json")]
