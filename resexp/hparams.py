@@ -1,14 +1,16 @@
 """What TensorBoard's HParams tab shows.
 
 Each run declares its hyperparameters (a session start): every field of its identity, each under
-a name whose number fixes its place, `00 mode`, `01 depth`, `02 shortcut`, `03 seed`, `04 run`
-(the run's short name: `plain-20 s0`, `ResNet-56 s1 lr-0.05`), then the others in the schema's
-order, each shown by its own name. A sweep declares the experiment (its hparams and metrics) in
-its folder, `runs/<name>/`, which TensorBoard reads before any run's: those five first, then the
-fields the runs of that folder actually vary, then the constant ones, with the final and best test
-and training errors as its metrics. TensorBoard's table shows the first five of the fields that
-vary (and these five are marked so) without a click; the rest are a tick away in its side panel.
-A later sweep into the same folder writes the experiment anew over every run there.
+a name whose number fixes its place, `00 mode`, `01 depth`, `02 shortcut`, `03 seed`, then the
+others in the schema's order, and last the run's short name (`plain-20 s0`, `ResNet-56 s1
+lr-0.05`) under the highest number. A sweep declares the experiment (its hparams and metrics) in
+its folder, `runs/<name>/`, which TensorBoard reads before any run's: mode, depth, shortcut and
+seed marked as differing, each field the runs of that folder actually vary, and the run's name,
+with the final and best test and training errors as its metrics. TensorBoard orders the differing
+ones first, by name, and ticks the first five: mode, depth, shortcut, seed and the first field the
+sweep varies (lr, say), or the run's name where the sweep varies nothing else. The rest are a tick
+away in its side panel. A later sweep into the same folder writes the experiment anew over every
+run there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from resexp import identity
 
-FRONT = ("model.mode", "model.depth", "model.shortcut", "seed", "run")
+FRONT = ("model.mode", "model.depth", "model.shortcut", "seed")  # always ticked
+LAST = "run"  # the short name: after every field, ticked only where the sweep varies no other field
 METRICS = ("final/test_error", "final/train_error", "best/test_error", "best/train_error")
 SUFFIX = ".resexp-hparams"  # the experiment's event file in a sweep's folder
 
@@ -28,7 +31,7 @@ SUFFIX = ".resexp-hparams"  # the experiment's event file in a sweep's folder
 @functools.cache
 def columns() -> tuple[str, ...]:
     """Every hparam, in the order the table shows them."""
-    return (*FRONT, *(k for k in identity.identity_keys() if k not in FRONT))
+    return (*FRONT, *(k for k in identity.identity_keys() if k not in FRONT), LAST)
 
 
 @functools.cache
@@ -85,7 +88,8 @@ def experiment(runs: list[dict[str, Any]]) -> Any:
         )
         kind = kind if not kinds else DataType.DATA_TYPE_STRING  # values of more than one type
         name, shown = names()[key]
-        infos.append(HParamInfo(name=name, display_name=shown, type=kind, differs=key in FRONT or len(seen) > 1))
+        differs = key in FRONT or key == LAST or len(seen) > 1
+        infos.append(HParamInfo(name=name, display_name=shown, type=kind, differs=differs))
     metrics = [MetricInfo(name=MetricName(tag=m), display_name=m.replace("/", " ").replace("_", " ")) for m in METRICS]
     metadata = create_summary_metadata(
         HParamsPluginData(experiment=Experiment(hparam_infos=infos, metric_infos=metrics))
