@@ -318,7 +318,9 @@ def report(
     "layer's response), gradients (gradient norms by layer, at initialisation and at the checkpoint), lesion (Veit et "
     "al. 2016: test error with blocks removed), landscape (Li et al. 2018: loss around the weights along "
     "filter-normalised directions), signal (the stream's scale, each block's distance from the identity and the "
-    "gradient, through the net). Writes FOLDER/analysis/KIND.png, .svg and .json (named +option-value for each option away from its default, so one analysis never replaces another with other options), and prints a table and verdicts: "
+    "gradient, through the net). Writes FOLDER/analysis/KIND.png, .svg and .json (+option-value after KIND for "
+    "each option away from its default: one analysis never replaces another with other options), and prints a "
+    "table and verdicts: "
     "each claim agrees, does not agree, or cannot decide."
 )
 def analyze(

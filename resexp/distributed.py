@@ -11,11 +11,12 @@ takes its share of every global batch, and of the evaluation sets).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resexp.errors import ConfigError, OwnFailure, PeerFailed, one_line
+from resexp.errors import ConfigError, OwnFailure, PeerFailed, PeerLost, one_line
 
 T = TypeVar("T")
 
@@ -58,6 +59,30 @@ class World:
 
 
 ONE = World()
+
+
+class Contact:
+    """Whether a collective of this process has failed: then the group is broken (a peer is gone,
+    or the network between them), whatever the error's type or text. Known by where the error
+    came from (a collective below, or DDP's gradient all-reduce), never by its message."""
+
+    broken = False
+
+
+@contextlib.contextmanager
+def collective() -> Iterator[None]:
+    """Around one collective call: its failure is a lost peer (PeerLost), and is remembered."""
+    try:
+        yield
+    except Exception as e:
+        Contact.broken = True
+        raise PeerLost() from e
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` ended this process because the group broke: a collective of this process failed
+    (NCCL also says so by type, DistBackendError)."""
+    return current().distributed and (Contact.broken or isinstance(e, (PeerLost, dist.DistBackendError)))
 
 
 @functools.cache
@@ -95,7 +120,8 @@ def close() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     gc.collect()  # DDP's reducer holds the group: let it go first
-    dist.barrier()
+    with collective():
+        dist.barrier()
     dist.destroy_process_group()
 
 
@@ -119,7 +145,8 @@ def reduce_values(values: list[float], device: torch.device, op: Any) -> list[fl
     if not current().distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op)
+    with collective():
+        dist.all_reduce(t, op=op)
     return t.tolist()
 
 
@@ -141,7 +168,8 @@ def any_(flag: bool, device: torch.device) -> bool:
 def barrier(device: torch.device) -> None:
     """Wait until every process is here (e.g. for rank 0's last writes)."""
     if current().distributed:
-        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+        with collective():
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def together(action: Callable[[], T], device: torch.device) -> T:
@@ -168,7 +196,8 @@ def broadcast(obj: Any) -> Any:
     if not current().distributed:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with collective():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -178,8 +207,9 @@ def rank0_buffers(model: nn.Module) -> None:
     checkpoints."""
     if not current().distributed:
         return
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
+    with collective():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
@@ -195,7 +225,26 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
         else:
             convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    ddp = DistributedDataParallel(model, device_ids=ids)
+    ddp.register_comm_hook(None, average)  # DDP's own all-reduce, with its failure remembered
+    return ddp
+
+
+def average(state, bucket):  # noqa: ANN001, ANN201  (DDP checks the annotations, which must be objects)
+    """DDP's gradient all-reduce (the mean over the processes, as its built-in one), whose failure
+    marks the group broken: it surfaces in backward as an error of any type. `bucket` is a
+    dist.GradBucket; returns a Future of the averaged tensor."""
+    tensor = bucket.buffer().div_(current().size)
+    future = dist.all_reduce(tensor, async_op=True).get_future()
+
+    def done(f: torch.futures.Future) -> torch.Tensor:
+        try:
+            return f.value()[0]
+        except Exception:
+            Contact.broken = True
+            raise
+
+    return future.then(done)
 
 
 class AllReduce(torch.autograd.Function):
@@ -205,13 +254,15 @@ class AllReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
-        dist.all_reduce(x)
+        with collective():
+            dist.all_reduce(x)
         return x
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
-        dist.all_reduce(grad)
+        with collective():
+            dist.all_reduce(grad)
         return grad
 
 
@@ -248,15 +299,6 @@ def convert_sync_batchnorm(module: nn.Module) -> None:
     for child in module.modules():
         if type(child) is nn.BatchNorm2d:
             child.__class__ = CPUSyncBatchNorm
-
-
-def peer_error(e: BaseException) -> bool:
-    """Whether `e` is a collective failing because another process is gone: NCCL raises
-    DistBackendError; gloo raises a plain RuntimeError from its transport, recognised by its
-    source file in the message (it has no type of its own)."""
-    if not current().distributed:
-        return False
-    return isinstance(e, dist.DistBackendError) or (isinstance(e, RuntimeError) and "/gloo/" in str(e))
 
 
 def voice(e: BaseException, line: str) -> str | None:

@@ -384,7 +384,7 @@ def train_run(
             with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
                 recorder.status("failed", state.step, reason=one_line(e))
             cause, own = e, not isinstance(e, PeerFailed)
-            if distributed.peer_error(e):  # another process is gone: its own message says why
+            if distributed.peer_lost(e):  # another process is gone: its own message says why
                 cause, own = PeerLost(), False
             failure = OwnTrainingFailure if own else TrainingFailed
             raise failure(run.path, state.step, cause, checkpoint=run.has_checkpoint()) from e

@@ -88,9 +88,7 @@ def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             warn(f"warning: leaving out {found.numbers}: it is not an analysis result ({type(e).__name__})")
             continue
-        out.append(
-            section(found.title, ABOUT[found.kind], png, body)
-        )
+        out.append(section(found.title, ABOUT[found.kind], png, body))
     return out
 
 

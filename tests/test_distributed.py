@@ -246,6 +246,24 @@ def test_a_rank_that_dies_ends_the_other_with_one_line(tmp_path):
     assert again["test/loss"] == pytest.approx(row["test/loss"], rel=1e-5)
 
 
+def test_a_failed_collective_is_a_lost_peer_by_where_it_failed_not_by_its_text(monkeypatch):
+    """gloo's transport errors are plain RuntimeErrors whose text varies by version: a collective's
+    failure is known by where it happened (resexp's collectives, DDP's all-reduce hook)."""
+    from resexp import distributed
+    from resexp.errors import PeerLost
+
+    monkeypatch.setattr(distributed.Contact, "broken", False)
+    monkeypatch.setattr(distributed, "current", lambda: World(rank=0, size=2))
+    unrelated = RuntimeError("Connection closed by peer [127.0.0.1]:41234")
+    assert not distributed.peer_lost(unrelated)  # an error outside any collective is this process's own
+    with pytest.raises(PeerLost) as raised, distributed.collective():
+        raise unrelated
+    assert raised.value.__cause__ is unrelated and distributed.Contact.broken
+    assert distributed.peer_lost(RuntimeError("whatever backward raised after it"))
+    monkeypatch.setattr(distributed, "current", lambda: World())
+    assert not distributed.peer_lost(RuntimeError("x"))  # one process has no peers to lose
+
+
 def test_a_divergence_stops_every_rank(tmp_path):
     launcher = torchrun(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5", cwd=tmp_path)
     out, err = launcher.communicate(timeout=120)
