@@ -229,70 +229,61 @@ def milestones_of(s: ScheduleConfig) -> list[int]:
 
 def validate(cfg: Config) -> None:
     """Check every field's range and the rules that tie fields together; raise ConfigError with
-    one line naming the field, its value and what would be valid."""
-    m, d, o, s = cfg.model, cfg.data, cfg.optim, cfg.schedule
+    one line naming the field, its value and what would be valid. One function per group, then the
+    few rules that tie groups together."""
+    model_rules(cfg.model)
+    data_rules(cfg.data)
+    optim_rules(cfg.optim)
+    schedule_rules(cfg.schedule)
+    run_rules(cfg)
+    if cfg.schedule.monitor.startswith("val/") and cfg.data.val_split == 0:
+        raise ConfigError(
+            f"schedule.monitor={cfg.schedule.monitor} needs a validation set: set data.val_split (e.g. 5000)"
+        )
+
+
+def at_least(bounds: dict[str, tuple[float, float]]) -> None:
+    """{key: (value, lowest valid value)}: the first value below its bound, refused."""
+    for key, (value, low) in bounds.items():
+        if value < low:
+            raise ConfigError(f"{key}={value} must be at least {low}")
+
+
+def finite(key: str, value: float, kind: str) -> None:
+    """A finite number, non-negative, and not zero where `kind` is "positive"."""
+    if not math.isfinite(value) or value < 0 or (kind == "positive" and value == 0):
+        raise ConfigError(f"{key}={value} must be a finite {kind} number")
+
+
+def model_rules(m: ModelConfig) -> None:
+    """A depth the family builds (6n+2, 9n+2 with bottlenecks, 18..152), and switches that go together."""
     try:
         net_spec(m.family, m.depth, m.body)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     design(m)
-    at_least = {
+
+
+def data_rules(d: DataConfig) -> None:
+    """Sizes, the test methods (ImageNet's), and where the data is."""
+    bounds = {
         "data.batch_size": (d.batch_size, 1),
         "data.eval_batch_size": (d.eval_batch_size, 1),
-        "schedule.iterations": (s.iterations, 1),
-        "schedule.patience": (s.patience, 1),
         "data.val_split": (d.val_split, 0),
         "data.workers": (d.workers, 0),
-        "seed": (cfg.seed, 0),
     }
-    if cfg.eval_every is not None:
-        at_least["eval_every"] = (cfg.eval_every, 1)
     if d.subset is not None:
-        at_least["data.subset"] = (d.subset, 1)
+        bounds["data.subset"] = (d.subset, 1)
     if d.name == DataName.synthetic:
-        at_least |= {
+        bounds |= {
             "data.train_size": (d.train_size, 1),
             "data.test_size": (d.test_size, 1),
             "data.image_size": (d.image_size, 1),
             "data.num_classes": (d.num_classes, 2),
         }
     if d.name == DataName.imagenet:
-        at_least |= {"data.crop_size": (d.crop_size, 1), "data.scale_min": (d.scale_min, 1)}
-    for key, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"{key}={value} must be at least {low}")
-    if cfg.seed > MAX_SEED:
-        raise ConfigError(f"seed={cfg.seed} is too large: seeds run from 0 to 2**32 - 1 = {MAX_SEED}")
-    floats = {
-        "optim.lr": (o.lr, "positive"),
-        "optim.weight_decay": (o.weight_decay, "non-negative"),
-        "schedule.min_delta": (s.min_delta, "non-negative"),
-        "schedule.min_lr": (s.min_lr, "non-negative"),
-    }
-    if s.warmup_lr is not None:
-        floats["schedule.warmup_lr"] = (s.warmup_lr, "positive")
-    for key, (value, kind) in floats.items():
-        if not math.isfinite(value) or value < 0 or (kind == "positive" and value == 0):
-            raise ConfigError(f"{key}={value} must be a finite {kind} number")
-    if not 0 <= o.momentum < 1:
-        raise ConfigError(f"optim.momentum={o.momentum} must lie in [0, 1) (the paper: 0.9)")
-    if not 0 < s.gamma < 1:
-        raise ConfigError(f"schedule.gamma={s.gamma} must lie in (0, 1) (the paper: 0.1)")
-    if not 0 < s.warmup_until_error <= 100:
-        raise ConfigError(f"schedule.warmup_until_error={s.warmup_until_error} must lie in (0, 100] (percent)")
-    if s.name == ScheduleName.multistep and s.milestones is not None:
-        milestones = list(s.milestones)
-        if any(not 0 < x < s.iterations for x in milestones):
-            raise ConfigError(
-                f"schedule.milestones={milestones} must lie inside the schedule: "
-                f"0 < milestone < schedule.iterations={s.iterations} (or leave them out: 50% and 75%)"
-            )
-        if milestones != sorted(set(milestones)):
-            raise ConfigError(f"schedule.milestones={milestones} must be strictly increasing")
-    if s.monitor not in MONITORS:
-        raise ConfigError(f"schedule.monitor={s.monitor!r} is unknown: valid choices are {', '.join(MONITORS)}")
-    if s.monitor.startswith("val/") and d.val_split == 0:
-        raise ConfigError(f"schedule.monitor={s.monitor} needs a validation set: set data.val_split (e.g. 5000)")
+        bounds |= {"data.crop_size": (d.crop_size, 1), "data.scale_min": (d.scale_min, 1)}
+    at_least(bounds)
     if not math.isfinite(d.lighting) or d.lighting < 0:
         raise ConfigError(f"data.lighting={d.lighting} must be a finite non-negative number (AlexNet: 0.1; 0 = off)")
     if d.test_scales is not None:
@@ -322,6 +313,48 @@ def validate(cfg: Config) -> None:
         )
     if d.file is not None and d.root.endswith(".npz"):
         raise ConfigError(f"data.file={d.file} and data.root={d.root} both name a file: set only one")
+
+
+def optim_rules(o: OptimConfig) -> None:
+    """SGD's lr, weight decay and momentum (the paper: 0.1, 1e-4, 0.9)."""
+    finite("optim.lr", o.lr, "positive")
+    finite("optim.weight_decay", o.weight_decay, "non-negative")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum={o.momentum} must lie in [0, 1) (the paper: 0.9)")
+
+
+def schedule_rules(s: ScheduleConfig) -> None:
+    """The length, the lr's steps (milestones inside the schedule, or on plateau) and the warm-up."""
+    at_least({"schedule.iterations": (s.iterations, 1), "schedule.patience": (s.patience, 1)})
+    finite("schedule.min_delta", s.min_delta, "non-negative")
+    finite("schedule.min_lr", s.min_lr, "non-negative")
+    if s.warmup_lr is not None:
+        finite("schedule.warmup_lr", s.warmup_lr, "positive")
+    if not 0 < s.gamma < 1:
+        raise ConfigError(f"schedule.gamma={s.gamma} must lie in (0, 1) (the paper: 0.1)")
+    if not 0 < s.warmup_until_error <= 100:
+        raise ConfigError(f"schedule.warmup_until_error={s.warmup_until_error} must lie in (0, 100] (percent)")
+    if s.name == ScheduleName.multistep and s.milestones is not None:
+        milestones = list(s.milestones)
+        if any(not 0 < x < s.iterations for x in milestones):
+            raise ConfigError(
+                f"schedule.milestones={milestones} must lie inside the schedule: "
+                f"0 < milestone < schedule.iterations={s.iterations} (or leave them out: 50% and 75%)"
+            )
+        if milestones != sorted(set(milestones)):
+            raise ConfigError(f"schedule.milestones={milestones} must be strictly increasing")
+    if s.monitor not in MONITORS:
+        raise ConfigError(f"schedule.monitor={s.monitor!r} is unknown: valid choices are {', '.join(MONITORS)}")
+
+
+def run_rules(cfg: Config) -> None:
+    """The run's own fields: its seed, how often it evaluates, and its name (a folder below runs/)."""
+    bounds = {"seed": (cfg.seed, 0)}
+    if cfg.eval_every is not None:
+        bounds["eval_every"] = (cfg.eval_every, 1)
+    at_least(bounds)
+    if cfg.seed > MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} is too large: seeds run from 0 to 2**32 - 1 = {MAX_SEED}")
     if not NAME.fullmatch(cfg.name) or any(part in (".", "..") for part in cfg.name.split("/")):
         raise ConfigError(
             f"name={cfg.name!r} must be a folder name below runs/ (letters, digits and . , = + - _, "
