@@ -32,12 +32,20 @@ NAME = re.compile(r"[\w.,=+-]+(/[\w.,=+-]+)*")  # relative folders below runs/, 
 # Field metadata. IDENTITY: False for settings that change where or how fast a run goes, not its
 # numbers (a run may resume under other values; they are not in its folder name). WEIGHTS: False for
 # model fields that do not shape the weights (a checkpoint given as resume= must agree on the others).
-IDENTITY, WEIGHTS = "identity", "weights"
+# ADDED: identity fields added after runs recorded their identity's digest (see `added`).
+IDENTITY, WEIGHTS, ADDED = "identity", "weights", "added"
 
 
 def setting(default: Any) -> Any:
     """A field that is not part of a run's identity."""
     return field(default=default, metadata={IDENTITY: False})
+
+
+def added(default: Any) -> Any:
+    """An identity field added after runs recorded their identity's digest (status.json): at its
+    default it is left out of the digest, so that a run of an older resexp, which computed exactly
+    what the default computes, is still the run its folder says."""
+    return field(default=default, metadata={ADDED: True})
 
 
 class DataName(StrEnum):
@@ -83,11 +91,12 @@ class ModelConfig:
     shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
     # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm); not in a checkpoint's shapes
     sync_bn: bool = field(default=False, metadata={WEIGHTS: False})
-    # The counterfactuals (resexp.models, resexp.inits); the defaults are the 2015 nets.
-    norm: Norm = Norm.batch  # batch | none (no normalisation: every conv gets a bias)
-    init: Init = Init.he  # he | xavier | zero_gamma | skipinit | fixup
-    block: Order = Order.post  # post (the 2015 block) | pre (full pre-activation, He et al. 2016)
-    body: Body | None = None  # CIFAR: basic (6n+2, the default) | bottleneck (9n+2); ImageNet: by depth
+    # The counterfactuals (resexp.models, resexp.inits); the defaults are the 2015 nets. Added after
+    # runs first recorded their identity's digest: at their defaults they leave it as it was.
+    norm: Norm = added(Norm.batch)  # batch | none (no normalisation: every conv gets a bias)
+    init: Init = added(Init.he)  # he | xavier | zero_gamma | skipinit | fixup
+    block: Order = added(Order.post)  # post (the 2015 block) | pre (full pre-activation, He et al. 2016)
+    body: Body | None = added(None)  # CIFAR: basic (6n+2, the default) | bottleneck (9n+2); ImageNet: by depth
 
 
 @dataclass

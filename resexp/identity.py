@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
-from resexp.config import IDENTITY, WEIGHTS, Config, paper_shortcut
+from resexp.config import ADDED, IDENTITY, WEIGHTS, Config, paper_shortcut
 
 # The fields the first part of a folder name shows: <data>/<mode>-<depth><option>_s<seed>.
 BASE_KEYS = ("data.name", "model.mode", "model.depth", "model.shortcut", "seed")
@@ -117,9 +117,17 @@ def of(cfg: Any) -> dict[str, Any]:
     return {k: values.get(k) for k in identity_keys()}
 
 
+@functools.cache
+def added_keys() -> tuple[str, ...]:
+    """Identity fields added after digests were first written: in a digest only away from their default."""
+    return tuple(k for k, f in schema_fields() if f.metadata.get(ADDED, False))
+
+
 def digest(identity: dict[str, Any]) -> str:
-    """A short hash of an identity, stored in status.json and checkpoints."""
-    text = ";".join(f"{k}={identity.get(k)!r}" for k in identity_keys())
+    """A short hash of an identity, stored in status.json and checkpoints. A field added later
+    counts only away from its default: a run of an older resexp keeps its digest."""
+    keys = [k for k in identity_keys() if k not in added_keys() or not same(identity.get(k), defaults().get(k))]
+    text = ";".join(f"{k}={identity.get(k)!r}" for k in keys)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -207,6 +207,23 @@ def test_a_run_made_before_the_switches_still_resumes(tmp_path, monkeypatch):
     assert [r["step"] for r in rows(run_dir)] == [8, 16]
 
 
+def test_runs_of_the_resexp_before_the_switches_keep_their_identity_digest():
+    """status.json's digest, as the resexp before norm/init/block/body wrote it (golden values
+    computed with that version): a run it made is still the run its folder says, for report,
+    analyze and resume; a switch away from its default is another run."""
+    from resexp import identity
+    from resexp.config import Config, ModelConfig, OptimConfig
+
+    assert identity.digest(identity.of(Config())) == "94ab6724b8d1"
+    plain = Config(model=ModelConfig(depth=56, mode="plain"), optim=OptimConfig(lr=0.05))
+    assert identity.digest(identity.of(plain)) == "1c89122b51da"
+    for key, value in (("norm", "none"), ("init", "xavier"), ("block", "pre"), ("body", "bottleneck")):
+        depth = 47 if key == "body" else 56  # 9n+2 for bottlenecks
+        switched = Config(model=ModelConfig(depth=depth, mode="plain", **{key: value}))
+        default = Config(model=ModelConfig(depth=depth, mode="plain"))
+        assert identity.digest(identity.of(switched)) != identity.digest(identity.of(default)), key
+
+
 # --------------------------------------------------------------------------- the signal analysis
 
 
