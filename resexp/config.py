@@ -241,10 +241,10 @@ def validate(cfg: Config) -> None:
     one line naming the field, its value and what would be valid. One function per group, then the
     few rules that tie groups together."""
     model_rules(cfg.model)
+    run_rules(cfg)
     data_rules(cfg.data)
     optim_rules(cfg.optim)
     schedule_rules(cfg.schedule)
-    run_rules(cfg)
     if cfg.schedule.monitor.startswith("val/") and cfg.data.val_split == 0:
         raise ConfigError(
             f"schedule.monitor={cfg.schedule.monitor} needs a validation set: set data.val_split (e.g. 5000)"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis import COLOURS, Options, Result, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
 from resexp.models import Block
@@ -201,28 +201,38 @@ def design_verdicts(records: list[dict]) -> list[Verdict]:
 
 
 def figure(nets: list[Subject], records: list[dict]):
+    """One row of three panels per design (the settings that are not depth, mode or seed), so that
+    plain and residual nets of one design are compared on their own: colour by depth, dashed plain,
+    solid residual."""
     plt = pyplot()
-    colour = colour_of(nets)
-    fig, (signal, ratio, gradient) = plt.subplots(1, 3, figsize=(15, 4.5))
-    labelled = set()
-    for r in records:
-        style = dict(color=colour[r["net"]], ls="--" if r["mode"] == "plain" else "-", lw=1.4)
-        style["label"] = None if r["net"] in labelled else r["net"]
-        labelled.add(r["net"])
-        positions = range(len(r["std"]))
-        signal.plot(positions, [max(v, 1e-30) for v in r["std"]], **style)
-        gradient.plot(positions, [max(v, 1e-30) for v in r["gradient"]], **style)
-        blocks = [(i + 1, v) for i, v in enumerate(r["branch_ratio"]) if v is not None and math.isfinite(v)]
-        if blocks:
-            ratio.plot([b for b, _ in blocks], [max(v, 1e-30) for _, v in blocks], **style)
+    designs = list(dict.fromkeys(design_of(r) for r in records))
+    depths = sorted({r["depth"] for r in records})
+    colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(len(designs), 3, figsize=(15, 3.6 * len(designs) + 0.6), squeeze=False)
     where = "after the stem (0), after block k"
-    signal.set(xlabel=where, ylabel="std of the stream", yscale="log", title="forward signal")
-    ratio.set(xlabel="block", ylabel="|branch| / |shortcut|", yscale="log", title="distance from the identity")
-    ratio.axhline(NEAR, color="grey", ls=":", lw=1)
-    gradient.set(xlabel=where, ylabel="|dL/d stream|", yscale="log", title="gradient")
-    for ax in (signal, ratio, gradient):
-        ax.grid(alpha=0.3, which="both")
-    signal.legend(fontsize=7)
-    fig.suptitle("Signal propagation on one training batch (dashed: plain, solid: residual)")
+    for row, name in zip(axes, designs, strict=True):
+        signal, ratio, gradient = row
+        labelled = set()
+        for r in (r for r in records if design_of(r) == name):
+            label = r["net"].split(" (")[0]
+            style = dict(color=colour[r["depth"]], ls="--" if r["mode"] == "plain" else "-", lw=1.4)
+            style["label"] = None if label in labelled else label
+            labelled.add(label)
+            positions = range(len(r["std"]))
+            signal.plot(positions, [max(v, 1e-30) for v in r["std"]], **style)
+            gradient.plot(positions, [max(v, 1e-30) for v in r["gradient"]], **style)
+            blocks = [(i + 1, v) for i, v in enumerate(r["branch_ratio"]) if v is not None and math.isfinite(v)]
+            if blocks:
+                ratio.plot([b for b, _ in blocks], [v for _, v in blocks], **style)
+        title = f" ({name})" if name else ""
+        signal.set(xlabel=where, ylabel="std of the stream", yscale="log", title="forward signal" + title)
+        ratio.set(xlabel="block", ylabel="|branch| / |shortcut|", title="distance from the identity" + title)
+        ratio.set_yscale("symlog", linthresh=0.01)  # a branch started at zero is drawn at 0
+        ratio.axhline(NEAR, color="grey", ls=":", lw=1)
+        gradient.set(xlabel=where, ylabel="|dL/d stream|", yscale="log", title="gradient" + title)
+        for ax in row:
+            ax.grid(alpha=0.3, which="both")
+        signal.legend(fontsize=7, loc="best")
+    fig.suptitle("Signal propagation on one training batch (dashed: plain, solid: residual; colour: depth)")
     fig.tight_layout()
     return fig
