@@ -195,3 +195,14 @@ def describe_type(t: Any) -> str:
     if isinstance(t, type) and issubclass(t, Enum):
         return "one of " + ", ".join(m.value for m in t)
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, str(t))
+
+
+class LauncherFailed(UserError):
+    """A launcher's own failure (a job killed under submitit, ...): which runs did not finish."""
+
+    def __init__(self, cause: BaseException, left: list) -> None:
+        runs = ", ".join(str(path) for path in left[:5]) + (" ..." if len(left) > 5 else "")
+        super().__init__(
+            f"the launcher stopped ({type(cause).__name__}: {first_line(str(cause))}); {len(left)} run(s) did not "
+            f"finish: {runs}; the same command again resumes them from their last checkpoints"
+        )

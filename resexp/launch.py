@@ -36,7 +36,15 @@ from rich.markup import escape
 from resexp import identity
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
 from resexp.distributed import current, voice
-from resexp.errors import Aborted, ConfigError, Diverged, SweepInterrupted, UserError, first_line, one_line
+from resexp.errors import (
+    Aborted,
+    ConfigError,
+    Diverged,
+    LauncherFailed,
+    SweepInterrupted,
+    UserError,
+    one_line,
+)
 from resexp.hparams import SUFFIX
 from resexp.rundir import STATUS, RunDir
 
@@ -427,7 +435,7 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
             raise SweepInterrupted(len(stopped)) from None
         if not jobs or debug:
             raise
-        raise LauncherFailed(e, unfinished(jobs)) from e  # a job killed under submitit, ...
+        raise LauncherFailed(e, [job.run_dir for job in unfinished(jobs)]) from e  # a job killed under submitit, ...
     finally:
         for folder in new_dirs:  # a sweep folder holding only what the command wrote before any run started
             if folder.is_dir() and all(p.name == "multirun.yaml" or p.name.endswith(SUFFIX) for p in folder.iterdir()):
@@ -446,17 +454,6 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
         for job in left:  # the jobs' own lines may be in the launcher's logs (submitit)
             err.print(f"[bold red]error:[/] {escape(str(job.run_dir))}: {escape(state_of(job))}", soft_wrap=True)
     return not left
-
-
-class LauncherFailed(UserError):
-    """A launcher's own failure (a job killed under submitit, ...): which runs did not finish."""
-
-    def __init__(self, cause: BaseException, left: list[Job]) -> None:
-        runs = ", ".join(str(job.run_dir) for job in left[:5]) + (" ..." if len(left) > 5 else "")
-        super().__init__(
-            f"the launcher stopped ({type(cause).__name__}: {first_line(str(cause))}); {len(left)} run(s) did not "
-            f"finish: {runs}; the same command again resumes them from their last checkpoints"
-        )
 
 
 def stopped_by_signal(run: RunDir, since: float) -> bool:
