@@ -225,7 +225,12 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
         else:
             convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    ddp = DistributedDataParallel(model, device_ids=ids)
+    # DDP's collectives are its gradient all-reduce (the hook below) and, at construction, rank 0's
+    # weights sent to all. Its per-forward broadcast of rank 0's buffers is off: only evaluation
+    # reads the BN running statistics, and rank0_buffers gives every process rank 0's before it
+    # (rank 0's own, what it checkpoints, are the same either way).
+    with collective():
+        ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     ddp.register_comm_hook(None, average)  # DDP's own all-reduce, with its failure remembered
     return ddp
 
@@ -235,7 +240,11 @@ def average(state, bucket):  # noqa: ANN001, ANN201  (DDP checks the annotations
     marks the group broken: it surfaces in backward as an error of any type. `bucket` is a
     dist.GradBucket; returns a Future of the averaged tensor."""
     tensor = bucket.buffer().div_(current().size)
-    future = dist.all_reduce(tensor, async_op=True).get_future()
+    try:
+        future = dist.all_reduce(tensor, async_op=True).get_future()
+    except Exception:
+        Contact.broken = True
+        raise
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         try:
