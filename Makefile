@@ -24,12 +24,12 @@ test: install  ## run the test suite (fast tests; slow and GPU tests are deselec
 	$(BIN)/pytest -n 2 --dist loadfile --durations=10
 
 lint: install  ## ruff check and ruff format --check (the settings are in pyproject.toml)
-	$(BIN)/ruff check resexp tests benchmarks
-	$(BIN)/ruff format --check resexp tests benchmarks
+	$(BIN)/ruff check resexp tests benchmarks hubconf.py
+	$(BIN)/ruff format --check resexp tests benchmarks hubconf.py
 
 format: install  ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix resexp tests benchmarks
-	$(BIN)/ruff format resexp tests benchmarks
+	$(BIN)/ruff check --fix resexp tests benchmarks hubconf.py
+	$(BIN)/ruff format resexp tests benchmarks hubconf.py
 
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"

@@ -283,6 +283,29 @@ def plot(
 
 
 @app.command(
+    help="Take a run's trained weights out of resexp: its latest checkpoint's net, as --to state_dict (resexp's "
+    "names, with the fields that build the net: torch.hub.load(..., 'resexp_net', weights=OUT) loads it) or "
+    "--to torchvision (torchvision's names, for ImageNet ResNet-18/34 with option B, which "
+    "torchvision.models.resnet18/34 load as they are)."
+)
+def export(
+    run: Path = typer.Argument(..., help="A run folder (e.g. runs/default/cifar10/residual-20A_s0)."),
+    out: Path = typer.Argument(..., help="The file to write (e.g. resnet20.pt)."),
+    to: str = typer.Option("state_dict", "--to", help="state_dict or torchvision."),
+    debug: bool = DEBUG,
+) -> None:
+    from resexp.errors import UserError
+    from resexp.weights import export as write
+
+    with boundary(debug):
+        if not run.is_dir():
+            raise UserError(f"{run} is not a run folder")
+        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
+        what = write(run, to, out, note)
+    typer.echo(f"{out}: {what}")
+
+
+@app.command(
     help="Tabulate the runs under RUNS_DIR: one row per experiment (every field that changes a result but the seed), "
     "mean ± std over its seeds, beside the paper's numbers, with a verdict on the degradation problem. Works on "
     "unfinished sweeps. --format html writes RUNS_DIR/report.html: one self-contained page with the curves, the "

@@ -1,0 +1,172 @@
+"""Trained weights out of resexp: `resexp export RUN --to state_dict|torchvision OUT`, and the
+reading side that `hubconf.py` (torch.hub) uses to build a net and load them.
+
+Two formats. `state_dict`: the net's tensors under resexp's own names, with the model fields that
+build it (`model.family`, `model.depth`, `model.mode`, ...), its number of classes, and where they
+came from (the run, the checkpoint's iteration and SHA-256); `hubconf.resexp_net(weights=FILE)`
+or `load(FILE)` builds that net and loads them. `torchvision`: a plain state_dict under
+torchvision's names (`conv1`, `layer1.0.bn2`, `fc`), which `torchvision.models.resnet18/34`
+load as they are; only for nets that are torchvision's: ImageNet ResNet-18/34 with option B
+shortcuts, the 2015 block with BN. torchvision's ResNet-50/101/152 put the stride of a
+downsampling bottleneck in its 3x3 conv ("v1.5"), where the paper (and resexp) put it in the
+first 1x1 conv: same names, another function, so they are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resexp import identity
+from resexp.config import paper_shortcut
+from resexp.errors import UserError
+
+FORMATS = ("state_dict", "torchvision")
+TORCHVISION_DEPTHS = (18, 34)
+FORMAT_TAG = "resexp.weights/1"  # in every state_dict export: what reads it checks it
+# resexp's names -> torchvision's, for the basic-block ImageNet nets (each pattern whole-name).
+TORCHVISION_NAMES = [
+    (r"stem\.0\.(.+)", r"conv1.\1"),
+    (r"stem\.1\.(.+)", r"bn1.\1"),
+    (r"stages\.(\d+)\.(\d+)\.body\.0\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv1.{m[3]}"),
+    (r"stages\.(\d+)\.(\d+)\.body\.1\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn1.{m[3]}"),
+    (r"stages\.(\d+)\.(\d+)\.body\.3\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv2.{m[3]}"),
+    (r"stages\.(\d+)\.(\d+)\.body\.4\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn2.{m[3]}"),
+    (r"stages\.(\d+)\.(\d+)\.shortcut\.(\d)\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.{m[3]}.{m[4]}"),
+    (r"head\.2\.(.+)", r"fc.\1"),
+]
+
+
+def fields_of(values: dict[str, Any]) -> dict[str, Any]:
+    """The model fields that build a net (its weights' shapes and functions), from an identity."""
+    return {k: values.get(k) for k in identity.weight_keys() if k.startswith("model.")}
+
+
+def classes_of(state: dict[str, torch.Tensor]) -> int:
+    """The number of classes: the rows of the classifier's weight."""
+    return int(state["head.2.weight"].shape[0])
+
+
+def why_not_torchvision(fields: dict[str, Any]) -> str | None:
+    """Why a net is not one of torchvision's (None when it is)."""
+    family, depth, mode = fields["model.family"], int(fields["model.depth"]), fields["model.mode"]
+    if family != "imagenet" or mode != "residual":
+        return f"torchvision has residual ImageNet nets only, and this is a {mode} {family} net"
+    if depth not in TORCHVISION_DEPTHS:
+        if depth in (50, 101, 152):
+            return (
+                f"torchvision's ResNet-{depth} strides in the 3x3 conv of its bottleneck (v1.5) and the paper's in "
+                "the first 1x1: same names, another function; use --to state_dict"
+            )
+        return f"torchvision has no ResNet-{depth}"
+    shortcut = fields.get("model.shortcut") or paper_shortcut("imagenet", depth)
+    needed = {  # how a net was initialised does not matter once it is trained
+        "model.shortcut": (shortcut, "B"),
+        "model.norm": (fields.get("model.norm") or "batch", "batch"),
+        "model.block": (fields.get("model.block") or "post", "post"),
+    }
+    for key, (value, theirs) in needed.items():
+        if value != theirs:
+            return f"torchvision's ResNet-{depth} has {key}={theirs}, and this net {value}"
+    if fields.get("model.init") in ("skipinit", "fixup"):
+        return f"model.init={fields['model.init']} adds scalars torchvision's ResNet-{depth} does not have"
+    return None
+
+
+def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors under torchvision's names."""
+    out = {}
+    for name, tensor in state.items():
+        for pattern, replacement in TORCHVISION_NAMES:
+            match = re.fullmatch(pattern, name)
+            if match:
+                out[match.expand(replacement) if isinstance(replacement, str) else replacement(match)] = tensor
+                break
+        else:
+            raise UserError(f"{name} has no torchvision name: this net is not one of torchvision's")
+    return out
+
+
+def export(run_path: Path, to: str, out: Path, warn) -> str:
+    """Write RUN's latest checkpoint's weights to OUT in the format `to`; returns what was written."""
+    from resexp.checkpoint import latest
+    from resexp.rundir import RunDir, atomic_write, load_run
+
+    if to not in FORMATS:
+        raise UserError(f"--to {to} is not a format: choose one of {', '.join(FORMATS)}")
+    run = load_run(run_path, warn)  # a folder that is not a run, or whose files disagree, is one line
+    found = latest(RunDir(run_path), warn, doing="exporting")
+    if found is None:
+        raise UserError(f"{run_path} has no checkpoint to export (it has not trained yet)")
+    saved, file, sha = found
+    if saved.get("identity") is not None:
+        wrong = identity.differences(identity.of(saved["identity"]), run.identity)
+        if wrong:
+            raise UserError(f"{file} was trained with another config than {run_path}/config.yaml says: {wrong[0]}")
+    state = {k: v for k, v in saved["model"].items()}
+    fields = fields_of(run.identity)
+    if to == "torchvision":
+        reason = why_not_torchvision(fields)
+        if reason:
+            raise UserError(f"--to torchvision: {reason}")
+        payload: dict[str, Any] = torchvision_names(state)
+    else:
+        payload = {
+            "format": FORMAT_TAG,
+            "model": state,
+            "fields": fields,
+            "num_classes": classes_of(state),
+            "source": {"run": str(run_path), "file": file.name, "step": int(saved["step"]), "sha256": sha},
+        }
+    buffer = _serialised(payload)
+    atomic_write(out, buffer)
+    return f"{run.label} s{run.identity['seed']} at iteration {saved['step']} ({to})"
+
+
+def _serialised(payload: dict[str, Any]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:
+    """(model fields, classes, tensors) of an exported state_dict or a resexp checkpoint (last.pt)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"{path} is not a weights file torch can read ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise UserError(f"{path} is neither a resexp export (--to state_dict) nor a resexp checkpoint")
+    if saved.get("format") == FORMAT_TAG:
+        return dict(saved["fields"]), int(saved["num_classes"]), saved["model"]
+    if "model_fields" in saved:  # a checkpoint: its weight fields (absent ones were defaults then)
+        values = {**identity.defaults(), **saved["model_fields"]}
+        return fields_of(values), classes_of(saved["model"]), saved["model"]
+    raise UserError(f"{path} is neither a resexp export (--to state_dict) nor a resexp checkpoint")
+
+
+def build(fields: dict[str, Any], num_classes: int) -> nn.Module:
+    """The net the fields describe, freshly initialised."""
+    from resexp.models import build_net
+
+    family, depth = fields["model.family"], int(fields["model.depth"])
+    shortcut = fields.get("model.shortcut") or paper_shortcut(family, depth)
+    return build_net(
+        family,
+        depth,
+        fields["model.mode"],
+        shortcut,
+        num_classes,
+        fields.get("model.norm") or "batch",
+        fields.get("model.init") or "he",
+        fields.get("model.block") or "post",
+        fields.get("model.body"),
+    )
