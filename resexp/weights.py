@@ -98,6 +98,10 @@ def export(run_path: Path, to: str, out: Path, warn) -> str:
 
     if to not in FORMATS:
         raise UserError(f"--to {to} is not a format: choose one of {', '.join(FORMATS)}")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder: name the file to write, e.g. {out / 'net.pt'}")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent} does not exist: make it, or write {out.name} elsewhere")
     run = load_run(run_path, warn)  # a folder that is not a run, or whose files disagree, is one line
     found = latest(RunDir(run_path), warn, doing="exporting")
     if found is None:

@@ -95,6 +95,8 @@ def test_every_bad_export_is_one_line_and_writes_nothing(tiny_run, tmp_path):
         ((str(tmp_path / "nowhere"), str(out)), "is not a run folder"),
         ((str(tmp_path), str(out)), "has no config.yaml"),
         ((str(untrained), str(out)), "has no checkpoint to export"),
+        ((str(run_dir), str(tmp_path)), "is a folder: name the file to write"),
+        ((str(run_dir), str(tmp_path / "missing" / "out.pt")), "missing does not exist"),
     ]
     for args, message in cases:
         result = resexp("export", *args, cwd=tmp_path)
