@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import resexp, write_npz
+from conftest import folder, resexp, write_npz
 
 BASE = [
     "data=synthetic",
@@ -177,7 +177,7 @@ def one_line_or_success(outcome, args) -> None:
 
 OPTIONS = {
     "analyze": {
-        "KIND": ["responses", "gradients", "lesion", "landscape", "ensembles"],
+        "KIND": ["responses", "gradients", "lesion", "landscape", "signal", "ensembles"],
         "FOLDER": ["runs/default", "runs/default/synthetic", "nowhere", "runs"],
         "--images": ["8", "0", "-3", "1000000", "x"],
         "--draws": ["1", "0", "101", "x"],
@@ -191,6 +191,11 @@ OPTIONS = {
         "--at-init": [None],
     },
     "report": {"FOLDER": ["runs/default", "runs", "nowhere"], "--format": ["markdown", "csv", "json", "html", "pdf"]},
+    "export": {
+        "RUN": [folder(*FINISHED, "model.mode=plain"), folder(*FINISHED, "model.mode=residual"), "runs/default", "no"],
+        "OUT": ["net.pt", "runs", "no/such/net.pt", "runs/default/analysis.pt"],
+        "--to": ["state_dict", "torchvision", "onnx"],
+    },
     "plot": {"FOLDER": ["runs/default", "nowhere"], "--out": ["figs/a", "/proc/no/such"]},
     "bench": {
         "--depths": ["8", "8,14", "21", "abc", "1000000004", ""],
@@ -229,6 +234,15 @@ def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(fin
     one_line_or_success(outcome, args)
     if outcome.code != 0 and args[0] == "analyze":
         assert not [c for c in changed if "/analysis/" in c and "chunks" not in c], (args, changed)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(args=command("export"))
+def test_every_option_of_export_ends_in_a_file_or_one_line_and_nothing_written(finished, args):
+    outcome, changed = on_a_copy(finished, *args)
+    event(f"export exit {outcome.code}")
+    one_line_or_success(outcome, args)
+    assert changed == ({args[2]} if outcome.code == 0 else set()), (args, changed)  # OUT alone, or nothing
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
