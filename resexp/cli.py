@@ -253,13 +253,18 @@ def bench(
     console.print(render(result))
 
 
+def note(text: str) -> None:
+    """A warning or progress line on stderr, as written (no markup)."""
+    err.print(escape(text), highlight=False, soft_wrap=True)
+
+
 def runs_in(runs_dir: Path):
     from resexp.errors import UserError
     from resexp.rundir import find_runs
 
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is not a folder")
-    runs = find_runs(runs_dir, lambda text: err.print(escape(text), highlight=False, soft_wrap=True))
+    runs = find_runs(runs_dir, note)
     if not runs:
         raise UserError(f"no runs (folders with config.yaml and metrics.jsonl) under {runs_dir}")
     return runs
@@ -300,7 +305,6 @@ def export(
     with boundary(debug):
         if not run.is_dir():
             raise UserError(f"{run} is not a run folder")
-        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
         what = write(run, to, out, note)
     typer.echo(f"{out}: {what}")
 
@@ -323,7 +327,6 @@ def report(
         if form not in FORMATS:
             raise UserError(f"--format {form} is unknown: use {', '.join(FORMATS)}")
         runs = runs_in(runs_dir)
-        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
         if form != "html":
             typer.echo(render(runs, form, note), nl=False)
             return
@@ -409,7 +412,6 @@ def analyze(
         except ValueError:
             raise OptionError(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
         net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
-        note = lambda text: err.print(escape(text), highlight=False, soft_wrap=True)  # noqa: E731
         result, paths = run_analysis(
             kind,
             folder,

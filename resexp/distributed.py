@@ -231,13 +231,14 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     # (rank 0's own, what it checkpoints, are the same either way).
     with collective():
         ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    ddp.register_comm_hook(None, average)  # DDP's own all-reduce, with its failure remembered
+    if device.type != "cuda":  # NCCL's failures say so by type; gloo's need the hook to be known as such
+        ddp.register_comm_hook(None, average)
     return ddp
 
 
 def average(state, bucket):  # noqa: ANN001, ANN201  (DDP checks the annotations, which must be objects)
-    """DDP's gradient all-reduce (the mean over the processes, as its built-in one), whose failure
-    marks the group broken: it surfaces in backward as an error of any type. `bucket` is a
+    """DDP's gradient all-reduce on gloo (the mean over the processes, as its built-in one), whose
+    failure marks the group broken: it surfaces in backward as an error of any type. `bucket` is a
     dist.GradBucket; returns a Future of the averaged tensor."""
     tensor = bucket.buffer().div_(current().size)
     try:
@@ -245,6 +246,11 @@ def average(state, bucket):  # noqa: ANN001, ANN201  (DDP checks the annotations
     except Exception:
         Contact.broken = True
         raise
+    return remembered(future)
+
+
+def remembered(future: torch.futures.Future) -> torch.futures.Future:
+    """The all-reduce's result (its one tensor); its failure marks the group broken."""
 
     def done(f: torch.futures.Future) -> torch.Tensor:
         try:

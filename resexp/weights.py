@@ -72,9 +72,7 @@ def why_not_torchvision(fields: dict[str, Any]) -> str | None:
     for key, (value, theirs) in needed.items():
         if value != theirs:
             return f"torchvision's ResNet-{depth} has {key}={theirs}, and this net {value}"
-    if fields.get("model.init") in ("skipinit", "fixup"):
-        return f"model.init={fields['model.init']} adds scalars torchvision's ResNet-{depth} does not have"
-    return None
+    return None  # (SkipInit and Fixup, which add scalars, come without BN: refused above)
 
 
 def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,17 +124,8 @@ def export(run_path: Path, to: str, out: Path, warn) -> str:
             "num_classes": classes_of(state),
             "source": {"run": str(run_path), "file": file.name, "step": int(saved["step"]), "sha256": sha},
         }
-    buffer = _serialised(payload)
-    atomic_write(out, buffer)
+    atomic_write(out, lambda f: torch.save(payload, f))
     return f"{run.label} s{run.identity['seed']} at iteration {saved['step']} ({to})"
-
-
-def _serialised(payload: dict[str, Any]) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
 
 
 def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:

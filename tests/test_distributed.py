@@ -264,6 +264,22 @@ def test_a_failed_collective_is_a_lost_peer_by_where_it_failed_not_by_its_text(m
     assert not distributed.peer_lost(RuntimeError("x"))  # one process has no peers to lose
 
 
+def test_a_failed_gradient_all_reduce_marks_the_group_broken(monkeypatch):
+    """DDP's all-reduce fails inside backward, as whatever error the backend raises: the hook's
+    future remembers it, so that the run reads it as a lost peer."""
+    from resexp import distributed
+
+    monkeypatch.setattr(distributed.Contact, "broken", False)
+    fine, failed = torch.futures.Future(), torch.futures.Future()
+    ok, bad = distributed.remembered(fine), distributed.remembered(failed)
+    fine.set_result([torch.ones(2)])
+    assert torch.equal(ok.wait(), torch.ones(2)) and not distributed.Contact.broken
+    failed.set_exception(RuntimeError("Connection closed by peer"))
+    with pytest.raises(RuntimeError):
+        bad.wait()
+    assert distributed.Contact.broken
+
+
 def test_a_divergence_stops_every_rank(tmp_path):
     launcher = torchrun(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5", cwd=tmp_path)
     out, err = launcher.communicate(timeout=120)

@@ -70,6 +70,7 @@ READS = {
     "signal": ("images", "nets", "seeds"),
 }
 STATES = ("", "-init", "-config")  # at the checkpoint, --at-init on runs, --at-init from a config
+GROUPS = ("model", "data", "schedule")  # config groups whose choice changes the nets (experiment names the folder)
 MAX_STEM = 200  # bytes: a longer tag becomes a hash, as a run folder's suffix does
 
 
@@ -109,12 +110,9 @@ def typed(overrides: list[str]) -> list[str]:
         value = override.input_line.partition("=")[2]
         if key in short:
             out.append(f"{short[key]}{identity.VALUE}{value}")
-        elif "." not in key and key not in ("experiment", "hydra") and key in GROUPS:
+        elif key in GROUPS:
             out.append(f"{key}{identity.VALUE}{value}")
     return sorted(out)
-
-
-GROUPS = ("model", "data", "schedule")  # config groups whose choice changes the nets (experiment names the folder)
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     records = []
     for net in nets:
         progress(f"gradients: {net.name}")
-        x, y = next(iter(net.data.train.batches(0)))
-        if options.images is not None:
-            x, y = x[: options.images], y[: options.images]
+        x, y = net.first_batch(options.images)
         states = [("init", net.initial_model())] + ([] if options.at_init else [("checkpoint", net.model)])
         for at, model in states:
             g = gradient_norms(model, x, y)

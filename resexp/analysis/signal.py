@@ -95,9 +95,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     records = []
     for net in nets:
         progress(f"signal: {net.name}")
-        x, y = next(iter(net.data.train.batches(0)))
-        if options.images is not None:
-            x, y = x[: options.images], y[: options.images]
+        x, y = net.first_batch(options.images)
         model = net.initial_model() if options.at_init else net.model
         p = propagation(model, x, y)
         toward_input = trend(p["gradient"][0], p["gradient"][-1])  # at the input's end over the output's

@@ -54,6 +54,11 @@ class Subject:
         seed_everything(self.cfg.seed)
         return build_model(self.cfg, self.data.num_classes).to(self.device).eval()
 
+    def first_batch(self, images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The run's own first training batch, as its training saw it (cut to `images` when given)."""
+        x, y = next(iter(self.data.train.batches(0)))
+        return (x, y) if images is None else (x[:images], y[:images])
+
     def record(self) -> dict:
         """What identifies this net in an analysis's JSON."""
         r = self.run
