@@ -130,8 +130,11 @@ def export(run_path: Path, to: str, out: Path, warn) -> str:
 
 def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:
     """(model fields, classes, tensors) of an exported state_dict or a resexp checkpoint (last.pt)."""
+    from resexp.checkpoint import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
+
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_STATE):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
     except Exception as e:  # a truncated or foreign file

@@ -34,6 +34,12 @@ def test_an_exported_run_loads_through_torch_hub_as_the_net_it_trained(tiny_run,
     for source in (tmp_path / "net.pt", run_dir / "last.pt"):  # an export, or the checkpoint itself
         net = hub(weights=str(source))
         assert not net.training and torch.equal(net(x), reference.eval()(x))
+    import numpy as np
+
+    old = torch.load(run_dir / "last.pt", weights_only=True)
+    old["rng"]["numpy"] = np.random.get_state()  # as resexp 0.1 stored it: an array, not a tensor
+    torch.save(old, tmp_path / "old.pt")
+    assert torch.equal(hub(weights=str(tmp_path / "old.pt"))(x), reference(x))
     exported = torch.load(tmp_path / "net.pt", weights_only=True)
     assert exported["fields"]["model.depth"] == 8 and exported["num_classes"] == 10
     assert exported["source"]["step"] == 16 and len(exported["source"]["sha256"]) == 64
