@@ -264,6 +264,7 @@ def test_signal_at_init_straight_from_a_config(tmp_path):
     # Other nets of the same preset: their own files, the first analysis kept.
     zero = ["data=synthetic", "model.depth=8", "model.mode=residual", "model.init=zero_gamma"]
     assert resexp("analyze", "signal", "--at-init", *zero, "--device", "cpu", cwd=tmp_path).code == 0
+    assert doc["configs"] == args[2:]  # what was analysed, also where the name is a hash
     [other] = analysis.glob("signal-config+*init-zero_gamma*.json")
     assert [r["net"] for r in json.loads(other.read_text())["records"]] == ["ResNet-8"]
     assert len(list(analysis.glob("signal-config+*.json"))) == 2

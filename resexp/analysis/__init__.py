@@ -179,6 +179,7 @@ def analyze(
     document = {
         "kind": kind,
         "options": asdict(options),
+        "configs": configs,  # the overrides of the config analysed (None: a folder of runs)
         "device": str(device),
         "seconds": round(seconds, 1),
         "verdicts": [asdict(v) for v in result.verdicts],
