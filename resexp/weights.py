@@ -150,19 +150,13 @@ def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]
 
 
 def build(fields: dict[str, Any], num_classes: int) -> nn.Module:
-    """The net the fields describe, freshly initialised."""
-    from resexp.models import build_net
+    """The net the fields describe, freshly initialised; combinations `resexp train` refuses (a
+    depth the family lacks, Fixup with BN, ...) are refused here too, in its words."""
+    from resexp.build import build_model
+    from resexp.config import Config, ModelConfig, model_rules
 
-    family, depth = fields["model.family"], int(fields["model.depth"])
-    shortcut = fields.get("model.shortcut") or paper_shortcut(family, depth)
-    return build_net(
-        family,
-        depth,
-        fields["model.mode"],
-        shortcut,
-        num_classes,
-        fields.get("model.norm") or "batch",
-        fields.get("model.init") or "he",
-        fields.get("model.block") or "post",
-        fields.get("model.body"),
-    )
+    model = ModelConfig(**{key.partition(".")[2]: value for key, value in fields.items()})
+    model_rules(model)
+    if model.shortcut is None:  # the paper's option for the depth, as a run's config resolves it
+        model.shortcut = paper_shortcut(model.family, model.depth)
+    return build_model(Config(model=model), num_classes)

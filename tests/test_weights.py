@@ -57,6 +57,17 @@ def test_without_weights_the_hub_builds_build_nets_net():
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"init": "fixup"}, "trains without normalisation"), ({"depth": 21}, "not a CIFAR depth")],
+)
+def test_the_hub_refuses_what_train_refuses(kwargs, message):
+    from resexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        hub(**kwargs)
+
+
 @pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34)])
 def test_torchvision_names_load_into_torchvisions_net_and_compute_the_same(depth, reference):
     torch.manual_seed(0)
