@@ -82,7 +82,9 @@ def collective() -> Iterator[None]:
 def peer_lost(e: BaseException) -> bool:
     """Whether `e` ended this process because the group broke: a collective of this process failed
     (NCCL also says so by type, DistBackendError)."""
-    return current().distributed and (Contact.broken or isinstance(e, (PeerLost, dist.DistBackendError)))
+    lost = current().distributed and (Contact.broken or isinstance(e, (PeerLost, dist.DistBackendError)))
+    Contact.broken |= lost  # remembered: the group cannot be left together any more (close)
+    return lost
 
 
 @functools.cache
@@ -116,10 +118,13 @@ def init(device: torch.device) -> None:
 def close() -> None:
     """Leave the process group together, after the last run of the command ended the same way in
     every process (finished, or stopped by an agreed signal). A group torn down by interpreter exit
-    alone, while a peer is still at its last steps, can end its process with std::terminate."""
+    alone, while a peer is still at its last steps, can end its process with std::terminate. After
+    a lost peer there is no one to leave with: the process ends without a second message."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     gc.collect()  # DDP's reducer holds the group: let it go first
+    if Contact.broken:  # a peer is gone and this process has said so: nobody to wait for
+        return
     with collective():
         dist.barrier()
     dist.destroy_process_group()
