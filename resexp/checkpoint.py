@@ -2,7 +2,9 @@
 schedule, step, wall time, running training sums, RNG states, the model's identity).
 
 A new checkpoint is written through the run directory's atomic write (temporary file, fsync,
-rename); the one before stays as prev.pt, hard-linked there before the rename so that last.pt
+rename); when its evaluation has the lowest monitored error so far (val/error when the run holds
+out a validation set, else test/error) best.pt is made a hard link to it (`resexp eval --best`);
+the one before stays as prev.pt, hard-linked there before the rename so that last.pt
 exists at every instant, even under SIGKILL. A truncated or corrupt last.pt falls back to prev.pt
 with a warning. Checkpoints hold only tensors and plain values, so they load with
 `weights_only=True`: resuming from a file never runs code from it.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import random
 import shutil
@@ -26,7 +29,7 @@ from torch import nn
 from resexp import identity
 from resexp.config import Config
 from resexp.errors import CheckpointError, first_line
-from resexp.rundir import LAST, PREVIOUS, RunDir, Warn, atomic_write
+from resexp.rundir import BEST, LAST, PREVIOUS, RunDir, Warn, atomic_write
 from resexp.schedule import Schedule
 
 KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "model_fields")
@@ -111,6 +114,22 @@ def save(run: RunDir, state: dict[str, Any]) -> None:
         raise CheckpointError(f"could not write the checkpoint {last}: {reason}") from e
 
 
+def link(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source` (a hard link; a copy where links are not possible),
+    replacing it at once: a reader meets the old file or the new one."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_file(path: Path) -> dict[str, Any]:
     """A resexp checkpoint, or CheckpointError saying why the file is not one."""
     return read(path)[0]
@@ -170,10 +189,14 @@ class Checkpointer:
         schedule: Schedule,
         data: str | None = None,  # the data's fingerprint
         writes: bool = True,  # under torchrun only rank 0 writes; the others hold the same state
+        monitor: str = "test/error",  # what best.pt is the lowest of
+        rows: list[dict[str, Any]] = (),  # the evaluations before this start: the best so far
     ) -> None:
         self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
         self.fields, self.writes = model_fields(cfg), writes
         self.identity, self.data = identity.of(cfg), data
+        self.monitor = monitor
+        self.best = min((r[monitor] for r in rows if math.isfinite(r.get(monitor, math.nan))), default=math.inf)
 
     def check(self, saved: dict[str, Any], source: str) -> None:
         """Refuse a checkpoint made for another model before anything is loaded."""
@@ -182,7 +205,8 @@ class Checkpointer:
         if diff:
             raise CheckpointError(f"the checkpoint {source} was made for another model ({diff})")
 
-    def save(self, state: TrainState) -> None:
+    def save(self, state: TrainState, row: dict[str, Any] | None = None) -> None:
+        """The checkpoint of `state`; best.pt too when `row` (its evaluation) is the best so far."""
         if not self.writes:
             return
         save(
@@ -201,6 +225,10 @@ class Checkpointer:
                 "metrics": self.run.metrics_digest(),
             },
         )
+        value = math.nan if row is None else row.get(self.monitor, math.nan)
+        if math.isfinite(value) and value < self.best:
+            self.best = value
+            link(self.run.file(LAST), self.run.file(BEST))
 
     def restore(self, saved: dict[str, Any], source: str) -> TrainState:
         self.check(saved, source)

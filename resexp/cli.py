@@ -310,6 +310,65 @@ def export(
 
 
 @app.command(
+    name="import",
+    help="Make a run folder of a published net, so that eval, analyze, report and export read it like a run "
+    "trained here (resexp train does not continue it). SOURCE: akamaster (the CIFAR-10 ResNets of "
+    "akamaster/pytorch_resnet_cifar10: their option A pads on both sides, the import reorders channels so the net "
+    "computes the same function; inputs normalised with ImageNet's mean and std, data.normalize=imagenet) or "
+    "torchvision (resnet18/34 state_dicts; the 50/101/152 v1.5 bottlenecks are refused).",
+)
+def import_(
+    source: str = typer.Argument(..., help="akamaster or torchvision."),
+    file: Path = typer.Argument(..., help="The published file, e.g. resnet56-4bfd9763.th or resnet18-f37072fd.pth."),
+    name: str | None = typer.Option(None, "--name", help="The folder under runs/.", show_default="SOURCE"),
+    data_root: str | None = typer.Option(
+        None, "--data-root", help="Where the data to evaluate it on is (data.root in its config.yaml)."
+    ),
+    debug: bool = DEBUG,
+) -> None:
+    from resexp.published import import_run
+
+    with boundary(debug):
+        done = import_run(source, file, name, data_root)
+    word = "already imported (the same file)" if done.existed else "imported"
+    typer.echo(f"{done.path}: {done.net}, {word}")
+
+
+@app.command(
+    name="eval",
+    help="Evaluate the trained net of each run under FOLDER on its test set (and val, when it has one), with the "
+    "paper's test-time protocols as overrides: data.ten_crop=true (Tables 2-3), data.test_scales=[224,256,384,480,"
+    "640] (Tables 4-5); and data.root=, data.eval_batch_size=, data.workers=, device=. Prints a row per run and per "
+    "net (mean ± std over seeds), writes RUN/eval/<latest|best>[+options].json, never touches a training file; "
+    "report shows the numbers.",
+)
+def eval_(
+    folder: Path = typer.Argument(..., help="A run folder or a folder of runs (e.g. runs/akamaster)."),
+    overrides: list[str] | None = typer.Argument(None, help="Test-time options, e.g. data.ten_crop=true."),
+    best: bool = typer.Option(False, "--best", help="best.pt (lowest val or test error) instead of the latest."),
+    debug: bool = DEBUG,
+) -> None:
+    from rich.table import Table
+
+    from resexp.evaluation import evaluate_folder, table
+
+    with boundary(debug):
+        done = evaluate_folder(folder, list(overrides or []), best, note)
+    columns, per_run, per_net = table(done)
+    console = Console()
+    console.width = max(console.width, 120)
+    for title, rows in ((f"eval: {folder}", per_run), ("per net (mean ± std over seeds)", per_net)):
+        shown = Table(title=title)
+        for column in columns:
+            shown.add_column(column)
+        for row in rows:
+            shown.add_row(*row)
+        console.print(shown)
+    for e in done:
+        typer.echo(str(e.path))
+
+
+@app.command(
     help="Tabulate the runs under RUNS_DIR: one row per experiment (every field that changes a result but the seed), "
     "mean ± std over its seeds, beside the paper's numbers, with a verdict on the degradation problem. Works on "
     "unfinished sweeps. --format html writes RUNS_DIR/report.html: one self-contained page with the curves, the "

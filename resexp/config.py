@@ -57,7 +57,8 @@ class DataName(StrEnum):
 
 class Normalize(StrEnum):
     pixel_mean = "pixel_mean"  # the paper's per-pixel mean subtraction (Sec. 4.2)
-    channel = "channel"  # per-channel mean/std normalisation
+    channel = "channel"  # per-channel mean/std normalisation (CIFAR: of its training set; ImageNet: ImageNet's)
+    imagenet = "imagenet"  # ImageNet's fixed per-channel mean and std, on any data (what akamaster's nets expect)
 
 
 class ScheduleName(StrEnum):

@@ -81,11 +81,12 @@ def admit_all(jobs: list[Job]) -> None:
     """Check each job's run directory and data as `lifecycle.start` will (not damaged, the same
     identity and the same dataset as the run already there, if any; data that loads)."""
     from resexp.data import inspect
-    from resexp.lifecycle import admit
+    from resexp.lifecycle import admit, not_imported
 
     checked: dict[str, Any] = {}
     for num, job in enumerate(jobs):
         with naming(job.overrides if job.sweep_dir is not None else None, num):
+            not_imported(RunDir(job.run_dir))  # before its data is looked for: it has none here
             key = OmegaConf.to_yaml(OmegaConf.structured(job.config.data))
             if key not in checked:
                 checked[key] = inspect(job.config.data)

@@ -114,6 +114,7 @@ def check_batch_norm(cfg: Config, batch: int) -> None:
 def admit(cfg: Config, run: RunDir, data_source: DataSource) -> str | None:
     """Refuse a run directory that is damaged, or holds a run of another identity or of other data
     (a run is never overwritten); return the status of the run already there, if any."""
+    not_imported(run)
     missing = run.missing()
     if missing:
         raise damaged(run, f"it has {', '.join(sorted(set(run_files(run))))} but no {' and no '.join(missing)}")
@@ -129,6 +130,18 @@ def admit(cfg: Config, run: RunDir, data_source: DataSource) -> str | None:
             f"{run.path} holds a run of other data: {change}; set name=... to train on this data separately"
         )
     return run.status().get("status")
+
+
+def not_imported(run: RunDir) -> None:
+    """A folder made by `resexp import` is not a run to continue: its optimizer state and data
+    order were never published."""
+    provenance = run.imported()
+    if provenance is not None:
+        raise RunDirError(
+            f"{run.path} holds a net imported from {provenance.get('source', '?')} ({provenance.get('file', '?')}), "
+            "not a run trained here: resexp train does not continue it (resexp eval and analyze read it); set "
+            "name=... to train a run of your own"
+        )
 
 
 def run_files(run: RunDir) -> list[str]:
@@ -285,8 +298,14 @@ def start(
     data, model = distributed.together(build, device)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
-    checkpoints = Checkpointer(run, cfg, model, optimizer, schedule, data_source.fingerprint, writes=world.main)
     saved = decision.saved
+    monitor = (
+        "val/error" if "val" in data.evals else "test/error"
+    )  # best.pt: never chosen on the test set if a val set exists
+    before = [r for r in decision.rows if saved is not None and r["step"] <= saved["step"]]
+    checkpoints = Checkpointer(
+        run, cfg, model, optimizer, schedule, data_source.fingerprint, world.main, monitor, before
+    )
     state = TrainState() if saved is None else checkpoints.restore(saved, decision.origin)
     eval_every = cfg.eval_every or len(data.train)
     check_metrics(run, decision.rows, state, eval_every, cfg.schedule.iterations)

@@ -137,12 +137,18 @@ def summarise(runs: list[Run], warn: Callable[[str], None] = lambda text: None) 
                 "complete": sum(r.complete for r in members),
                 "diverged": sum(r.diverged for r in members),
                 "seeds": [r.seed for r in members],
-                "unfinished": [r.seed for r in members if not r.complete and not r.diverged],
+                "unfinished": [r.seed for r in members if not r.complete and not r.diverged and not r.imported],
                 "missing": [],
                 "iterations": first.iterations,
                 "final_test_error": stats["final_test"],
                 "best_test_error": stats["best_test"],
                 "final_train_error": stats["final_train"],
+                "imported": sum(r.imported for r in members),
+                "evals": {
+                    name: mean_std([r.evals[name]["test/error"] for r in ok if name in r.evals])
+                    for name in sorted({n for r in members for n in r.evals})
+                },
+                "evaluated": {name: sum(name in r.evals for r in ok) for name in {n for r in members for n in r.evals}},
                 "paper_test_error": paper[0] if paper else None,
                 "paper_source": paper[1] if paper else None,
             }
@@ -241,6 +247,8 @@ def fmt(ms: tuple[float, float]) -> str:
 
 def runs_cell(r: dict[str, Any]) -> str:
     text = f"{r['complete']}/{r['n']} complete"
+    if r["imported"]:
+        text = f"{r['imported']} imported" + (f", {text}" if r["imported"] < r["n"] else "")
     if r["diverged"]:
         text += f", {r['diverged']} diverged"
     if r["missing"]:
@@ -248,8 +256,22 @@ def runs_cell(r: dict[str, Any]) -> str:
     return text
 
 
+def eval_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The `resexp eval` protocols any row has numbers of (latest, latest+ten_crop, ...)."""
+    return sorted({name for r in rows for name in r["evals"]})
+
+
+def eval_cell(r: dict[str, Any], name: str) -> str:
+    if name not in r["evals"]:
+        return "-"
+    done = r["evaluated"][name]
+    alive = r["n"] - r["diverged"]
+    return fmt(r["evals"][name]) + (f" ({done} of {alive} seeds)" if done < alive else "")
+
+
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     out = []
+    evals = eval_names(rows)
     for r in rows:
         paper = "-" if r["paper_test_error"] is None else f"{r['paper_test_error']:.2f} ({r['paper_source']})"
         out.append(
@@ -266,6 +288,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                 fmt(r["final_test_error"]),
                 fmt(r["best_test_error"]),
                 fmt(r["final_train_error"]),
+                *(eval_cell(r, name) for name in evals),
                 paper,
             ]
         )
@@ -274,8 +297,9 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The columns and cells of the report's table (a settings column only when settings vary)."""
-    columns = COLUMNS if any(r["settings"] != "-" for r in rows) else [c for c in COLUMNS if c != "settings"]
-    cells = [[c for c, column in zip(row, COLUMNS, strict=True) if column in columns] for row in table_rows(rows)]
+    every = COLUMNS[:-1] + [f"eval test error ({name})" for name in eval_names(rows)] + COLUMNS[-1:]
+    columns = every if any(r["settings"] != "-" for r in rows) else [c for c in every if c != "settings"]
+    cells = [[c for c, column in zip(row, every, strict=True) if column in columns] for row in table_rows(rows)]
     return columns, cells
 
 
@@ -294,7 +318,7 @@ def render(runs: list[Run], form: str = "markdown", warn: Callable[[str], None] 
     """The report in one of FORMATS."""
     rows = summarise(runs, warn)
     lines = verdicts(rows)
-    problems = [f"{r.path}: {r.state}" for r in runs if not r.complete]
+    problems = [f"{r.path}: {r.state}" for r in runs if not r.complete and not r.imported]
     if form == "json":
         return json.dumps(jsonable({"rows": rows, "verdicts": lines, "not_complete": problems}), indent=1) + "\n"
     columns, cells = table(rows)
@@ -310,6 +334,7 @@ def render(runs: list[Run], form: str = "markdown", warn: Callable[[str], None] 
     out.append(
         "Errors in %, mean ± std over seeds (one row per experiment: runs differing in anything but the seed are "
         "never averaged); training error = running error of the last evaluation interval."
+        + (" eval test error: resexp eval's numbers (RUN/eval/NAME.json)." if eval_names(rows) else "")
     )
     out += [""] + [f"- {line}" for line in lines]
     if problems:

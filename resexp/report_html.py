@@ -101,7 +101,7 @@ def render(runs: list[Run], folder: Path, warn: Callable[[str], None] = lambda t
     cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
     grid = f"<table><tr>{head}</tr>{cells}</table>"
     found = "<ul>" + "".join(f"<li><b>{html.escape(v)}</b></li>" for v in verdicts(rows)) + "</ul>"
-    unfinished = [f"{r.path}: {r.state}" for r in runs if not r.complete]
+    unfinished = [f"{r.path}: {r.state}" for r in runs if not r.complete and not r.imported]
     if unfinished:
         found += "<p>Runs not complete:</p><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unfinished) + "</ul>"
     parts = [

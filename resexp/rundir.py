@@ -7,8 +7,14 @@ status, the run's identity (config and data), and reading runs back for plot and
     metrics.jsonl          one row per evaluation, appended and fsynced
     events.out.tfevents.*  TensorBoard scalars (written by resexp.recorder)
     last.pt, prev.pt       checkpoints (written by resexp.checkpoint through `atomic_write`)
-    status.json            running | complete | interrupted | diverged | failed, and the step reached
+    best.pt                the checkpoint of the lowest monitored error so far (a hard link: no copy)
+    status.json            running | complete | interrupted | diverged | failed | imported, and the step reached
     .lock                  flock-ed by the process writing the run
+    eval/<which>[+options].json   `resexp eval`'s numbers (resexp.evaluation); never a training file
+
+A run made by `resexp import` (resexp.published) holds config.yaml, status.json (imported),
+weights.pt (the published tensors under resexp's names) and provenance.json (the source, the file
+and its SHA-256), and no metrics: it was not trained here.
 
 Every file that is rewritten goes through `atomic_write` (a temporary file renamed over the old
 one), so a reader or a crash never meets half a file; metrics.jsonl is only appended to, and the
@@ -40,7 +46,9 @@ CONFIG, DATA, ENVIRONMENT, METRICS, STATUS = (
     "metrics.jsonl",
     "status.json",
 )
-LAST, PREVIOUS, LOCK = "last.pt", "prev.pt", ".lock"
+LAST, PREVIOUS, BEST, LOCK = "last.pt", "prev.pt", "best.pt", ".lock"
+WEIGHTS, PROVENANCE, EVALS = "weights.pt", "provenance.json", "eval"  # an imported run's; eval's folder
+IMPORTED = "imported"  # the status of a run made by `resexp import`
 ROW_KEYS = ("step", "epoch", "lr", "train/loss", "train/error")  # every metrics row has these
 Warn = Callable[[str], None]
 
@@ -302,6 +310,23 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.file(LAST).exists() or self.file(PREVIOUS).exists()
 
+    def evals(self) -> dict[str, dict[str, Any]]:
+        """`resexp eval`'s records in eval/, by name (latest, latest+ten_crop, ...); a file that is
+        not one is left out."""
+        out = {}
+        for path in sorted(self.file(EVALS).glob("*.json")):
+            record = read_json(path)
+            if isinstance(record, dict) and isinstance(record.get("test/error"), (int, float)):
+                out[path.stem] = record
+        return out
+
+    def imported(self) -> dict[str, Any] | None:
+        """provenance.json of a run made by `resexp import`, None for a run trained here."""
+        if self.status().get("status") != IMPORTED:
+            return None
+        record = read_json(self.file(PROVENANCE))
+        return record if isinstance(record, dict) else {}
+
 
 # --------------------------------------------------------------------------- reading runs back
 
@@ -316,6 +341,12 @@ class Run:
     identity: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     status: str = ""
+    provenance: dict[str, Any] | None = None  # provenance.json of an imported run (resexp import)
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # resexp eval's records, by name
+
+    @property
+    def imported(self) -> bool:
+        return self.provenance is not None
 
     @property
     def data(self) -> str:
@@ -362,6 +393,8 @@ class Run:
 
     @property
     def state(self) -> str:
+        if self.imported:
+            return f"imported ({self.provenance.get('source', '?')}: {self.provenance.get('file', '?')})"
         if self.diverged:
             return f"diverged at iteration {self.step}"
         if self.complete:
@@ -406,7 +439,14 @@ def load_run(path: Path, warn: Warn) -> Run:
     wrong = identity.disagreements(path.name, values)
     if wrong:
         raise RunDirError(f"{path / CONFIG} does not describe the run its folder names ({'; '.join(wrong)})")
-    return Run(path=path, identity=values, rows=run_dir.metrics(warn), status=str(status.get("status", "")))
+    return Run(
+        path=path,
+        identity=values,
+        rows=run_dir.metrics(warn),
+        status=str(status.get("status", "")),
+        provenance=run_dir.imported(),
+        evals=run_dir.evals(),
+    )
 
 
 def find_runs(root: Path, warn: Warn) -> list[Run]:

@@ -131,7 +131,7 @@ def record(recorder: Recorder, row: dict[str, Any] | None, checkpoints: Checkpoi
     row after the checkpoint, which the resume drops and redoes."""
     if row is not None:
         recorder.evaluation(row)
-    checkpoints.save(state)
+    checkpoints.save(state, row)
 
 
 STOP_POLL = 10  # under torchrun, iterations between agreements on a stop signal (each is a sync)

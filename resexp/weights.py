@@ -1,5 +1,7 @@
-"""Trained weights out of resexp: `resexp export RUN --to state_dict|torchvision OUT`, and the
-reading side that `hubconf.py` (torch.hub) uses to build a net and load them.
+"""A run's trained weights: where they are (`of_run`: the latest or best checkpoint of a run
+trained here, the published tensors of an imported one), and out of resexp: `resexp export RUN
+--to state_dict|torchvision OUT`, and the reading side that `hubconf.py` (torch.hub) uses to build
+a net and load them.
 
 Two formats. `state_dict`: the net's tensors under resexp's own names, with the model fields that
 build it (`model.family`, `model.depth`, `model.mode`, ...), its number of classes, and where they
@@ -14,7 +16,9 @@ first 1x1 conv: same names, another function, so they are refused.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,57 @@ TORCHVISION_NAMES = [
     (r"stages\.(\d+)\.(\d+)\.shortcut\.(\d)\.(.+)", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.{m[3]}.{m[4]}"),
     (r"head\.2\.(.+)", r"fc.\1"),
 ]
+
+
+WHICH = ("latest", "best")
+
+
+@dataclass
+class Trained:
+    """The weights of a run, and what they are: the file, its SHA-256 (what analyses are keyed
+    by), the iteration, and the identity the file says it was trained as (None: it does not say)."""
+
+    model: dict[str, torch.Tensor]
+    file: Path
+    sha256: str
+    step: int
+    identity: dict[str, Any] | None = None
+    imported: bool = False
+
+
+def of_run(run_path: Path, warn, which: str = "latest", doing: str = "reading") -> Trained | None:
+    """A run's weights: its latest checkpoint (an unreadable last.pt falls back to prev.pt) or
+    best.pt (`which="best"`), or for a run made by `resexp import`, its weights.pt; None when a run
+    trained here has no checkpoint yet. A run without the one asked for is a UserError."""
+    from resexp.checkpoint import latest, read
+    from resexp.rundir import BEST, WEIGHTS, RunDir
+
+    run = RunDir(run_path)
+    if which not in WHICH:
+        raise UserError(f"{which} is not a checkpoint: choose one of {', '.join(WHICH)}")
+    if run.imported() is not None:
+        if which == "best":
+            raise UserError(f"{run_path} holds imported weights: it has no best checkpoint of its own")
+        file = run.file(WEIGHTS)
+        fields, _, model, saved = read_export(file)
+        step = int(saved["source"].get("iterations", 0))
+        return Trained(model, file, hashlib.sha256(file.read_bytes()).hexdigest(), step, None, imported=True)
+    if which == "best":
+        file = run.file(BEST)
+        if not file.exists():
+            if run.has_checkpoint():
+                raise UserError(
+                    f"{run_path} has no {BEST} (runs trained before resexp kept best.pt have only their latest "
+                    "checkpoints; or no evaluation has finished yet)"
+                )
+            return None
+        saved, sha = read(file)
+        return Trained(saved["model"], file, sha, int(saved["step"]), saved.get("identity"))
+    found = latest(run, warn, doing=doing)
+    if found is None:
+        return None
+    saved, file, sha = found
+    return Trained(saved["model"], file, sha, int(saved["step"]), saved.get("identity"))
 
 
 def fields_of(values: dict[str, Any]) -> dict[str, Any]:
@@ -91,8 +146,7 @@ def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def export(run_path: Path, to: str, out: Path, warn) -> str:
     """Write RUN's latest checkpoint's weights to OUT in the format `to`; returns what was written."""
-    from resexp.checkpoint import latest
-    from resexp.rundir import RunDir, atomic_write, load_run
+    from resexp.rundir import atomic_write, load_run
 
     if to not in FORMATS:
         raise UserError(f"--to {to} is not a format: choose one of {', '.join(FORMATS)}")
@@ -101,15 +155,11 @@ def export(run_path: Path, to: str, out: Path, warn) -> str:
     if not out.parent.is_dir():
         raise UserError(f"{out.parent} does not exist: make it, or write {out.name} elsewhere")
     run = load_run(run_path, warn)  # a folder that is not a run, or whose files disagree, is one line
-    found = latest(RunDir(run_path), warn, doing="exporting")
-    if found is None:
+    trained = of_run(run_path, warn, doing="exporting")
+    if trained is None:
         raise UserError(f"{run_path} has no checkpoint to export (it has not trained yet)")
-    saved, file, sha = found
-    if saved.get("identity") is not None:
-        wrong = identity.differences(identity.of(saved["identity"]), run.identity)
-        if wrong:
-            raise UserError(f"{file} was trained with another config than {run_path}/config.yaml says: {wrong[0]}")
-    state = {k: v for k, v in saved["model"].items()}
+    check_identity(trained, run.identity, run_path)
+    state = dict(trained.model)
     fields = fields_of(run.identity)
     if to == "torchvision":
         reason = why_not_torchvision(fields)
@@ -122,23 +172,55 @@ def export(run_path: Path, to: str, out: Path, warn) -> str:
             "model": state,
             "fields": fields,
             "num_classes": classes_of(state),
-            "source": {"run": str(run_path), "file": file.name, "step": int(saved["step"]), "sha256": sha},
+            "source": {
+                "run": str(run_path),
+                "file": trained.file.name,
+                "step": trained.step,
+                "sha256": trained.sha256,
+                **({"imported": run.provenance} if run.imported else {}),
+            },
         }
     atomic_write(out, lambda f: torch.save(payload, f))
-    return f"{run.label} s{run.identity['seed']} at iteration {saved['step']} ({to})"
+    return f"{run.label} s{run.identity['seed']} at iteration {trained.step} ({to})"
 
 
-def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:
-    """(model fields, classes, tensors) of an exported state_dict or a resexp checkpoint (last.pt)."""
+def check_identity(trained: Trained, values: dict[str, Any], run_path: Path) -> None:
+    """The checkpoint was trained as the run's config.yaml says (checkpoints that say)."""
+    if trained.identity is not None:
+        wrong = identity.differences(identity.of(trained.identity), values)
+        if wrong:
+            raise UserError(
+                f"{trained.file} was trained with another config than {run_path}/config.yaml says: {wrong[0]}"
+            )
+
+
+def read_export(path: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor], dict[str, Any]]:
+    """(model fields, classes, tensors, the whole file) of a file written by --to state_dict (and
+    an imported run's weights.pt, which has the same format)."""
+    saved = torch_file(path)
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT_TAG or not isinstance(saved.get("model"), dict):
+        raise UserError(f"{path} is not a resexp weights file ({FORMAT_TAG})")
+    return dict(saved["fields"]), int(saved["num_classes"]), saved["model"], saved
+
+
+def torch_file(path: str | Path) -> Any:
+    """What torch.load reads from `path` with weights_only (no code runs), or one line why not."""
     from resexp.checkpoint import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
 
     try:
         with torch.serialization.safe_globals(NUMPY_STATE):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a weights file") from None
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"{path} is not a weights file torch can read ({type(e).__name__})") from None
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:
+    """(model fields, classes, tensors) of an exported state_dict or a resexp checkpoint (last.pt)."""
+    saved = torch_file(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise UserError(f"{path} is neither a resexp export (--to state_dict) nor a resexp checkpoint")
     if saved.get("format") == FORMAT_TAG:

@@ -197,6 +197,21 @@ OPTIONS = {
         "--to": ["state_dict", "torchvision", "onnx"],
     },
     "plot": {"FOLDER": ["runs/default", "nowhere"], "--out": ["figs/a", "/proc/no/such"]},
+    "eval": {
+        "FOLDER": ["runs/default", folder(*FINISHED, "model.mode=plain"), "nowhere"],
+        "OVERRIDES": [
+            "data.ten_crop=true",
+            "data.test_scales=[32]",
+            "model.depth=20",
+            "seed=1",
+            "device=cpu",
+            "device=cuda:7",
+            "data.eval_batch_size=0",
+            "data.eval_batch_size=7",
+            "data.workers=x",
+        ],
+        "--best": [None],
+    },
     "bench": {
         "--depths": ["8", "8,14", "21", "abc", "1000000004", ""],
         "--modes": ["plain", "residual,plain", "highway"],
@@ -243,6 +258,16 @@ def test_every_option_of_export_ends_in_a_file_or_one_line_and_nothing_written(f
     event(f"export exit {outcome.code}")
     one_line_or_success(outcome, args)
     assert changed == ({args[2]} if outcome.code == 0 else set()), (args, changed)  # OUT alone, or nothing
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(args=command("eval"))
+def test_every_option_of_eval_ends_in_numbers_or_one_line_and_no_training_file_changes(finished, args):
+    outcome, changed = on_a_copy(finished, *args)
+    event(f"eval exit {outcome.code}")
+    one_line_or_success(outcome, args)
+    assert all("/eval/" in c and c.endswith(".json") for c in changed), (args, changed)
+    assert bool(changed) == (outcome.code == 0), (args, changed)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -72,6 +72,7 @@ def test_train_writes_metrics_tensorboard_and_a_self_describing_run_dir(tiny_run
     assert state["step"] == 16 and "optimizer" in state and "rng" in state
     assert outcome.stderr.count("test/error") == 2  # one console line per evaluation
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
+        "best.pt",  # a hard link to the checkpoint of the lowest test error
         "config.yaml",
         "data.json",
         "environment.json",

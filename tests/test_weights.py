@@ -3,6 +3,8 @@ or torchvision's names) and `hubconf.py` (torch.hub), against torchvision's own 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,9 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from conftest import resexp
+from conftest import leftovers, resexp, rows
 from resexp import weights
 from resexp.models import build_net
+from resexp.published import import_run
 
 REPO = Path(__file__).resolve().parents[1]
 TV18 = {"model.family": "imagenet", "model.depth": 18, "model.mode": "residual", "model.shortcut": "B"}
@@ -130,3 +133,260 @@ def test_a_truncated_or_foreign_weights_file_is_one_clear_error(tmp_path):
         weights.load(tmp_path / "cut.pt")
     with pytest.raises(UserError, match="neither a resexp export"):
         weights.load(tmp_path / "foreign.pt")
+
+
+# --------------------------------------------------------------------------- weights in: resexp import
+
+AKAMASTER = REPO.parent / "shared" / "weights" / "akamaster"
+AKAMASTER_FILES = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
+
+
+class AkamasterBlock(torch.nn.Module):
+    """akamaster/pytorch_resnet_cifar10's BasicBlock, written from its description: option A pads
+    the subsampled identity with planes/4 zero channels before and after."""
+
+    def __init__(self, cin: int, planes: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = planes // 4 if (stride != 1 or cin != planes) else None
+
+    def forward(self, x):
+        F = torch.nn.functional
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x if self.pad is None else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + short)
+
+
+class AkamasterNet(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(AkamasterBlock(cin, planes, stride if i == 0 else 1))
+                cin = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def akamaster_file(net: AkamasterNet, path: Path) -> Path:
+    """Saved as akamaster's files are: DataParallel's names, without num_batches_tracked (old torch)."""
+    state = {f"module.{k}": v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"state_dict": state, "best_prec1": 90.0}, path)
+    return path
+
+
+def randomised(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that any channel put in the wrong place shows."""
+    torch.manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    return net
+
+
+def import_into(cwd: Path, source: str, file: Path, name: str | None = None) -> Path:
+    """`resexp import SOURCE FILE [--name NAME]` in-process in `cwd`: the run folder it made."""
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return cwd / import_run(source, file, name, None).path
+    finally:
+        os.chdir(previous)
+
+
+def imported_net(run_dir: Path) -> torch.nn.Module:
+    trained = weights.of_run(run_dir, print)
+    fields, classes, _, _ = weights.read_export(trained.file)
+    net = weights.build(fields, classes)
+    net.load_state_dict(trained.model)
+    return net
+
+
+def same_outputs(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """The same outputs in eval mode, and in train mode (batch statistics; the running ones move alike)."""
+    x = torch.randn(8, 3, 32, 32)
+    for train in (False, True):
+        ours.train(train), theirs.train(train)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    ours_bn = [m.running_mean for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert ours_bn and all(torch.isfinite(v).all() for v in ours_bn)
+
+
+def test_an_imported_akamaster_layout_net_computes_what_akamasters_own_net_computes(tmp_path):
+    torch.manual_seed(0)
+    theirs = randomised(AkamasterNet(n=3)).eval()
+    run_dir = import_into(tmp_path, "akamaster", akamaster_file(theirs, tmp_path / "resnet20.th"), None)
+    assert run_dir.name == "residual-20A_s0+normalize-imagenet+iterations-78200"
+    ours = imported_net(run_dir)
+    same_outputs(ours, theirs)
+    saved = torch.load(run_dir / "weights.pt", weights_only=True)
+    # the identity lands in the middle channels of akamaster's stage 2: resexp's first 16 are its 8..23
+    torch.testing.assert_close(ours.stages[1][0].body[3].weight[:16], theirs.layer2[0].conv2.weight[8:24])
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["source"] == "akamaster" and provenance["sha256"] == saved["source"]["sha256"]
+    assert len(provenance["sha256"]) == 64 and "status" not in provenance
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "imported"
+    assert "normalize: imagenet" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("depth", sorted(AKAMASTER_FILES))
+def test_the_published_akamaster_nets_import_as_the_functions_they_are(tmp_path, depth):
+    path = AKAMASTER / AKAMASTER_FILES[depth]
+    if not path.exists():
+        pytest.skip(f"akamaster's published nets are not at {AKAMASTER}")
+    theirs = AkamasterNet(n=(depth - 2) // 6)
+    published = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    missing = theirs.load_state_dict({k.removeprefix("module."): v for k, v in published.items()}, strict=False)
+    assert not missing.unexpected_keys and all(k.endswith("num_batches_tracked") for k in missing.missing_keys)
+    run_dir = import_into(tmp_path, "akamaster", path, None)
+    same_outputs(imported_net(run_dir), theirs)
+
+
+@pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34)])
+def test_a_torchvision_state_dict_round_trips_through_import_and_export(tmp_path, depth, reference):
+    theirs = randomised(reference())
+    state = theirs.state_dict()
+    torch.save(state, tmp_path / "tv.pth")
+    run_dir = import_into(tmp_path, "torchvision", tmp_path / "tv.pth", "tv")
+    assert run_dir.parts[-3:-1] == ("tv", "imagenet") and run_dir.name.startswith(f"residual-{depth}B_s0+")
+    result = resexp("export", str(run_dir), str(tmp_path / "out.pth"), "--to", "torchvision", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    back = torch.load(tmp_path / "out.pth", weights_only=True)
+    assert list(back) == list(state) and all(torch.equal(back[k], state[k]) for k in state)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(imported_net(run_dir).eval()(x), theirs.eval()(x))
+
+
+def test_train_refuses_to_continue_an_imported_net(tmp_path):
+    run_dir = import_into(tmp_path, "akamaster", akamaster_file(AkamasterNet(n=1), tmp_path / "resnet8.th"), "mine")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*")}
+    result = resexp(
+        "train", "name=mine", "model.depth=8", "data.normalize=imagenet", "schedule.iterations=78200", cwd=tmp_path
+    )
+    assert result.code == 1 and len(result.lines) == 1, result.stderr
+    assert "holds a net imported from akamaster (resnet8.th)" in result.lines[0]
+    assert "resexp train does not continue it" in result.lines[0]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*")} == before
+
+
+# --------------------------------------------------------------------------- resexp eval
+
+
+def files_of(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run but eval's, as bytes."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "eval" not in p.parts
+    }
+
+
+def test_eval_makes_the_papers_test_protocols_and_leaves_the_training_files_alone(tmp_path):
+    from test_imagenet import SMALL, jpeg_tree
+
+    tree = jpeg_tree(tmp_path / "imagenet", {"train": 2, "val": 3})
+    overrides = ["model=imagenet", "model.depth=18", "data=imagenet", f"data.root={tree}", *SMALL]
+    result = resexp("train", *overrides, "data.batch_size=2", "schedule.iterations=2", "eval_every=1", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    [run_dir] = [p.parent for p in tmp_path.rglob("metrics.jsonl")]
+    before = files_of(run_dir)
+    assert "best.pt" in before  # the lowest test error's checkpoint, a hard link
+    test_errors = [r["test/error"] for r in rows(run_dir)]
+    best_step = int(torch.load(run_dir / "best.pt", weights_only=True)["step"])
+    assert test_errors[best_step - 1] == min(test_errors) and test_errors.index(min(test_errors)) == best_step - 1
+    for args, name, views in (
+        ((), "latest", 1),
+        (("data.ten_crop=true",), "latest+ten_crop", 10),
+        (("data.test_scales=[32,48]",), "latest+test_scales-32_48", 4),
+        (("data.ten_crop=true", "--best"), "best+ten_crop", 10),
+    ):
+        out = resexp("eval", str(tmp_path / "runs"), *args, cwd=tmp_path)
+        assert out.code == 0, out.stderr
+        record = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+        assert record["views_per_image"] == views and record["images"] == 6
+        assert record["test/error"] in [100 * k / 6 for k in range(7)]
+        assert record["checkpoint"]["step"] == (best_step if name.startswith("best") else 2)
+        assert f"eval/{name}.json" in out.stdout
+    assert files_of(run_dir) == before
+    latest = json.loads((run_dir / "eval" / "latest.json").read_text())
+    assert latest["test/error"] == rows(run_dir)[-1]["test/error"]  # the same net, the same test as training's
+    report = resexp("report", str(tmp_path / "runs"), cwd=tmp_path)
+    header = next(line for line in report.stdout.splitlines() if line.startswith("| data"))
+    assert "eval test error (latest+ten_crop)" in header and "eval test error (best+ten_crop)" in header
+    html = resexp("report", str(tmp_path / "runs"), "--format", "html", cwd=tmp_path)
+    assert (
+        html.code == 0 and "eval test error (latest+test_scales-32_48)" in (tmp_path / "runs/report.html").read_text()
+    )
+
+
+def test_imported_nets_are_evaluated_and_reported(tmp_path, cifar_npz):
+    torch.manual_seed(0)
+    theirs = randomised(AkamasterNet(n=1))
+    run_dir = import_into(tmp_path, "akamaster", akamaster_file(theirs, tmp_path / "resnet8.th"))
+    out = resexp("eval", str(tmp_path / "runs"), f"data.root={cifar_npz.parent}", cwd=tmp_path)
+    assert out.code == 0, out.stderr
+    record = json.loads((run_dir / "eval" / "latest.json").read_text())
+    from resexp.data.cifar import load_npz
+
+    x, y = torch.from_numpy(load_npz(cifar_npz, 10).x_test), torch.from_numpy(load_npz(cifar_npz, 10).y_test)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    errors = (theirs.eval()((x.permute(0, 3, 1, 2) / 255 - mean) / std).argmax(1) != y).sum().item()
+    assert record["images"] == len(y) and record["test/error"] == pytest.approx(100 * errors / len(y))
+    report = resexp("report", str(tmp_path / "runs"), cwd=tmp_path).stdout
+    [line] = [line for line in report.splitlines() if "ResNet-8" in line]
+    assert "1 imported" in line and f"{record['test/error']:.2f}" in line and "Runs not complete" not in report
+
+
+def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_run):
+    bottleneck = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), bottleneck)
+    odd = tmp_path / "odd.pth"
+    torch.save(
+        {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("layer4.1.")}, odd
+    )
+    akamaster = akamaster_file(AkamasterNet(n=1), tmp_path / "resnet8.th")
+    truncated = tmp_path / "cut.th"
+    truncated.write_bytes(akamaster.read_bytes()[:1000])
+    untrained = tmp_path / "untrained"
+    shutil.copytree(tiny_run[0], untrained / "run")
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        (untrained / "run" / name).unlink(missing_ok=True)
+    cases = [
+        (("import", "timm", str(akamaster)), "'timm' is not a source resexp imports from"),
+        (("import", "akamaster", str(tmp_path / "none.th")), "none.th is not a file"),
+        (("import", "akamaster", str(truncated)), "cut.th is not a weights file torch can read"),
+        (("import", "akamaster", str(odd)), "odd.pth is not one of akamaster's CIFAR ResNets"),
+        (("import", "torchvision", str(akamaster)), "resnet8.th is not a torchvision ResNet state_dict"),
+        (("import", "torchvision", str(bottleneck)), "torchvision's ResNet-50: torchvision's bottleneck nets stride"),
+        (("import", "torchvision", str(odd)), "(2, 2, 2, 1) blocks per stage: not torchvision's ResNet-18"),
+        (("import", "akamaster", str(akamaster), "--name", "../up"), "name='../up' must be a folder name"),
+        (("eval", str(untrained)), "has no checkpoint to evaluate"),
+        (("eval", str(tmp_path / "nowhere")), "nowhere is not a folder"),
+        (("eval", str(tiny_run[0]), "model.depth=56"), "model.depth is not a test-time option"),
+        (("eval", str(tiny_run[0]), "data.ten_crop=maybe"), "data.ten_crop=maybe"),
+        (("eval", str(tiny_run[0]), "data.test_scales=[224]"), "needs data=imagenet"),
+    ]
+    inputs = set(leftovers(tmp_path))
+    for args, message in cases:
+        result = resexp(*args, cwd=tmp_path)
+        assert result.code == 1 and len(result.lines) == 1 and message in result.lines[0], (args, result.stderr)
+        assert set(leftovers(tmp_path)) == inputs, args
+    before = files_of(tiny_run[0])
+    assert resexp("eval", str(tiny_run[0]), "device=cuda:7", cwd=tmp_path).code == 1
+    assert files_of(tiny_run[0]) == before and not (tiny_run[0] / "eval").exists()

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp import checkpoint, identity
+from resexp import identity, weights
 from resexp.build import build_model, seed_everything
 from resexp.config import Config, register, to_object
 from resexp.data import Data, build_data, source
@@ -127,17 +127,19 @@ def load(
     model = build_model(cfg, data.num_classes).to(device)
     if at_init:
         return Subject(run, cfg, model.eval(), data, device, "initialised")
-    found = checkpoint.latest(RunDir(run.path), warn, doing="analysing")
-    if found is None:
+    trained = weights.of_run(run.path, warn, doing="analysing")
+    if trained is None:
         raise RunDirError(f"{run.path} has no checkpoint yet (analyse it --at-init, or train it first)")
-    saved, path, sha = found
     try:
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(trained.model)
     except RuntimeError:
-        raise RunDirError(f"{path} does not fit the net its config.yaml describes") from None
-    step = saved["step"]
-    state = f"complete ({step})" if step >= run.iterations else f"unfinished ({step} of {run.iterations})"
-    key = {"file": path.name, "step": step, "sha256": sha}
+        raise RunDirError(f"{trained.file} does not fit the net its config.yaml describes") from None
+    step = trained.step
+    if run.imported:
+        state = f"imported ({run.provenance.get('source', '?')})"
+    else:
+        state = f"complete ({step})" if step >= run.iterations else f"unfinished ({step} of {run.iterations})"
+    key = {"file": trained.file.name, "step": step, "sha256": trained.sha256}
     return Subject(run, cfg, model.eval(), data, device, state, key)
 
 

@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from resexp.config import DataConfig, DataName
-from resexp.data.common import Batch, Data, DataSource, epoch_generator, file_fingerprint, shard
+from resexp.data.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    Data,
+    DataSource,
+    epoch_generator,
+    file_fingerprint,
+    shard,
+)
 from resexp.distributed import ONE, World
 from resexp.errors import DataError
 
@@ -276,11 +285,15 @@ def split(a: Arrays, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict[str,
 
 class Normalizer:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W): subtract the per-pixel mean image (the paper's)
-    or the per-channel mean and divide by the per-channel std, both taken from the training set."""
+    or the per-channel mean and divide by the per-channel std, both taken from the training set;
+    or ImageNet's fixed per-channel mean and std (`imagenet`: what nets trained that way expect)."""
 
     def __init__(self, x_train: np.ndarray, kind: str, device: torch.device) -> None:
         x = torch.from_numpy(x_train).to(torch.float64) / 255  # (N, H, W, 3)
-        if kind == "pixel_mean":
+        if kind == "imagenet":
+            self.mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+            self.std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+        elif kind == "pixel_mean":
             self.mean = x.mean(0).permute(2, 0, 1)
             self.std = torch.ones(3, 1, 1, dtype=torch.float64)
         else:

@@ -16,6 +16,8 @@ from resexp.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 CHUNK = 1 << 20  # bytes hashed at the start, middle and end of each data file
+# ImageNet's per-channel mean and std (of pixels in [0, 1]): ImageNet's normalisation, and data.normalize=imagenet's
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class TrainStream(Protocol):

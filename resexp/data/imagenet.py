@@ -20,12 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from resexp.config import DataConfig
+from resexp.data.common import IMAGENET_MEAN as MEAN
+from resexp.data.common import IMAGENET_STD as STD
 from resexp.data.common import Batch, Data, DataSource, epoch_generator, shard
 from resexp.distributed import ONE, World
 from resexp.errors import DataError
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 # AlexNet's colour augmentation (Krizhevsky et al. 2012, Sec. 4.1), which the paper uses: the
 # principal components of ImageNet's RGB pixel values (in [0, 1]), as fb.resnet.torch lists them.

@@ -1,0 +1,212 @@
+"""`resexp eval FOLDER [OVERRIDES]`: the test error of each run's trained net under FOLDER, with the
+test-time protocols of the paper as options, without retraining and without touching a training file.
+
+For each run (trained here, or made by `resexp import`) it loads the latest checkpoint (or best.pt:
+`--best`), rebuilds the run's data, and evaluates the net on every evaluation set the run has (test,
+and val when it holds one out). Overrides may change only how the test is made and where things are:
+
+    data.ten_crop=true                      10-crop testing (Tables 2-3): 4 corners + centre, and flips
+    data.test_scales=[224,256,384,480,640]  the fully-convolutional multi-scale test (Tables 4-5)
+    data.root=...                           the data moved (its fingerprint must still match)
+    data.eval_batch_size=..., data.workers=..., device=...
+
+The numbers go to RUN/eval/<which>[+option-value...].json (`latest.json`, `latest+ten_crop.json`,
+`best+test_scales-224_256.json`): one file per protocol, so one never replaces another, and
+`report` shows each beside the curves' numbers. Each file counts the views the net saw per image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from resexp import identity
+from resexp.config import Config, validate
+from resexp.errors import ConfigError, NothingToAnalyse, RunDirError, UserError, one_line
+from resexp.rundir import EVALS, Run, RunDir, atomic_write, find_runs
+
+# Overrides that change the numbers (named in the file) and those that only say where and how fast.
+PROTOCOL = ("data.ten_crop", "data.test_scales")
+WHERE = ("data.root", "data.eval_batch_size", "data.workers", "device")
+Warn = Callable[[str], None]
+
+
+@dataclass
+class Evaluated:
+    run: Run
+    record: dict[str, Any]
+    path: Path
+
+
+def parse(overrides: list[str]) -> dict[str, Any]:
+    """KEY=VALUE overrides as values (YAML, as Hydra reads them); any other key is refused."""
+    out = {}
+    for line in overrides:
+        key, eq, text = line.partition("=")
+        if not eq or key.startswith(("+", "~")):
+            raise ConfigError(f"{line}: eval takes KEY=VALUE overrides of {', '.join(PROTOCOL + WHERE)}")
+        if key not in PROTOCOL + WHERE:
+            raise ConfigError(
+                f"{key} is not a test-time option: eval evaluates a run as it was trained, and may change only "
+                f"{', '.join(PROTOCOL + WHERE)}"
+            )
+        try:  # as Hydra reads a value: true, 3, [224,256]; a path or a device stays the text it is
+            out[key] = text if key in ("data.root", "device") else yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{line}: {text} is not a value (e.g. true, 500, [224,256])") from None
+    return out
+
+
+def stem(which: str, options: dict[str, Any]) -> str:
+    """The file name of an evaluation: the weights, then each protocol option away from its default."""
+    parts = [which]
+    for key in PROTOCOL:
+        value = options.get(key)
+        if value not in (None, False, []):
+            short = key.split(".")[-1]
+            parts.append(short if value is True else f"{short}-{identity.shown(value)}")
+    return "+".join(parts)
+
+
+def configure(run: Run, options: dict[str, Any]) -> Config:
+    """The run's config with the test-time options, checked as `resexp train` checks a config."""
+    from resexp.analysis.subjects import run_config
+
+    cfg = run_config(run.path, None)
+    merged = OmegaConf.structured(cfg)
+    for key, value in options.items():
+        try:
+            OmegaConf.update(merged, key, value, merge=False)
+        except Exception as e:  # a value of the wrong type for the schema
+            raise ConfigError(f"{key}={value}: {one_line(e)}") from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except Exception as e:
+        raise ConfigError(one_line(e)) from None
+    validate(cfg)
+    return cfg
+
+
+class ViewCounter:
+    """Counts the images the net is run on (a forward pre-hook): views per test image."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.images = 0
+        self.handle = model.register_forward_pre_hook(self.count)
+
+    def count(self, module: torch.nn.Module, args: tuple) -> None:
+        self.images += int(args[0].shape[0])
+
+
+def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> Evaluated:
+    """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
+    from resexp import weights
+    from resexp.build import build_model, pick_device
+    from resexp.data import build_data, source
+    from resexp.speed import EAGER
+    from resexp.train import evaluate
+
+    cfg = configure(run, options)
+    device = pick_device(cfg.device)
+    data_source = source(cfg.data)
+    change = RunDir(run.path).data_change(data_source.identity(), data_source.legacy)
+    if change:
+        raise RunDirError(f"{run.path}: {change}; point data.root at the data it was trained on")
+    trained = weights.of_run(run.path, warn, which, doing="evaluating")
+    if trained is None:
+        raise RunDirError(f"{run.path} has no checkpoint to evaluate (it has not trained yet)")
+    weights.check_identity(trained, run.identity, run.path)
+    started = time.perf_counter()
+    data = build_data(cfg.data, cfg.seed, device)
+    model = build_model(cfg, data.num_classes).to(device)
+    try:
+        model.load_state_dict(trained.model)
+    except RuntimeError:
+        raise RunDirError(f"{trained.file} does not fit the net its config.yaml describes") from None
+    counter = ViewCounter(model)
+    numbers: dict[str, float] = {}
+    images = 0
+    for name, batches in data.evals.items():
+        numbers.update(evaluate(model, batches, name, EAGER))
+        images += len(batches)
+    counter.handle.remove()
+    record = {
+        "net": run.label,
+        "seed": run.seed,
+        "run": str(run.path),
+        "which": which,
+        "checkpoint": {"file": trained.file.name, "step": trained.step, "sha256": trained.sha256},
+        "options": {key: options.get(key) for key in PROTOCOL},
+        **numbers,
+        "images": images,
+        "views_per_image": counter.images / images if images else 0,
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": str(device),
+        "data": data_source.identity(),
+    }
+    folder = run.path / EVALS
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{stem(which, options)}.json"
+    atomic_write(path, json.dumps(record, indent=1) + "\n")
+    return Evaluated(run, record, path)
+
+
+def evaluate_folder(folder: Path, overrides: list[str], best: bool, warn: Warn) -> list[Evaluated]:
+    """Every run under FOLDER with weights, evaluated; a run that cannot be is named and skipped,
+    and when none can, that is the one line of the error."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    options = parse(overrides)
+    which = "best" if best else "latest"
+    runs = find_runs(folder, warn)
+    if not runs:
+        raise UserError(f"no runs (folders with config.yaml and status.json) under {folder}")
+    done, skipped = [], []
+    for run in runs:
+        try:
+            done.append(evaluate_run(run, which, options, warn))
+        except ConfigError:
+            raise  # the command's options are wrong for every run
+        except (UserError, OSError) as e:
+            skipped.append(f"{run.path}: {one_line(e)}")
+    if not done:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise NothingToAnalyse(f"no run under {folder} can be evaluated: {skipped[0]}{more}")
+    for line in skipped:
+        warn(f"skipping {line}")
+    return done
+
+
+def table(done: list[Evaluated]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Columns, a row per run, and a row per net (mean ± std over its seeds, as report groups runs)."""
+    from resexp.report import experiments, fmt, mean_std, settings_of
+
+    keys = [k for k in ("test/error", "val/error") if any(k in e.record for e in done)]
+    columns = ["net", "settings", "seeds", "weights"] + [f"{k.split('/')[0]} error" for k in keys] + ["views/image"]
+    groups = experiments([e.run for e in done])
+    settings = settings_of(groups)
+    by_path = {e.run.path: e for e in done}
+    per_run, per_net = [], []
+    for key, members in groups.items():
+        mine = [by_path[r.path] for r in members]
+        for e in mine:
+            c = e.record["checkpoint"]
+            per_run.append(
+                [e.run.label, settings[key], str(e.run.seed), f"{c['file']} ({c['step']})"]
+                + [f"{e.record[k]:.2f}" if k in e.record else "-" for k in keys]
+                + [f"{e.record['views_per_image']:g}"]
+            )
+        per_net.append(
+            [mine[0].run.label, settings[key], " ".join(str(e.run.seed) for e in mine), mine[0].record["which"]]
+            + [fmt(mean_std([e.record[k] for e in mine if k in e.record])) for k in keys]
+            + [f"{mine[0].record['views_per_image']:g}"]
+        )
+    return columns, per_run, per_net
