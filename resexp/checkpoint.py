@@ -145,6 +145,11 @@ def read(path: Path) -> tuple[dict[str, Any], str]:
             saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, a pickle of other objects, not a torch file at all
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(saved, dict) and str(saved.get("format", "")).startswith("resexp.weights/"):
+        raise CheckpointError(
+            f"{path} holds weights only (resexp export, or an imported net), not a checkpoint: there is no "
+            "optimizer state or data order to resume"
+        )
     if not isinstance(saved, dict) or not set(KEYS) <= set(saved):
         raise CheckpointError(
             f"{path} is not a resexp checkpoint (it lacks {', '.join(sorted(set(KEYS) - set(saved)))})"

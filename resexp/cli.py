@@ -279,10 +279,14 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Output path without suffix.", show_default="RUNS_DIR/curves"),
     debug: bool = DEBUG,
 ) -> None:
+    from resexp.errors import UserError
     from resexp.plot import plot as draw
 
     with boundary(debug):
-        paths = draw(runs_in(runs_dir), out if out is not None else runs_dir / "curves")
+        runs = [run for run in runs_in(runs_dir) if run.rows]
+        if not runs:
+            raise UserError(f"the runs under {runs_dir} have no curves: they were imported, not trained here")
+        paths = draw(runs, out if out is not None else runs_dir / "curves")
     for path in paths:
         typer.echo(str(path))
 

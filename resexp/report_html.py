@@ -104,16 +104,17 @@ def render(runs: list[Run], folder: Path, warn: Callable[[str], None] = lambda t
     unfinished = [f"{r.path}: {r.state}" for r in runs if not r.complete and not r.imported]
     if unfinished:
         found += "<p>Runs not complete:</p><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unfinished) + "</ul>"
+    trained = [r for r in runs if r.rows]  # imported runs have no curves
     parts = [
-        section(f"curves ({data})", ABOUT["curves"], figure_png(figure([r for r in runs if r.data == data], data)))
-        for data in sorted({r.data for r in runs})
+        section(f"curves ({data})", ABOUT["curves"], figure_png(figure([r for r in trained if r.data == data], data)))
+        for data in sorted({r.data for r in trained})
     ]
     parts.append(
         f"<section><h2>table and verdict</h2>{grid}<p class=meta>Errors in %, mean ± std over seeds; "
         f"training error = running error of the last evaluation interval.</p>{found}</section>"
     )
     parts += analyses(folder, warn)
-    if len(parts) == 1 + len({r.data for r in runs}):
+    if len(parts) == 1 + len({r.data for r in trained}):
         parts.append(
             "<p class=meta>No analyses yet: <code>resexp analyze responses|gradients|lesion|landscape "
             f"{html.escape(str(folder))}</code> adds them here.</p>"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import leftovers, resexp, rows
+from conftest import TINY, leftovers, resexp, rows
 from resexp import weights
 from resexp.models import build_net
 from resexp.published import import_run
@@ -351,6 +351,11 @@ def test_imported_nets_are_evaluated_and_reported(tmp_path, cifar_npz):
     report = resexp("report", str(tmp_path / "runs"), cwd=tmp_path).stdout
     [line] = [line for line in report.splitlines() if "ResNet-8" in line]
     assert "1 imported" in line and f"{record['test/error']:.2f}" in line and "Runs not complete" not in report
+    plot = resexp("plot", str(tmp_path / "runs"), cwd=tmp_path)
+    assert plot.code == 1 and "have no curves: they were imported" in plot.lines[0]
+    assert resexp("report", str(tmp_path / "runs"), "--format", "html", cwd=tmp_path).code == 0
+    page = (tmp_path / "runs/report.html").read_text()
+    assert "curves (" not in page and "1 imported" in page
 
 
 def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_run):
@@ -363,6 +368,8 @@ def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_
     akamaster = akamaster_file(AkamasterNet(n=1), tmp_path / "resnet8.th")
     truncated = tmp_path / "cut.th"
     truncated.write_bytes(akamaster.read_bytes()[:1000])
+    tiny_weights = tmp_path / "tiny.pt"
+    assert resexp("export", str(tiny_run[0]), str(tiny_weights), cwd=tmp_path).code == 0
     untrained = tmp_path / "untrained"
     shutil.copytree(tiny_run[0], untrained / "run")
     for name in ("last.pt", "prev.pt", "best.pt"):
@@ -377,6 +384,7 @@ def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_
         (("import", "torchvision", str(odd)), "(2, 2, 2, 1) blocks per stage: not torchvision's ResNet-18"),
         (("import", "akamaster", str(akamaster), "--name", "../up"), "name='../up' must be a folder name"),
         (("eval", str(untrained)), "has no checkpoint to evaluate"),
+        (("train", *TINY, f"resume={tiny_weights}"), "holds weights only (resexp export, or an imported net)"),
         (("eval", str(tmp_path / "nowhere")), "nowhere is not a folder"),
         (("eval", str(tiny_run[0]), "model.depth=56"), "model.depth is not a test-time option"),
         (("eval", str(tiny_run[0]), "data.ten_crop=maybe"), "data.ten_crop=maybe"),
