@@ -195,10 +195,11 @@ def register() -> None:
     """Store the schemas under the names the YAML files extend (base_* in each group), and the
     resolvers the YAML files use."""
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="data", name="base_data", node=DataConfig)
-    cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
+    if "base_config.yaml" not in cs.repo:  # once per process: storing a schema converts it again (~20 ms)
+        cs.store(name="base_config", node=Config)
+        cs.store(group="model", name="base_model", node=ModelConfig)
+        cs.store(group="data", name="base_data", node=DataConfig)
+        cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
     for name, fn in (("resexp.run_path", run_path), ("resexp.paper_warmup", paper_warmup)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

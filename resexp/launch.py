@@ -103,9 +103,12 @@ def run_folder(root: DictConfig) -> str:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    task = tuple(root.hydra.overrides.task)
+    if task in _folders:  # Hydra resolves a job's folder several times (its run dir, its sweep subdir, ...)
+        return _folders[task]
     loader = GlobalHydra.instance().config_loader()
     groups = set(loader.list_groups(""))
-    overrides = OverridesParser.create().parse_overrides(list(root.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(list(task))
     chosen = tuple(o.input_line for o in overrides if o.key_or_group in groups)
     preset = tuple(o.input_line for o in overrides if o.key_or_group == "experiment")
     reference = copy.deepcopy(composed(loader, chosen))
@@ -114,10 +117,12 @@ def run_folder(root: DictConfig) -> str:
             OmegaConf.update(reference, key, OmegaConf.select(root, key), merge=False)
     choices, preset_choices = root.hydra.runtime.choices, composed(loader, preset).hydra.runtime.choices
     shown = {g: choices[g] for g in identity.GROUPS_IN_NAME if choices.get(g) != preset_choices.get(g)}
-    return identity.folder_name(task_values(root), task_values(reference), shown)
+    _folders[task] = identity.folder_name(task_values(root), task_values(reference), shown)
+    return _folders[task]
 
 
 _composed: dict[tuple[str, ...], DictConfig] = {}
+_folders: dict[tuple[str, ...], str] = {}  # a job's overrides -> its folder: the configs do not change in a process
 
 
 def composed(loader: Any, overrides: tuple[str, ...]) -> DictConfig:
