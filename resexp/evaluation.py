@@ -1,5 +1,7 @@
-"""`resexp eval FOLDER [OVERRIDES]`: the test error of each run's trained net under FOLDER, with the
-test-time protocols of the paper as options, without retraining and without touching a training file.
+"""Evaluation: `evaluate`, a net's loss and error over an evaluation set (what the training loop
+calls at each evaluation), and `resexp eval FOLDER [OVERRIDES]`: the test error of each run's
+trained net under FOLDER, with the test-time protocols of the paper as options, without
+retraining and without touching a training file.
 
 For each run (trained here, or made by `resexp import`) it loads the latest checkpoint (or best.pt:
 `--best`), rebuilds the run's data, and evaluates the net on every evaluation set the run has (test,
@@ -25,18 +27,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
+from torch import nn
 
-from resexp import identity
+from resexp import distributed, identity
 from resexp.config import Config, validate
+from resexp.data.common import EvalStream
 from resexp.errors import ConfigError, NothingToAnalyse, RunDirError, UserError, one_line
 from resexp.rundir import EVALS, Run, RunDir, atomic_write, find_runs
+from resexp.speed import EAGER, Speed
 
 # Overrides that change the numbers (named in the file) and those that only say where and how fast.
 PROTOCOL = ("data.ten_crop", "data.test_scales")
 WHERE = ("data.root", "data.eval_batch_size", "data.workers", "device")
 Warn = Callable[[str], None]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: EvalStream, prefix: str, speed: Speed = EAGER) -> dict[str, float]:
+    """Loss and error (%) over a whole evaluation set (summed over the processes under torchrun,
+    each of which holds a slice of it). Several views of an image have their softmax outputs
+    averaged: 5-d batches (B, crops, C, H, W) are multi-crop, a list of (views, C, H, W) tensors
+    is the multi-scale test of one image."""
+    model.eval()
+    loss, errors, count = 0.0, 0, 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for x, y in batches:
+        if isinstance(x, list):
+            probs = torch.cat([F.softmax(speed.forward(model, v), -1) for v in x]).mean(0, keepdim=True)
+        elif x.dim() == 5:
+            probs = F.softmax(speed.forward(model, x.flatten(0, 1)), -1).view(x.shape[0], x.shape[1], -1).mean(1)
+        else:
+            probs = None
+            logits = speed.forward(model, x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            errors += (logits.argmax(1) != y).sum().item()
+        if probs is not None:
+            loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
+            errors += (probs.argmax(1) != y).sum().item()
+        count += len(y)
+    model.train()
+    loss, errors, count = distributed.sum_([loss, errors, count], device)
+    return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 
 @dataclass
@@ -111,8 +145,6 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     from resexp import weights
     from resexp.build import build_model, pick_device
     from resexp.data import build_data, source
-    from resexp.speed import EAGER
-    from resexp.train import evaluate
 
     cfg = configure(run, options)
     device = pick_device(cfg.device)

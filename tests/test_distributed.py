@@ -21,8 +21,8 @@ from resexp.data.common import shard
 from resexp.data.imagenet import FolderEvalSet, FolderTrainStream
 from resexp.distributed import World
 from resexp.errors import ConfigError
+from resexp.evaluation import evaluate
 from resexp.launch import compose
-from resexp.train import evaluate
 
 # 8 iterations of a small lr: two processes with SyncBatchNorm follow one process within float noise.
 RUN = [

@@ -15,11 +15,11 @@ from resexp.bench import Timing, fig6_projection
 from resexp.config import CompileMode, SpeedConfig
 from resexp.data.cifar import EvalSet, Normalizer
 from resexp.errors import ConfigError
+from resexp.evaluation import evaluate
 from resexp.launch import compose
 from resexp.models import build_net
 from resexp.speed import EAGER, Speed, resolve
 from resexp.step import Running
-from resexp.train import evaluate
 
 CUDA = torch.device("cuda")  # resolving settings for a device needs no such device
 

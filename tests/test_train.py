@@ -17,9 +17,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, only_run, process_env, resexp, rows
+from resexp.evaluation import evaluate
 from resexp.hparams import names
 from resexp.speed import cpu_has_bf16
-from resexp.train import evaluate
 
 KEYS = {"step", "epoch", "lr", "train/loss", "train/error", "test/loss", "test/error", "time"}
 TAGS = {"train/loss", "train/error", "test/loss", "test/error", "lr"}
