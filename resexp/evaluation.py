@@ -147,6 +147,8 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     from resexp.data import build_data, source
 
     cfg = configure(run, options)
+    # the test as made: the run's own protocol (a run may have trained with data.ten_crop=true) with the overrides
+    protocol = {"data.ten_crop": cfg.data.ten_crop, "data.test_scales": cfg.data.test_scales}
     device = pick_device(cfg.device)
     data_source = source(cfg.data)
     change = RunDir(run.path).data_change(data_source.identity(), data_source.legacy)
@@ -176,7 +178,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
         "run": str(run.path),
         "which": which,
         "checkpoint": {"file": trained.file.name, "step": trained.step, "sha256": trained.sha256},
-        "options": {key: options.get(key) for key in PROTOCOL},
+        "options": protocol,
         **numbers,
         "images": images,
         "views_per_image": counter.images / images if images else 0,
@@ -186,7 +188,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     }
     folder = run.path / EVALS
     folder.mkdir(exist_ok=True)
-    path = folder / f"{stem(which, options)}.json"
+    path = folder / f"{stem(which, protocol)}.json"
     atomic_write(path, json.dumps(record, indent=1) + "\n")
     return Evaluated(run, record, path)
 

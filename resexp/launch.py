@@ -173,12 +173,15 @@ def split(master: DictConfig) -> list[list[str]]:
     return jobs
 
 
-def plan(overrides: list[str], multirun: bool) -> list[Job]:
-    """Compose and check every job of `resexp train [-m] OVERRIDES`; raise on the first mistake."""
+def plan(overrides: list[str], multirun: bool, trains: bool = True) -> list[Job]:
+    """Compose and check every job of `resexp train [-m] OVERRIDES`; raise on the first mistake.
+    `trains=False` (a config for a net that is not trained here: `resexp import`): the config's
+    rules only, not whether this machine could train it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
+    from resexp.config import validate
     from resexp.lifecycle import check
 
     parser = OverridesParser.create()
@@ -207,7 +210,10 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
             with naming(job_override if multirun else None, num):
                 unknown_keys(task, Config)
                 config = to_object(task)
-                check(config)
+                if trains:
+                    check(config)
+                else:
+                    validate(config)
             hydra = cfg.hydra
             run_dir = Path(hydra.sweep.dir) / hydra.sweep.subdir if multirun else Path(hydra.run.dir)
             sweep_dir = Path(hydra.sweep.dir) if multirun else None

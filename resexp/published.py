@@ -220,7 +220,7 @@ def import_run(source: str, file: Path, name: str | None, data_root: str | None)
     sha = hashlib.sha256(content).hexdigest()
     published = READERS[source](torch_file(file), file)
     overrides = published.overrides + [f"name={name or source}"] + ([f"data.root={data_root}"] if data_root else [])
-    [job] = plan(overrides, multirun=False)
+    [job] = plan(overrides, multirun=False, trains=False)  # its recipe's batch need not fit this machine
     cfg = job.config
     net = build_model(cfg, published.model["head.2.weight"].shape[0])
     try:

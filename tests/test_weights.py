@@ -261,7 +261,10 @@ def test_the_published_akamaster_nets_import_as_the_functions_they_are(tmp_path,
 
 
 @pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34)])
-def test_a_torchvision_state_dict_round_trips_through_import_and_export(tmp_path, depth, reference):
+def test_a_torchvision_state_dict_round_trips_through_import_and_export(tmp_path, monkeypatch, depth, reference):
+    from resexp import build
+
+    monkeypatch.setattr(build, "device_memory", lambda device: 2**30)  # a laptop that could not train it at batch 256
     theirs = randomised(reference())
     state = theirs.state_dict()
     torch.save(state, tmp_path / "tv.pth")
@@ -324,6 +327,12 @@ def test_eval_makes_the_papers_test_protocols_and_leaves_the_training_files_alon
         assert record["checkpoint"]["step"] == (best_step if name.startswith("best") else 2)
         assert f"eval/{name}.json" in out.stdout
     assert files_of(run_dir) == before
+    # a run that trained with 10-crop evaluations is evaluated, and its file named, as it was tested
+    args = ("train", *overrides, "data.batch_size=2", "schedule.iterations=1", "data.ten_crop=true", "name=tc")
+    assert resexp(*args, cwd=tmp_path).code == 0
+    out = resexp("eval", str(tmp_path / "runs/tc"), cwd=tmp_path)
+    [tc] = (tmp_path / "runs/tc").rglob("eval/*.json")
+    assert out.code == 0 and tc.name == "latest+ten_crop.json" and json.loads(tc.read_text())["views_per_image"] == 10
     latest = json.loads((run_dir / "eval" / "latest.json").read_text())
     assert latest["test/error"] == rows(run_dir)[-1]["test/error"]  # the same net, the same test as training's
     report = resexp("report", str(tmp_path / "runs"), cwd=tmp_path)
