@@ -223,21 +223,34 @@ def test_sigterm_to_one_rank_stops_both_and_the_run_resumes_in_one_process(tmp_p
     assert_close_runs(rows(run_dir), rows(reference), rel=1e-2, images=8)
 
 
-def test_a_rank_that_dies_ends_the_other_with_one_line(tmp_path):
-    launcher = torchrun(*RUN, "schedule.iterations=100000", "eval_every=20", cwd=tmp_path)
-    run_dir = tmp_path / folder(*RUN, "schedule.iterations=100000", "eval_every=20")
-    wait_for(run_dir / "last.pt", launcher)
-    subprocess.run(["kill", "-KILL", str(rank_pid(launcher, 1))], check=True)
-    out, err = launcher.communicate(timeout=60)  # no hang
+def test_a_torchrun_sweep_goes_past_a_diverged_run_and_a_locked_one_and_a_rank_that_dies_ends_the_other(tmp_path):
+    """One torchrun command, three jobs (one launch: each costs seconds of process start-up):
+    a divergence stops every rank with one line and the sweep goes on; rank 0 refused the next
+    run's lock (another command holds it) ends that run on every rank at once, with one line,
+    instead of the others waiting for rank 0's decision for ever (as before: rank 0 at its closing
+    barrier, the others in a broadcast); then a rank killed mid-run ends the other with one line."""
+    from resexp.rundir import RunLock
+
+    args = [*RUN, "schedule.iterations=100000", "eval_every=20"]
+    diverging, locked, killed = (tmp_path / folder(*args, f"optim.lr={lr}") for lr in ("1e6", "0.01", "0.02"))
+    with RunLock(locked):
+        launcher = torchrun("-m", *args, "optim.lr=1e6,0.01,0.02", cwd=tmp_path)
+        wait_for(killed / "last.pt", launcher)
+        subprocess.run(["kill", "-KILL", str(rank_pid(launcher, 1))], check=True)
+        out, err = launcher.communicate(timeout=60)  # no hang
     assert launcher.returncode != 0
-    ours = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(ours) == 1 and "lost contact with another process of this torchrun run" in ours[0]
-    assert "run the same command again to resume" in ours[0] and "Traceback" not in err.split("error:")[0]
-    assert '"failed"' in (run_dir / "status.json").read_text()
+    assert '"diverged"' in (diverging / "status.json").read_text()
+    assert sum(line.startswith("diverged:") for line in err.splitlines()) == 1
+    ours = [line for line in err.splitlines() if line.startswith(("error:", "rank "))]
+    assert len(ours) == 2 and "is being written by another resexp process" in ours[0], err
+    assert not (locked / "status.json").exists()
+    assert "lost contact with another process of this torchrun run" in ours[1]
+    assert "run the same command again to resume" in ours[1] and "Traceback" not in err.split(ours[1])[0]
+    assert '"failed"' in (killed / "status.json").read_text()
     # BatchNorm per process: both processes evaluated rank 0's net, the one its checkpoint holds
-    saved = torch.load(run_dir / "last.pt", weights_only=True)
-    [row] = [r for r in rows(run_dir) if r["step"] == saved["step"]]
-    cfg = compose([*RUN, "schedule.iterations=100000"])
+    saved = torch.load(killed / "last.pt", weights_only=True)
+    [row] = [r for r in rows(killed) if r["step"] == saved["step"]]
+    cfg = compose([*args, "optim.lr=0.02"])
     data = build_data(cfg.data, cfg.seed, torch.device("cpu"))
     net = build_model(cfg, data.num_classes)
     net.load_state_dict(saved["model"])
@@ -283,15 +296,6 @@ def test_a_failed_gradient_all_reduce_marks_the_group_broken(monkeypatch):
     with pytest.raises(RuntimeError):
         bad.wait()
     assert distributed.Contact.broken
-
-
-def test_a_divergence_stops_every_rank(tmp_path):
-    launcher = torchrun(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5", cwd=tmp_path)
-    out, err = launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
-    run_dir = folder(*RUN, "optim.lr=1e6", "schedule.iterations=200", "eval_every=5")
-    assert '"diverged"' in (tmp_path / run_dir / "status.json").read_text()
-    assert sum(line.startswith("diverged:") for line in err.splitlines()) == 1
 
 
 def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -379,20 +383,6 @@ def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
     assert distributed.voice(PeerFailed("x"), "x") is None  # rank 0 says it
     monkeypatch.setattr(distributed, "any_", lambda flag, device: flag)  # nobody failed
     assert distributed.together(lambda: "built", torch.device("cpu")) == "built"
-
-
-def test_a_run_locked_by_another_command_ends_every_rank_within_seconds(tmp_path):
-    """Rank 0 is refused the run directory's lock: every rank learns it at once, instead of the
-    others waiting for rank 0's decision for ever (as before: rank 0 at its closing barrier,
-    the others in a broadcast)."""
-    from resexp.rundir import RunLock
-
-    with RunLock(tmp_path / folder(*RUN, "schedule.iterations=8")):
-        launcher = torchrun(*RUN, "schedule.iterations=8", cwd=tmp_path)
-        out, err = launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
-    ours = [line for line in err.splitlines() if line.startswith(("error:", "rank "))]
-    assert len(ours) == 1 and "is being written by another resexp process" in ours[0], err
 
 
 def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
