@@ -50,7 +50,13 @@ def folder(*overrides: str) -> str:
     return str(job.run_dir)
 
 
-TINY_DIR = folder(*TINY)
+def __getattr__(name: str) -> str:
+    """TINY_DIR, composed when a test module first imports it: not in pytest-xdist's controller
+    process, which loads this file but runs no test (a Hydra composition there delays the workers)."""
+    if name == "TINY_DIR":
+        globals()[name] = folder(*TINY)
+        return globals()[name]
+    raise AttributeError(name)
 
 
 @dataclass
@@ -150,7 +156,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Outcome]:
     cwd = tmp_path_factory.mktemp("tiny")
     outcome = resexp("train", *TINY, cwd=cwd)
     assert outcome.code == 0, outcome.stderr
-    return cwd / TINY_DIR, outcome
+    return cwd / __getattr__("TINY_DIR"), outcome
 
 
 @pytest.fixture
