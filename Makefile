@@ -20,8 +20,10 @@ $(BIN)/resexp: pyproject.toml
 
 install: $(BIN)/resexp  ## create .venv and install resexp with its test tools (pip install -e .[dev])
 
+# PYTHONDONTWRITEBYTECODE= : containers often set it, and then every pytest worker and every process a test
+# starts compiles resexp (and rewrites the test modules) again; the suite lets Python keep its bytecode.
 test: install  ## run the test suite (fast tests; slow and GPU tests are deselected), on 2 workers
-	$(BIN)/pytest -n 2 --dist loadfile --durations=10
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --dist loadfile --durations=10
 
 lint: install  ## ruff check and ruff format --check (the settings are in pyproject.toml)
 	$(BIN)/ruff check resexp tests benchmarks hubconf.py
