@@ -378,7 +378,8 @@ def test_rerunning_a_sweep_skips_complete_runs_and_resumes_interrupted_ones(tmp_
 # --------------------------------------------------------------------------- the lock
 
 
-def test_a_run_directory_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+def test_a_run_directory_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path, stopped):
+    copy_runs(stopped, tmp_path)
     run_dir = tmp_path / RUN_DIR
     with RunLock(run_dir):  # another writer, alive
         result = resexp("train", *RUN, cwd=tmp_path)
@@ -508,19 +509,14 @@ def test_a_run_started_from_a_checkpoint_resumes_from_its_own_after_an_interrupt
     assert [r["step"] for r in rows(tmp_path / folder(*RUN, "name=branch"))] == [20, 30, 40, 50, 60]
 
 
-def test_a_checkpoint_of_resexp_0_1_still_resumes_exactly(tmp_path, reference, monkeypatch):
+def test_a_checkpoint_of_resexp_0_1_still_resumes_exactly(tmp_path, stopped, reference):
     """0.1 stored numpy's RNG state as an array; loading it must not need weights_only=False."""
-    import random
-
-    import numpy as np
-
-    def old_rng_states():
-        return {"torch": torch.get_rng_state(), "cuda": [], "numpy": np.random.get_state(), "python": random.getstate()}
-
-    monkeypatch.setattr(checkpoint, "rng_states", old_rng_states)
-    signal_at(monkeypatch, 35, signal.SIGINT)
-    assert resexp("train", *RUN, cwd=tmp_path).code == 130
-    monkeypatch.undo()
+    copy_runs(stopped, tmp_path)
+    last = tmp_path / RUN_DIR / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    kind, keys, position, has_gauss, cached = saved["rng"]["numpy"]
+    saved["rng"]["numpy"] = (kind, keys.numpy().astype("uint32"), position, has_gauss, cached)  # as 0.1 wrote it
+    torch.save(saved, last)
     result = resexp("train", *RUN, cwd=tmp_path)
     assert result.code == 0 and "resuming" in result.stderr, result.stderr
     assert without_time(rows(tmp_path / RUN_DIR)) == reference

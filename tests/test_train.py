@@ -100,13 +100,14 @@ def test_a_plain_run_has_no_shortcut_in_its_name_and_trains(tmp_path):
 
 
 def test_sweep_runs_every_combination_into_its_own_directory_and_a_rerun_skips_them(tmp_path):
-    result = resexp("train", "-m", *TINY, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
+    short = [*TINY, "schedule.iterations=8"]  # one evaluation each: four runs, then four skipped
+    result = resexp("train", "-m", *short, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
     assert result.code == 0, result.stderr
     runs = sorted(p.parent.name.split("+")[0] for p in (tmp_path / "runs/default").rglob("metrics.jsonl"))
     assert runs == ["plain-8_s0", "plain-8_s1", "residual-8A_s0", "residual-8A_s1"]
-    plain = [tmp_path / folder(*TINY, "model.mode=plain", f"seed={seed}") for seed in (0, 1)]
+    plain = [tmp_path / folder(*short, "model.mode=plain", f"seed={seed}") for seed in (0, 1)]
     assert rows(plain[1]) != rows(plain[0])
-    again = resexp("train", "-m", *TINY, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
+    again = resexp("train", "-m", *short, "model.mode=plain,residual", "seed=0,1", cwd=tmp_path)
     assert again.code == 0 and again.stderr.count("complete already") == 4
 
 
