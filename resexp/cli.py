@@ -95,6 +95,25 @@ def quiet_unless_main() -> Iterator[None]:
         err.quiet = before
 
 
+def rich_table(title: str, columns: list[str], rows: list[list[str]]):
+    """A table of strings for the terminal (analyze's and eval's results)."""
+    from rich.table import Table
+
+    shown = Table(title=title)
+    for column in columns:
+        shown.add_column(column)
+    for row in rows:
+        shown.add_row(*row)
+    return shown
+
+
+def wide_console(width: int) -> Console:
+    """stdout, at least `width` columns wide (a table is not folded in a narrow or piped terminal)."""
+    console = Console()
+    console.width = max(console.width, width)
+    return console
+
+
 def fail(message: str, code: int = FAILED) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -352,22 +371,14 @@ def eval_(
     best: bool = typer.Option(False, "--best", help="best.pt (lowest val or test error) instead of the latest."),
     debug: bool = DEBUG,
 ) -> None:
-    from rich.table import Table
-
     from resexp.evaluation import evaluate_folder, table
 
     with boundary(debug):
         done = evaluate_folder(folder, list(overrides or []), best, note)
     columns, per_run, per_net = table(done)
-    console = Console()
-    console.width = max(console.width, 120)
-    for title, rows in ((f"eval: {folder}", per_run), ("per net (mean ± std over seeds)", per_net)):
-        shown = Table(title=title)
-        for column in columns:
-            shown.add_column(column)
-        for row in rows:
-            shown.add_row(*row)
-        console.print(shown)
+    console = wide_console(120)
+    console.print(rich_table(f"eval: {folder}", columns, per_run))
+    console.print(rich_table("per net (mean ± std over seeds)", columns, per_net))
     for e in done:
         typer.echo(str(e.path))
 
@@ -443,7 +454,6 @@ def analyze(
     ),
     debug: bool = DEBUG,
 ) -> None:
-    from rich.table import Table
 
     from resexp.analysis import KINDS, Options
     from resexp.analysis import analyze as run_analysis
@@ -487,14 +497,9 @@ def analyze(
             note,
             configs,
         )
-    table = Table(title=f"{kind}{' at initialisation' if at_init else ''}: {folder or ' '.join(targets)}")
-    for column in result.columns:
-        table.add_column(column)
-    for row in result.rows:
-        table.add_row(*row)
-    console = Console()
-    console.width = max(console.width, 140)
-    console.print(table)
+    title = f"{kind}{' at initialisation' if at_init else ''}: {folder or ' '.join(targets)}"
+    console = wide_console(140)
+    console.print(rich_table(title, result.columns, result.rows))
     for verdict in result.verdicts:
         console.print(f"- {verdict}", highlight=False, soft_wrap=True, markup=False)
     for path in paths:

@@ -143,8 +143,9 @@ class ViewCounter:
 def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> Evaluated:
     """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
     from resexp import weights
+    from resexp.analysis.subjects import cached_data
     from resexp.build import build_model, pick_device
-    from resexp.data import build_data, source
+    from resexp.data import source
 
     cfg = configure(run, options)
     # the test as made: the run's own protocol (a run may have trained with data.ten_crop=true) with the overrides
@@ -159,7 +160,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
         raise RunDirError(f"{run.path} has no checkpoint to evaluate (it has not trained yet)")
     weights.check_identity(trained, run.identity, run.path)
     started = time.perf_counter()
-    data = build_data(cfg.data, cfg.seed, device)
+    data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))  # runs of a sweep share it
     model = build_model(cfg, data.num_classes).to(device)
     try:
         model.load_state_dict(trained.model)
@@ -207,9 +208,7 @@ def evaluate_folder(folder: Path, overrides: list[str], best: bool, warn: Warn) 
     for run in runs:
         try:
             done.append(evaluate_run(run, which, options, warn))
-        except ConfigError:
-            raise  # the command's options are wrong for every run
-        except (UserError, OSError) as e:
+        except (UserError, OSError) as e:  # an option its config refuses (test_scales on CIFAR), its data moved, ...
             skipped.append(f"{run.path}: {one_line(e)}")
     if not done:
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""

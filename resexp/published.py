@@ -26,7 +26,7 @@ import hashlib
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,14 @@ AKAMASTER_ITERATIONS = 200 * 391
 TORCHVISION_EPOCH = 5005
 TORCHVISION_BLOCKS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
 BOTTLENECK_BLOCKS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+# akamaster's names -> resexp's: a block's parts (body.0 conv, .1 BN, .2 ReLU, .3 conv, .4 BN), the stem, the classifier
+AKAMASTER_PARTS = {"conv1": "0", "bn1": "1", "conv2": "3", "bn2": "4"}
+AKAMASTER_ENDS = {
+    "module.conv1.weight": "stem.0.weight",
+    **{f"module.bn1.{leaf}": f"stem.1.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")},
+    "module.linear.weight": "head.2.weight",
+    "module.linear.bias": "head.2.bias",
+}
 
 
 @dataclass
@@ -71,19 +79,15 @@ def akamaster(saved: Any, path: Path) -> Published:
         raise UserError(f"{path} has {blocks} blocks in its three stages: akamaster's nets have n in each")
     n = blocks[0]
     renamed: dict[str, torch.Tensor] = {}
-    parts = {"conv1": "0", "bn1": "1", "conv2": "3", "bn2": "4"}
     for key, tensor in state.items():
         match = re.fullmatch(r"module\.layer(\d)\.(\d+)\.(conv1|bn1|conv2|bn2)\.(.+)", key)
         if match:
             stage, block, part, leaf = match.groups()
-            renamed[f"stages.{int(stage) - 1}.{block}.body.{parts[part]}.{leaf}"] = tensor
-            continue
-        stem = {"module.conv1.weight": "stem.0.weight", "module.linear.weight": "head.2.weight"}
-        stem |= {f"module.bn1.{leaf}": f"stem.1.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")}
-        stem["module.linear.bias"] = "head.2.bias"
-        if key not in stem:
+            renamed[f"stages.{int(stage) - 1}.{block}.body.{AKAMASTER_PARTS[part]}.{leaf}"] = tensor
+        elif key in AKAMASTER_ENDS:
+            renamed[AKAMASTER_ENDS[key]] = tensor
+        else:
             raise UserError(f"{path} has {key}, which akamaster's CIFAR ResNets do not have")
-        renamed[stem[key]] = tensor
     if tuple(renamed["stages.2.0.body.0.weight"].shape[:1]) != (AKAMASTER_WIDTHS[2],):
         raise UserError(f"{path} is not one of akamaster's CIFAR ResNets (its stages are not 16, 32, 64 wide)")
     classes = renamed["head.2.weight"].shape[0]
@@ -201,8 +205,7 @@ READERS = {"akamaster": akamaster, "torchvision": torchvision}
 class Imported:
     path: Path
     net: str
-    existed: bool = False
-    notes: list[str] = field(default_factory=list)
+    existed: bool = False  # the same file was imported there already: nothing written
 
 
 def import_run(source: str, file: Path, name: str | None, data_root: str | None) -> Imported:
@@ -216,6 +219,8 @@ def import_run(source: str, file: Path, name: str | None, data_root: str | None)
         raise UserError(f"{source!r} is not a source resexp imports from: choose one of {', '.join(SOURCES)}")
     if not file.is_file():
         raise UserError(f"{file} is not a file")
+    if name is not None and "," in name:  # Hydra would read a comma list as a sweep
+        raise UserError(f"--name {name}: one folder name, without commas")
     content = file.read_bytes()
     sha = hashlib.sha256(content).hexdigest()
     published = READERS[source](torch_file(file), file)

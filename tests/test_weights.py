@@ -355,8 +355,12 @@ def test_imported_nets_are_evaluated_and_reported(tmp_path, cifar_npz):
 
     x, y = torch.from_numpy(load_npz(cifar_npz, 10).x_test), torch.from_numpy(load_npz(cifar_npz, 10).y_test)
     mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
-    errors = (theirs.eval()((x.permute(0, 3, 1, 2) / 255 - mean) / std).argmax(1) != y).sum().item()
+    with torch.no_grad():
+        logits = theirs.eval()((x.permute(0, 3, 1, 2) / 255 - mean) / std)
+    errors = (logits.argmax(1) != y).sum().item()
     assert record["images"] == len(y) and record["test/error"] == pytest.approx(100 * errors / len(y))
+    # the loss sees the inputs' scale where a barely trained net's argmax may not: ImageNet's mean and std, fixed
+    assert record["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y.long()).item(), rel=1e-4)
     report = resexp("report", str(tmp_path / "runs"), cwd=tmp_path).stdout
     [line] = [line for line in report.splitlines() if "ResNet-8" in line]
     assert "1 imported" in line and f"{record['test/error']:.2f}" in line and "Runs not complete" not in report
@@ -392,6 +396,7 @@ def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_
         (("import", "torchvision", str(bottleneck)), "torchvision's ResNet-50: torchvision's bottleneck nets stride"),
         (("import", "torchvision", str(odd)), "(2, 2, 2, 1) blocks per stage: not torchvision's ResNet-18"),
         (("import", "akamaster", str(akamaster), "--name", "../up"), "name='../up' must be a folder name"),
+        (("import", "akamaster", str(akamaster), "--name", "a,b"), "--name a,b: one folder name, without commas"),
         (("eval", str(untrained)), "has no checkpoint to evaluate"),
         (("train", *TINY, f"resume={tiny_weights}"), "holds weights only (resexp export, or an imported net)"),
         (("eval", str(tmp_path / "nowhere")), "nowhere is not a folder"),
@@ -407,3 +412,13 @@ def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_
     before = files_of(tiny_run[0])
     assert resexp("eval", str(tiny_run[0]), "device=cuda:7", cwd=tmp_path).code == 1
     assert files_of(tiny_run[0]) == before and not (tiny_run[0] / "eval").exists()
+
+
+def test_imagenet_normalisation_is_imagenets_fixed_mean_and_std_whatever_the_training_set():
+    from resexp.data.cifar import Normalizer
+
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    expected = (x.permute(0, 3, 1, 2) / 255 - mean) / std
+    for train in (x.numpy(), (x.numpy() // 2)):  # another training set: the same normalisation
+        torch.testing.assert_close(Normalizer(train, "imagenet", torch.device("cpu"))(x), expected)
