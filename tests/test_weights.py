@@ -422,3 +422,23 @@ def test_imagenet_normalisation_is_imagenets_fixed_mean_and_std_whatever_the_tra
     expected = (x.permute(0, 3, 1, 2) / 255 - mean) / std
     for train in (x.numpy(), (x.numpy() // 2)):  # another training set: the same normalisation
         torch.testing.assert_close(Normalizer(train, "imagenet", torch.device("cpu"))(x), expected)
+
+
+def test_best_pt_is_the_lowest_evaluation_counting_those_before_a_resume(tmp_path):
+    from resexp.build import build_model, make_optimizer
+    from resexp.checkpoint import Checkpointer, TrainState
+    from resexp.launch import compose
+    from resexp.rundir import RunDir
+    from resexp.schedule import Schedule
+
+    cfg = compose(TINY)
+    model = build_model(cfg, 10)
+    parts = (model, make_optimizer(model, 0.1, 0.9, 1e-4), Schedule(0.1, cfg.schedule))
+    before = [{"step": 8, "test/error": 10.0}]  # the evaluations of the run before it was resumed
+    checkpoints = Checkpointer(RunDir(tmp_path), cfg, *parts, rows=before)
+    checkpoints.save(TrainState(step=16), {"step": 16, "test/error": 20.0})
+    assert not (tmp_path / "best.pt").exists()  # worse than before the resume
+    checkpoints.save(TrainState(step=24), {"step": 24, "test/error": 5.0})
+    checkpoints.save(TrainState(step=32), {"step": 32, "test/error": 6.0})
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 24
+    assert (tmp_path / "best.pt").stat().st_ino == (tmp_path / "prev.pt").stat().st_ino  # a link, not a copy
