@@ -48,5 +48,4 @@ def resexp_net(
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"{weights} holds a net with {classes} classes, not {num_classes}")
     net = stored.build(fields, classes)
-    net.load_state_dict(tensors)
-    return net.eval()
+    return stored.load_into(net, fields, tensors, weights).eval()

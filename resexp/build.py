@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from resexp.config import Config, DataName
+from resexp.config import Config, DataName, ModelConfig
 from resexp.costs import training_memory
-from resexp.errors import ConfigError
-from resexp.models import build_net
+from resexp.errors import CheckpointError, ConfigError
+from resexp.models import build_net, design_change
 from resexp.speed import EAGER, Speed
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -24,6 +24,21 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The only function that turns config into a model."""
     m = cfg.model
     return build_net(m.family, m.depth, m.mode, m.shortcut, num_classes, m.norm, m.init, m.block, m.body)
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], m: ModelConfig, source: str) -> None:
+    """Load a checkpoint's tensors into the net its config builds; a mismatch is one line, which
+    says so when the design's build changed since the weights were made (models.DESIGN_CHANGES)."""
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError:
+        change = design_change({"init": m.init, "block": m.block})
+        if change and set(tensors) != set(model.state_dict()):
+            raise CheckpointError(
+                f"{source} holds a net of an earlier resexp, whose design changed since ({change}): it cannot be "
+                "loaded into the net resexp builds now; train it again (in a new folder, or after deleting this one)"
+            ) from None
+        raise CheckpointError(f"{source} does not fit the net its config describes") from None
 
 
 def make_optimizer(

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from resexp import identity
+from resexp.build import load_weights
 from resexp.config import Config
 from resexp.errors import CheckpointError, first_line
 from resexp.rundir import BEST, LAST, PREVIOUS, RunDir, Warn, atomic_write
@@ -198,6 +199,7 @@ class Checkpointer:
         rows: list[dict[str, Any]] = (),  # the evaluations before this start: the best so far
     ) -> None:
         self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
+        self.model_config = cfg.model
         self.fields, self.writes = model_fields(cfg), writes
         self.identity, self.data = identity.of(cfg), data
         self.monitor = monitor
@@ -237,6 +239,8 @@ class Checkpointer:
 
     def restore(self, saved: dict[str, Any], source: str) -> TrainState:
         self.check(saved, source)
+        if isinstance(saved.get("model"), dict):
+            load_weights(self.model, saved["model"], self.model_config, f"the checkpoint {source}")
         try:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])

@@ -394,6 +394,12 @@ def design(m: ModelConfig) -> None:
         )
     if m.init == Init.fixup and m.block != Order.post:
         raise ConfigError("model.init=fixup is defined for the 2015 block: use model.block=post with it")
+    if m.init == Init.zero_gamma and m.block != Order.post:
+        raise ConfigError(
+            "model.init=zero_gamma with model.block=pre builds branches that never train: a pre-activation branch's "
+            "last BN is followed by a ReLU, so a zero scale there passes no gradient to the branch (use "
+            "model.block=post with zero_gamma)"
+        )
 
 
 def to_object(cfg: DictConfig) -> Config:

@@ -144,7 +144,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
     from resexp import weights
     from resexp.analysis.subjects import cached_data
-    from resexp.build import build_model, pick_device
+    from resexp.build import build_model, load_weights, pick_device
     from resexp.data import source
 
     cfg = configure(run, options)
@@ -162,10 +162,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     started = time.perf_counter()
     data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))  # runs of a sweep share it
     model = build_model(cfg, data.num_classes).to(device)
-    try:
-        model.load_state_dict(trained.model)
-    except RuntimeError:
-        raise RunDirError(f"{trained.file} does not fit the net its config.yaml describes") from None
+    load_weights(model, trained.model, cfg.model, str(trained.file))
     counter = ViewCounter(model)
     numbers: dict[str, float] = {}
     images = 0

@@ -4,19 +4,22 @@ the lectures' explanations of residual learning apart.
 - `he` (the paper's; He, Zhang, Ren and Sun 2015b, "Delving Deep into Rectifiers"): each conv
   normal with variance 2 / fan-out, which keeps a ReLU net's signal at its scale layer after
   layer; BN as the identity (scale 1, shift 0); conv biases (without BN) 0.
-- `xavier` (Glorot and Bengio 2010, what deep nets used before 2015): each conv and the classifier
-  normal with variance 2 / (fan-in + fan-out). In a ReLU net without normalisation it halves
-  the signal's variance per layer: the textbook vanishing signal and gradient.
+- `xavier` (Glorot normal: Glorot and Bengio 2010, what deep nets used before 2015): each conv and
+  the classifier normal with variance 2 / (fan-in + fan-out), not Glorot's uniform variant. In a
+  ReLU net without normalisation it halves the signal's variance per layer: the textbook vanishing
+  signal and gradient.
 - `zero_gamma` (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): He, and the scale of the last
-  BN of each residual branch 0, so that every residual block starts as its shortcut.
+  BN of each residual branch 0, so that every residual block starts as its shortcut; for the 2015
+  block only (a pre-activation branch's last BN is followed by a ReLU, through which a zero scale
+  would pass no gradient: resexp.config refuses the pair).
 - `skipinit` (De and Smith 2020, "Batch Normalization Biases Residual Blocks Towards the Identity
   Function in Deep Networks"): He, and each residual branch multiplied by a learnable scalar that
   starts at 0 (resexp.models.Scale at the end of the branch); meant for nets without BN.
 - `fixup` (Zhang, Dauphin and Ma 2019, "Fixup Initialization: Residual Learning Without
   Normalization"): no normalisation; scalar biases around each layer of a branch and a scalar
-  multiplier at its end (resexp.models.fixup_body); the layers of each of the L branches of m
-  layers He-initialised and scaled by L^(-1/(2m-2)), the last layer of each branch and the
-  classifier 0.
+  multiplier at its end, and no per-channel conv biases (resexp.models.fixup_body); the layers of
+  each of the L branches of m layers He-initialised and scaled by L^(-1/(2m-2)), the last layer of
+  each branch and the classifier 0.
 
 zero_gamma, skipinit and fixup make every residual block that keeps its input's shape exactly the
 identity at first (the net's output equals that of the net with those blocks removed).

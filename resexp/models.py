@@ -26,9 +26,19 @@ The counterfactuals, each one switch (the defaults build the 2015 nets, module f
 - `block`: `post` (the 2015 block: conv-BN-ReLU-conv-BN, add, ReLU) or `pre` (full
   pre-activation, He, Zhang, Ren and Sun 2016, "Identity Mappings in Deep Residual Networks":
   BN-ReLU-conv twice, the addition last and nothing after it, so the identity path runs clean
-  from the stem to a final BN-ReLU before pooling; a pre-activation bottleneck strides in its
-  3x3 conv, as that paper's code does; a projection shortcut reads the block's input x).
-- `init` (resexp.inits): He, Xavier/Glorot, zero-gamma, SkipInit or Fixup.
+  from the stem to a final BN-ReLU before pooling). As the paper's code builds it
+  (KaimingHe/resnet-1k-layers, resnet-pre-act.lua): a unit that changes the shape applies its
+  BN-ReLU before the split, so that its shortcut reads the pre-activated input; its projection is
+  a bare 1x1 conv (no BN after it); a pre-activation bottleneck strides in its first 1x1 conv.
+  Where resexp departs from that code: the ImageNet stem keeps its BN-ReLU (conv-BN-ReLU-max-pool),
+  and option A (a zero-padded identity) may be chosen for a pre-activation net, which that code
+  never does.
+- `init` (resexp.inits): He, Xavier (Glorot normal), zero-gamma, SkipInit or Fixup.
+- Fixup (Zhang, Dauphin and Ma 2019) has no normalisation and no per-channel biases in its
+  branches: scalar biases and a scalar multiplier only (`fixup_body`), as that paper builds it.
+
+`DESIGN_CHANGES` names the designs whose build changed since runs were made with them, so that
+loading such a run's weights says why it cannot be loaded, in one line.
 """
 
 from __future__ import annotations
@@ -67,12 +77,12 @@ class ShortcutOption(StrEnum):
 
 class Norm(StrEnum):
     batch = "batch"  # BN after every conv (the paper's)
-    none = "none"  # no normalisation: every conv has a bias
+    none = "none"  # no normalisation: every conv has a bias (Fixup's branches: scalar biases instead)
 
 
 class Init(StrEnum):
     he = "he"  # He et al. 2015b, "Delving deep into rectifiers" (the paper's)
-    xavier = "xavier"  # Glorot and Bengio 2010: what deep nets used before 2015
+    xavier = "xavier"  # Glorot normal (Glorot and Bengio 2010): what deep nets used before 2015
     zero_gamma = "zero_gamma"  # Goyal et al. 2017: the last BN scale of each residual branch at zero
     skipinit = "skipinit"  # De and Smith 2020: each residual branch times a learnable scalar, at zero
     fixup = "fixup"  # Zhang, Dauphin and Ma 2019: rescaled branches, last layers at zero, no normalisation
@@ -96,6 +106,12 @@ class Design:
     order: str = Order.post
     fixup: bool = False  # scalar biases and a scalar multiplier around each branch's layers (Fixup)
     skip_scale: bool = False  # each residual branch times a learnable scalar (SkipInit)
+
+    @property
+    def conv_bias(self) -> bool:
+        """Whether convolutions carry per-channel biases: without normalisation, except Fixup's
+        (its scalar biases take their place)."""
+        return self.norm == Norm.none and not self.fixup
 
 
 @dataclass(frozen=True)
@@ -168,19 +184,28 @@ def net_spec(family: str, depth: int, body: str | None = None) -> NetSpec:
     raise ValueError(f"model.family={family!r} is unknown: valid families are cifar, imagenet")
 
 
+def conv(in_channels: int, out_channels: int, kernel: int, stride: int, design: Design) -> nn.Conv2d:
+    """A convolution, with a per-channel bias only where the design has them (`Design.conv_bias`)."""
+    return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=design.conv_bias)
+
+
 def conv_bn(
-    in_channels: int, out_channels: int, kernel: int, stride: int = 1, norm: str = Norm.batch
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, design: Design = Design()
 ) -> list[nn.Module]:
     """A convolution and its batch norm, as in every layer of the paper (no bias: BN follows);
     without normalisation, a convolution with a bias."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=norm == Norm.none)
-    return [conv, nn.BatchNorm2d(out_channels)] if norm == Norm.batch else [conv]
+    layer = conv(in_channels, out_channels, kernel, stride, design)
+    return [layer, nn.BatchNorm2d(out_channels)] if design.norm == Norm.batch else [layer]
 
 
-def pre_conv(in_channels: int, out_channels: int, kernel: int, stride: int, norm: str) -> list[nn.Module]:
+def pre_activation(channels: int, design: Design) -> list[nn.Module]:
+    """BN (when normalised) and ReLU: what a pre-activation layer applies before its conv."""
+    return [*([nn.BatchNorm2d(channels)] if design.norm == Norm.batch else []), nn.ReLU(inplace=False)]
+
+
+def pre_conv(in_channels: int, out_channels: int, kernel: int, stride: int, design: Design) -> list[nn.Module]:
     """A pre-activation layer (He et al. 2016): BN (when normalised) and ReLU, then the conv."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=norm == Norm.none)
-    return [*([nn.BatchNorm2d(in_channels)] if norm == Norm.batch else []), nn.ReLU(inplace=False), conv]
+    return [*pre_activation(in_channels, design), conv(in_channels, out_channels, kernel, stride, design)]
 
 
 class Bias(nn.Module):
@@ -221,64 +246,73 @@ class ZeroPadIdentity(nn.Module):
         return x
 
 
-def projection(in_channels: int, out_channels: int, stride: int, norm: str = Norm.batch) -> nn.Module:
-    """Options B and C: a 1x1 conv + BN projection."""
-    return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride, norm))
+def projection(in_channels: int, out_channels: int, stride: int, design: Design = Design()) -> nn.Module:
+    """Options B and C: a 1x1 conv + BN projection; in a pre-activation net a bare 1x1 conv, which
+    reads the pre-activated input (He et al. 2016's code)."""
+    if design.order == Order.pre:
+        return nn.Sequential(conv(in_channels, out_channels, 1, stride, design))
+    return nn.Sequential(*conv_bn(in_channels, out_channels, 1, stride, design))
 
 
-def make_shortcut(option: str, in_channels: int, out_channels: int, stride: int, norm: str = Norm.batch) -> nn.Module:
+def changes_shape(in_channels: int, out_channels: int, stride: int) -> bool:
+    return stride != 1 or in_channels != out_channels
+
+
+def make_shortcut(
+    option: str, in_channels: int, out_channels: int, stride: int, design: Design = Design()
+) -> nn.Module:
     """The shortcut of one residual block under option A, B or C."""
-    shape_changes = stride != 1 or in_channels != out_channels
+    shape_changes = changes_shape(in_channels, out_channels, stride)
     if option == "C" or (option == "B" and shape_changes):
-        return projection(in_channels, out_channels, stride, norm)
+        return projection(in_channels, out_channels, stride, design)
     if option in ("A", "B"):
         return ZeroPadIdentity(in_channels, out_channels, stride) if shape_changes else nn.Identity()
     raise ValueError(f"model.shortcut={option!r} is unknown: valid options are {', '.join(ShortcutOption)}")
 
 
-def basic_body(in_channels: int, out_channels: int, stride: int, design: Design = Design()) -> nn.Sequential:
-    """conv3x3-BN-ReLU-conv3x3-BN (Fig. 2, Fig. 5 left); pre-activation: BN-ReLU-conv3x3 twice."""
-    norm = design.norm
-    if design.order == Order.pre:
-        return nn.Sequential(
-            *pre_conv(in_channels, out_channels, 3, stride, norm), *pre_conv(out_channels, out_channels, 3, 1, norm)
-        )
-    if design.fixup:  # Fixup's scalar biases before each conv and activation, a multiplier at the end
-        return fixup_body([(in_channels, out_channels, 3, stride), (out_channels, out_channels, 3, 1)], norm)
-    return nn.Sequential(
-        *conv_bn(in_channels, out_channels, 3, stride, norm),
-        nn.ReLU(inplace=True),
-        *conv_bn(out_channels, out_channels, 3, 1, norm),
-    )
-
-
-def bottleneck_body(in_channels: int, out_channels: int, stride: int, design: Design = Design()) -> nn.Sequential:
-    """1x1 (reduce, with the stride) - 3x3 - 1x1 (restore), each with BN (Fig. 5 right);
-    pre-activation: BN-ReLU before each conv, the stride in the 3x3 (He et al. 2016's code)."""
-    mid, norm = out_channels // BOTTLENECK_EXPANSION, design.norm
-    if design.order == Order.pre:
-        return nn.Sequential(
-            *pre_conv(in_channels, mid, 1, 1, norm),
-            *pre_conv(mid, mid, 3, stride, norm),
-            *pre_conv(mid, out_channels, 1, 1, norm),
-        )
+def branch(convs: list[tuple[int, int, int, int]], design: Design, preactivated: bool) -> nn.Sequential:
+    """A residual branch of convs given as (in, out, kernel, stride): post-activation,
+    conv-BN-ReLU ... conv-BN (Fig. 2, Fig. 5); pre-activation, BN-ReLU-conv each (the first
+    BN-ReLU left out when the unit applies it before the split: `preactivated`); Fixup's with
+    scalar biases and a multiplier (`fixup_body`)."""
     if design.fixup:
-        return fixup_body([(in_channels, mid, 1, stride), (mid, mid, 3, 1), (mid, out_channels, 1, 1)], norm)
-    return nn.Sequential(
-        *conv_bn(in_channels, mid, 1, stride, norm),
-        nn.ReLU(inplace=True),
-        *conv_bn(mid, mid, 3, 1, norm),
-        nn.ReLU(inplace=True),
-        *conv_bn(mid, out_channels, 1, 1, norm),
-    )
-
-
-def fixup_body(convs: list[tuple[int, int, int, int]], norm: str) -> nn.Sequential:
-    """A Fixup branch (Zhang et al. 2019): a scalar bias before each conv and after each but the
-    last, a ReLU between them, and after the last conv a scalar multiplier and a scalar bias."""
+        return fixup_body(convs, design)
     layers: list[nn.Module] = []
     for i, (cin, cout, kernel, stride) in enumerate(convs):
-        layers += [Bias(), *conv_bn(cin, cout, kernel, stride, norm)]
+        if design.order == Order.post:
+            layers += conv_bn(cin, cout, kernel, stride, design)
+            layers += [nn.ReLU(inplace=True)] if i < len(convs) - 1 else []
+        elif i == 0 and preactivated:
+            layers.append(conv(cin, cout, kernel, stride, design))
+        else:
+            layers += pre_conv(cin, cout, kernel, stride, design)
+    return nn.Sequential(*layers)
+
+
+def basic_body(
+    in_channels: int, out_channels: int, stride: int, design: Design = Design(), preactivated: bool = False
+) -> nn.Sequential:
+    """conv3x3-BN-ReLU-conv3x3-BN (Fig. 2, Fig. 5 left); pre-activation: BN-ReLU-conv3x3 twice."""
+    return branch([(in_channels, out_channels, 3, stride), (out_channels, out_channels, 3, 1)], design, preactivated)
+
+
+def bottleneck_body(
+    in_channels: int, out_channels: int, stride: int, design: Design = Design(), preactivated: bool = False
+) -> nn.Sequential:
+    """1x1 (reduce, with the stride) - 3x3 - 1x1 (restore), each with BN (Fig. 5 right); the
+    stride in the first 1x1 in both orders (He et al. 2016's code strides there too)."""
+    mid = out_channels // BOTTLENECK_EXPANSION
+    convs = [(in_channels, mid, 1, stride), (mid, mid, 3, 1), (mid, out_channels, 1, 1)]
+    return branch(convs, design, preactivated)
+
+
+def fixup_body(convs: list[tuple[int, int, int, int]], design: Design) -> nn.Sequential:
+    """A Fixup branch (Zhang et al. 2019): a scalar bias before each conv and after each but the
+    last, a ReLU between them, and after the last conv a scalar multiplier and a scalar bias; the
+    convolutions have no biases of their own."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout, kernel, stride) in enumerate(convs):
+        layers += [Bias(), conv(cin, cout, kernel, stride, design)]
         layers += [Bias(), nn.ReLU(inplace=True)] if i < len(convs) - 1 else [Scale(), Bias()]
     return nn.Sequential(*layers)
 
@@ -288,15 +322,21 @@ BODIES = {"basic": basic_body, "bottleneck": bottleneck_body}
 
 class Block(nn.Module):
     """One block: relu(body(x) + shortcut(x)) when residual, relu(body(x)) when plain; a
-    pre-activation block (`post_relu` False) adds last and applies nothing after."""
+    pre-activation block (`post_relu` False) adds last and applies nothing after, and one that
+    changes the shape pre-activates x first (`preact`: BN-ReLU before the split)."""
 
-    def __init__(self, body: nn.Module, shortcut: nn.Module | None, post_relu: bool = True) -> None:
+    def __init__(
+        self, body: nn.Module, shortcut: nn.Module | None, post_relu: bool = True, preact: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        self.preact = preact
         self.body = body
         self.shortcut = shortcut
         self.post_relu = post_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact is not None:
+            x = self.preact(x)
         out = self.body(x)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
@@ -311,11 +351,14 @@ def make_stage(
     for i in range(spec.blocks):
         stride = spec.stride if i == 0 else 1
         cin = in_channels if i == 0 else spec.width
-        body = BODIES[block](cin, spec.width, stride, design)
+        # He et al. 2016's code: a pre-activation unit that changes the shape pre-activates before the split
+        shared = design.order == Order.pre and changes_shape(cin, spec.width, stride)
+        body = BODIES[block](cin, spec.width, stride, design, preactivated=shared)
         if mode == "residual" and design.skip_scale:
             body.append(Scale(0.0))  # SkipInit: alpha * branch, alpha = 0 at first
-        sc = make_shortcut(shortcut, cin, spec.width, stride, design.norm) if mode == "residual" else None
-        blocks.append(Block(body, sc, post_relu=design.order == Order.post))
+        sc = make_shortcut(shortcut, cin, spec.width, stride, design) if mode == "residual" else None
+        preact = nn.Sequential(*pre_activation(cin, design)) if shared else None
+        blocks.append(Block(body, sc, post_relu=design.order == Order.post, preact=preact))
     return nn.Sequential(*blocks)
 
 
@@ -337,13 +380,13 @@ def make_stem(family: str, design: Design = Design()) -> tuple[nn.Module, int]:
     first block's BN-ReLU follows); Fixup's has no bias but a scalar one before its ReLU."""
     if family == "cifar":
         if design.order == Order.pre:
-            return nn.Sequential(nn.Conv2d(3, 16, 3, 1, padding=1, bias=design.norm == Norm.none)), 16
+            return nn.Sequential(conv(3, 16, 3, 1, design)), 16
         if design.fixup:
-            return nn.Sequential(nn.Conv2d(3, 16, 3, 1, padding=1, bias=False), Bias(), nn.ReLU(inplace=True)), 16
-        return nn.Sequential(*conv_bn(3, 16, 3, norm=design.norm), nn.ReLU(inplace=True)), 16
-    layers = conv_bn(3, 64, 7, stride=2, norm=design.norm)
+            return nn.Sequential(conv(3, 16, 3, 1, design), Bias(), nn.ReLU(inplace=True)), 16
+        return nn.Sequential(*conv_bn(3, 16, 3, 1, design), nn.ReLU(inplace=True)), 16
+    layers = conv_bn(3, 64, 7, 2, design)
     if design.fixup:
-        layers = [nn.Conv2d(3, 64, 7, 2, padding=3, bias=False), Bias()]
+        layers = [conv(3, 64, 7, 2, design), Bias()]
     stem = nn.Sequential(*layers, nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     return stem, 64
 
@@ -390,6 +433,30 @@ def build_net(
     net = Net(stem, nn.Sequential(*stages), make_head(width, num_classes, design))
     initialise(net, init, branches=sum(s.blocks for s in spec.stages), layers=3 if spec.block == "bottleneck" else 2)
     return net
+
+
+# Designs whose build changed after runs were made with them: (model field, value, what changed).
+# A checkpoint of such a run no longer fits the net its config builds; loading it says this.
+DESIGN_CHANGES: tuple[tuple[str, str, str], ...] = (
+    (
+        "init",
+        Init.fixup,
+        "Fixup's branch convolutions had per-channel biases, and now have the paper's scalar biases only",
+    ),
+    (
+        "block",
+        Order.pre,
+        "pre-activation units that change the shape now pre-activate before the split (a bare 1x1 projection) "
+        "and a pre-activation bottleneck strides in its first 1x1, as He et al. 2016's code builds them",
+    ),
+)
+
+
+def design_change(fields: dict[str, object]) -> str | None:
+    """What changed in the build of the design `fields` (model fields by their short names: init,
+    block) since earlier runs were made with it; None when its build never changed."""
+    changes = [what for key, value, what in DESIGN_CHANGES if str(fields.get(key)) == str(value)]
+    return "; ".join(changes) or None
 
 
 def fixup_scale(branches: int, layers: int) -> float:

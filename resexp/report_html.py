@@ -63,14 +63,23 @@ def section(title: str, about: str, png: bytes | None, body: str = "") -> str:
 
 
 def verdict_item(verdict: dict | str) -> str:
-    """One verdict: the claim, its outcome as a coloured label, and why (the numbers, the criterion)."""
+    """One verdict: the claim, its outcome as a coloured label, why (the numbers, the criterion) and
+    what it was judged on. A verdict that holds by construction gets a grey label saying so, and
+    the reason, in place of a colour that would give it the weight of one that could have failed."""
     if isinstance(verdict, str):  # an analysis written by resexp 0.2
         return f"<li>{html.escape(verdict)}</li>"
-    outcome = verdict["outcome"]
-    return (
-        f"<li><span class='outcome {outcome.replace(' ', '-')}'>{html.escape(outcome)}</span> "
-        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(verdict['why'])}</li>"
+    outcome, construction = verdict["outcome"], verdict.get("construction") or ""
+    label = f"{outcome}, by construction" if construction else outcome
+    kind = "by-construction" if construction else outcome.replace(" ", "-")
+    item = (
+        f"<li class='{kind}'><span class='outcome {kind}'>{html.escape(label)}</span> "
+        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(verdict['why'])}"
     )
+    if construction:
+        item += f"<div class=meta>Could not have been otherwise: {html.escape(construction)}.</div>"
+    if verdict.get("judged_on"):
+        item += f"<div class=meta>Judged on: {html.escape(verdict['judged_on'])}.</div>"
+    return item + "</li>"
 
 
 def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
@@ -135,6 +144,7 @@ th {{ background: #f3f3f3; }} .about {{ color: #444; }} .meta {{ color: #777; fo
 .outcome {{ padding: 1px 6px; border-radius: 3px; font-size: 12px; font-weight: bold; white-space: nowrap; }}
 .agrees {{ background: #d4edda; color: #155724; }} .does-not-agree {{ background: #f8d7da; color: #721c24; }}
 .cannot-decide {{ background: #fff3cd; color: #856404; }}
+.outcome.by-construction {{ background: #e2e3e5; color: #383d41; }} li.by-construction {{ color: #555; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class=meta>Made by resexp on {made}. He et al. 2015, "Deep Residual Learning for Image Recognition".</p>

@@ -102,8 +102,12 @@ def fields_of(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def classes_of(state: dict[str, torch.Tensor]) -> int:
-    """The number of classes: the rows of the classifier's weight."""
-    return int(state["head.2.weight"].shape[0])
+    """The number of classes: the rows of the classifier's weight (the head's last linear layer,
+    wherever the design puts it: after a pre-activation net's BN-ReLU, after Fixup's scalar bias)."""
+    linear = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".weight") and v.dim() == 2]
+    if not linear:
+        raise UserError("these weights have no classifier (no head.*.weight of a linear layer)")
+    return int(linear[-1].shape[0])
 
 
 def why_not_torchvision(fields: dict[str, Any]) -> str | None:
@@ -235,10 +239,26 @@ def build(fields: dict[str, Any], num_classes: int) -> nn.Module:
     """The net the fields describe, freshly initialised; combinations `resexp train` refuses (a
     depth the family lacks, Fixup with BN, ...) are refused here too, in its words."""
     from resexp.build import build_model
-    from resexp.config import Config, ModelConfig, model_rules
+    from resexp.config import Config
+
+    return build_model(Config(model=model_config(fields)), num_classes)
+
+
+def model_config(fields: dict[str, Any]):
+    """The ModelConfig the fields describe, checked by train's rules."""
+    from resexp.config import ModelConfig, model_rules
 
     model = ModelConfig(**{key.partition(".")[2]: value for key, value in fields.items()})
     model_rules(model)
     if model.shortcut is None:  # the paper's option for the depth, as a run's config resolves it
         model.shortcut = paper_shortcut(model.family, model.depth)
-    return build_model(Config(model=model), num_classes)
+    return model
+
+
+def load_into(net: nn.Module, fields: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """`net` (built from `fields`) with the tensors loaded; a mismatch is one line (a design whose
+    build changed since the weights were made says so)."""
+    from resexp.build import load_weights
+
+    load_weights(net, tensors, model_config(fields), str(source))
+    return net

@@ -115,12 +115,15 @@ def test_the_gradient_norms_equal_a_direct_autograd_computation():
     net = build_net("cifar", 14, "plain", "A", 10)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    norms = gradient_norms(net, x, y)
+    norms = gradient_norms(net, x, y, lr=0.1)
     reference = build_net("cifar", 14, "plain", "A", 10)
     reference.load_state_dict(before)
     loss = F.cross_entropy(reference.train()(x), y)
-    grads = torch.autograd.grad(loss, [c.weight for c in conv_layers(reference)])
+    convs = conv_layers(reference)
+    grads = torch.autograd.grad(loss, [c.weight for c in convs])
     assert norms["weight_norm"] == pytest.approx([g.norm().item() for g in grads], rel=1e-5)
+    sizes = [0.1 * g.norm().item() / c.weight.norm().item() for g, c in zip(grads, convs, strict=True)]
+    assert norms["update"] == pytest.approx(sizes, rel=1e-5)  # lr * |g| / |w|, per layer
     assert len(norms["input_norm"]) == 6 and norms["loss"] == pytest.approx(loss.item(), rel=1e-6)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics untouched
 
@@ -133,8 +136,10 @@ def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(sw
         assert any(f": {outcome.upper()}: " in result.stdout for outcome in OUTCOMES), result.stdout
         doc = json.loads((sweep / f"runs/default/analysis/{kind}.json").read_text())
         assert {r["net"] for r in doc["records"]} == {"plain-8", "ResNet-8"}
-        assert all(r["state"] == "complete (16)" for r in doc["records"]) and doc["verdicts"]
-        assert all(v["outcome"] in OUTCOMES and v["why"] and v["source"] for v in doc["verdicts"])
+        trained = [r for r in doc["records"] if r.get("at", "checkpoint") == "checkpoint"]
+        assert all(r["state"] == "complete (16)" for r in trained) and doc["verdicts"]
+        assert all(r["training"]["kind"] == "trained" and "not converged" in r["training"]["text"] for r in trained)
+        assert all(v["outcome"] in OUTCOMES and v["why"] and v["source"] and v["judged_on"] for v in doc["verdicts"])
         assert (sweep / f"runs/default/analysis/{kind}.png").stat().st_size > 10_000
     gradients = json.loads((sweep / "runs/default/analysis/gradients.json").read_text())["records"]
     assert sorted(r["at"] for r in gradients) == ["checkpoint", "checkpoint", "init", "init"]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, folder, leftovers, resexp, rows
+from conftest import REPO, TINY, folder, leftovers, resexp, rows
 from resexp.analysis.lesion import blocks_of, changes_shape, without
 from resexp.analysis.signal import propagation
 from resexp.costs import count_params
+from resexp.errors import UserError
 from resexp.models import Bias, Block, Scale, build_net
 
 # resexp 0.2's nets, built with torch.manual_seed(0): the SHA-256 of their initial state_dict
@@ -59,7 +60,7 @@ def test_without_normalisation_every_bn_is_gone_and_every_conv_has_a_bias(family
         ("batch", "zero_gamma", "post"),
         ("none", "skipinit", "post"),
         ("none", "fixup", "post"),
-        ("batch", "zero_gamma", "pre"),
+        ("none", "skipinit", "pre"),
     ],
 )
 @pytest.mark.parametrize("train", [True, False])
@@ -147,6 +148,7 @@ def test_skipinit_multiplies_each_residual_branch_by_a_scalar_at_zero():
         (["model.init=fixup", "model.norm=none", "model.mode=plain"], "a plain net has none: use model.mode=residual"),
         (["model.init=zero_gamma", "model.mode=plain"], "model.init=zero_gamma initialises residual branches"),
         (["model.init=fixup", "model.norm=none", "model.block=pre"], "model.init=fixup is defined for the 2015 block"),
+        (["model.init=zero_gamma", "model.block=pre"], "model.init=zero_gamma with model.block=pre builds branches"),
         (["model.body=bottleneck", "model.depth=21"], "model.depth=21 is not a CIFAR depth: valid depths are 9n+2"),
         (["model=imagenet", "model.depth=18", "model.body=bottleneck"], "does not fit ImageNet depth 18"),
         (["model.norm=group"], "model.norm=group is not valid: expected one of batch, none"),
@@ -270,3 +272,90 @@ def test_signal_at_init_straight_from_a_config(tmp_path):
     assert len(list(analysis.glob("signal-config+*.json"))) == 2
     trained = resexp("analyze", "signal", "data=synthetic", cwd=tmp_path)
     assert trained.code == 1 and "a config has no trained weights: add --at-init" in trained.lines[-1]
+
+
+# --------------------------------------------------------------------------- designs as their papers build them
+
+
+def test_fixup_has_scalar_biases_only_and_the_2015_nets_parameters_less_bn_plus_its_scalars():
+    """Zhang et al. 2019: no normalisation, and no per-channel biases in the branches: a scalar bias
+    before each conv and activation, a scalar multiplier per branch. ResNet-20: 269,722 parameters
+    with BN; less its 1,376 BN parameters; plus 9 branches x 5 scalars, the stem's and the
+    classifier's scalar bias: 268,393."""
+    fixup = build_net("cifar", 20, "residual", "A", 10, norm="none", init="fixup")
+    assert all(c.bias is None for c in fixup.modules() if isinstance(c, nn.Conv2d))
+    paper = build_net("cifar", 20, "residual", "A", 10)
+    bn = sum(p.numel() for m in paper.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    scalars = sum(1 for m in fixup.modules() if isinstance(m, (Bias, Scale)))
+    assert (count_params(paper), bn, scalars) == (269_722, 1_376, 47)
+    assert count_params(fixup) == 269_722 - 1_376 + 47 == 268_393
+
+
+def test_a_pre_activation_unit_that_changes_shape_pre_activates_before_the_split():
+    """He et al. 2016's code (resnet-pre-act.lua): the unit's BN-ReLU is shared by the branch and
+    the shortcut, whose projection is a bare 1x1 conv; a bottleneck strides in its first 1x1."""
+    net = build_net("cifar", 29, "residual", "B", 10, block="pre", body="bottleneck")
+    first, second = net.stages[1][0], net.stages[1][1]
+    assert [type(m) for m in first.preact] == [nn.BatchNorm2d, nn.ReLU]
+    assert (
+        isinstance(first.body[0], nn.Conv2d) and first.body[0].stride == (2, 2) and first.body[0].kernel_size == (1, 1)
+    )
+    assert [type(m) for m in first.shortcut] == [nn.Conv2d]
+    assert second.preact is None and isinstance(second.body[0], nn.BatchNorm2d)  # the shape kept: inside the branch
+    x = torch.randn(2, 64, 32, 32)
+    with torch.no_grad():
+        a = first.preact(x)
+        assert torch.equal(first(x), first.body(a) + first.shortcut(a))
+    # removing the branch (lesion) leaves what both paths read, then the shortcut
+    [index] = [i for i, (_, _, b) in enumerate(blocks_of(net)) if b is first]
+    with torch.no_grad(), without(net, {index}):
+        assert torch.equal(net.stages[1][0](x), first.shortcut(first.preact(x)))
+
+
+def test_pre_and_zero_gamma_are_refused_and_the_builder_would_kill_the_branch():
+    from resexp.config import ModelConfig, design
+
+    with pytest.raises(ValueError, match="pre-activation branch's last BN is followed by a ReLU"):
+        design(ModelConfig(init="zero_gamma", block="pre"))
+
+
+def fake_old_fixup(run_dir):
+    """The run's checkpoints as an earlier resexp wrote them for Fixup: a bias on every branch conv."""
+    for name in ("last.pt", "prev.pt"):
+        path = run_dir / name
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            convs = [k for k, v in saved["model"].items() if ".body." in k and k.endswith(".weight") and v.dim() == 4]
+            saved["model"].update(
+                {k[: -len("weight")] + "bias": torch.zeros(saved["model"][k].shape[0]) for k in convs}
+            )
+            torch.save(saved, path)
+
+
+def test_runs_of_a_design_whose_build_changed_are_one_line_everywhere(tmp_path):
+    """A Fixup run made with per-channel conv biases: resume, analyze, eval and the hub each say
+    in one line that the design changed, and nothing is written."""
+    import signal
+
+    args = [*TINY, "model.norm=none", "model.init=fixup"]
+    from conftest import signal_at
+
+    mp = pytest.MonkeyPatch()
+    signal_at(mp, 10, signal.SIGINT)
+    assert resexp("train", *args, cwd=tmp_path).code == 130
+    mp.undo()
+    run_dir = tmp_path / folder(*args)
+    fake_old_fixup(run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    resumed = resexp("train", *args, cwd=tmp_path)
+    assert (
+        resumed.code == 1
+        and "whose design changed since (Fixup's branch convolutions had per-channel biases" in (resumed.lines[-1])
+    ), resumed.stderr
+    analysed = resexp("analyze", "signal", str(run_dir), cwd=tmp_path)
+    assert analysed.code == 1 and "design changed" in analysed.lines[-1], analysed.stderr
+    evaluated = resexp("eval", str(run_dir), cwd=tmp_path)
+    assert evaluated.code == 1 and "design changed" in evaluated.lines[-1], evaluated.stderr
+    with pytest.raises(UserError, match="design changed"):
+        torch.hub.load(str(REPO), "resexp_net", source="local", trust_repo=True, weights=str(run_dir / "last.pt"))
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -19,7 +19,8 @@ lowest, each with its eight neighbours in the basin too; outside it the loss exp
 surface looks convex): the surface's 2x2 Hessian at each point (central differences on the grid),
 and the share of points with significant negative curvature, |lambda_min / lambda_max| > SIGNIFICANT
 with lambda_min < 0: Li et al.'s convexity map (their Fig. 7) on the plane the figure shows; and the
-basin's size (a wider basin is a flatter one). The verdict compares each residual net with the
+basin's size (a wider basin is a flatter one). The claim is about trained nets: decided on nets
+trained to convergence only (resexp.analysis.verdict.on_trained). The verdict compares each residual net with the
 plain net of its depth: smoother when its non-convex share is lower by more than MARGIN, or, as
 convex, its basin is WIDER; with fewer than MIN_BASIN measured points in either basin, or no
 difference beyond those margins at this resolution, it cannot decide.
@@ -43,7 +44,7 @@ from torch import nn
 
 from resexp.analysis import Options, Result, pyplot
 from resexp.analysis.subjects import Subject, load
-from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.rundir import atomic_write
 
 DEFAULT_IMAGES = 512
@@ -310,6 +311,11 @@ def compare(residual: dict, plain: dict) -> str:
 
 
 def verdicts(records: list[dict]) -> list[Verdict]:
+    """Li et al.'s claim is about trained nets: decided on the nets trained to convergence."""
+    return on_trained(records, decide)
+
+
+def decide(records: list[dict]) -> list[Verdict]:
     parts = [f"{r['net']} s{r['seed']}: {basin(r)}" for r in records]
     pairs = [
         (r, p)
@@ -322,7 +328,7 @@ def verdicts(records: list[dict]) -> list[Verdict]:
     claim = "with shortcuts the loss surface is smoother and closer to convex than without"
     if not pairs:
         why = f"{'; '.join(parts)}; needs a plain and a residual net of one depth and seed"
-        return [Verdict(claim, "Li et al. 2018, Figs. 5 and 7", UNDECIDED, why)]
+        return [Verdict(claim, "Li et al. 2018, Figs. 5 and 7", UNDECIDED, why, judged_on(records))]
     outcome = overall(compare(r, p) for r, p in pairs)
     criterion = (
         f"criterion: non-convex share (|lambda_min/lambda_max| > {SIGNIFICANT:g}, lambda_min < 0) lower by more than "
@@ -330,7 +336,10 @@ def verdicts(records: list[dict]) -> list[Verdict]:
     )
     if outcome == UNDECIDED and all(compare(r, p) == UNDECIDED for r, p in pairs):
         criterion += " (no difference at this resolution, or a basin too small: a smaller --span or a finer --grid)"
-    return [Verdict(claim, "Li et al. 2018, Figs. 5 and 7", outcome, f"{'; '.join(parts)}; {criterion}")]
+    judged = [r for pair in pairs for r in pair]
+    return [
+        Verdict(claim, "Li et al. 2018, Figs. 5 and 7", outcome, f"{'; '.join(parts)}; {criterion}", judged_on(judged))
+    ]
 
 
 def figure(records: list[dict]):
@@ -348,7 +357,10 @@ def figure(records: list[dict]):
         a, b, loss = grid[:, :, 0], grid[:, :, 1], grid[:, :, 2]
         contour = fig.add_subplot(3, n, n + k + 1)
         levels = np.linspace(loss.min(), min(loss.max(), loss.min() + 10), 30)
-        contour.contour(a, b, loss, levels=levels, cmap="viridis", linewidths=0.8)
+        if levels[-1] > levels[0]:
+            contour.contour(a, b, loss, levels=levels, cmap="viridis", linewidths=0.8)
+        else:  # e.g. Fixup at initialisation: a zero classifier gives the same loss everywhere
+            contour.text(0.5, 0.5, f"flat: loss {loss.min():.3g} everywhere", ha="center", transform=contour.transAxes)
         contour.set(xlabel="a", ylabel="b", aspect="equal")
         surface = fig.add_subplot(3, n, 2 * n + k + 1, projection="3d")
         surface.plot_surface(a, b, np.minimum(loss, loss.min() + 10), cmap="viridis", linewidth=0)

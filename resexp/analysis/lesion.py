@@ -4,8 +4,11 @@ shallow networks" (Figs. 3 and 5): the test error of a trained net with blocks r
 Removing a residual block leaves its shortcut (the identity, or option A's zero-padded identity,
 or a projection): the signal still flows. Removing a plain block leaves the identity, which is
 only possible where the block keeps the shape of its input; the blocks that change it cannot be
-removed and are reported as such. First each block alone, then k random blocks at once (k = 1 up
-to every removable block, several draws each).
+removed and are reported as such. First each block alone, then k random blocks at once (k = 2 up
+to every removable block, `draws` different sets of k blocks each, never the same set twice, and
+every set where there are no more than `draws` of them); for k = 1 the mean is exact: the mean over
+every single removal, which the first step has computed. A pre-activation unit that pre-activates
+before the split keeps its BN-ReLU when its branch is removed: both paths read it.
 
 Their findings, and the criteria resexp holds them to (each on a net whose intact error is at
 least UNTRAINED points below chance; on one that is not, no lesion can show anything: cannot decide):
@@ -14,13 +17,19 @@ least UNTRAINED points below chance; on one that is not, no lesion can show anyt
   one catastrophic block is a counter-example);
 - residual nets, Fig. 5: the error rises smoothly with the number of blocks removed, as for an
   ensemble losing members: no single step of the mean error against k accounts for more than
-  STEEPEST of the whole rise (needs at least MIN_STEPS removable blocks and a rise of more than SMALL);
+  STEEPEST of the whole rise (needs at least MIN_STEPS removable blocks and a rise of more than SMALL).
+  The verdict gives the spread of the draws at the two ends of its largest step (their standard
+  error), so that a step decided within the draws' noise shows as such;
 - plain nets, Fig. 3: removing any block sends the error to chance: every removable block's removal
   takes the error at least HALFWAY from the intact net's error to chance.
+
+They are claims about trained nets: decided on nets trained to convergence only
+(resexp.analysis.verdict.on_trained).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -33,7 +42,7 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
-from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.errors import NotRemovable
 from resexp.models import Block
 
@@ -59,9 +68,10 @@ def removable(block: Block) -> bool:
 
 
 def what_remains(block: Block) -> nn.Module:
-    """A block without its residual branch: its shortcut, or in a plain net the identity."""
+    """A block without its residual branch: its shortcut (after the BN-ReLU both paths read, in a
+    pre-activation unit that has one), or in a plain net the identity."""
     if block.shortcut is not None:
-        return block.shortcut
+        return block.shortcut if block.preact is None else nn.Sequential(block.preact, block.shortcut)
     if changes_shape(block):
         raise NotRemovable("a plain block that changes the shape of its input cannot be removed")
     return nn.Identity()
@@ -138,17 +148,38 @@ def lesion(model: nn.Module, batches, limit: int | None, draws: int, seed: int, 
     single = [evaluator.error({i}) if i in candidates else None for i in range(len(places))]
     rng = random.Random(seed)
     by_k = {}
+    exact = []  # the k whose every set of removed blocks was evaluated
     for k in range(1, len(candidates) + 1):
         progress(k, len(candidates))
-        by_k[k] = [evaluator.error(set(rng.sample(candidates, k))) for _ in range(draws if k < len(candidates) else 1)]
+        if k == 1:
+            by_k[k] = [single[i] for i in candidates]
+            exact.append(k)
+            continue
+        chosen = removal_sets(candidates, k, draws, rng)
+        if len(chosen) == math.comb(len(candidates), k):
+            exact.append(k)
+        by_k[k] = [evaluator.error(set(c)) for c in chosen]
     downsampling = [i for i, (_, _, block) in enumerate(places) if changes_shape(block)]
     return {
         "intact": evaluator.intact,
         "images": len(evaluator.y),
         "single": single,
         "by_k": by_k,
+        "exact": exact,
         "downsampling": downsampling,
     }
+
+
+def removal_sets(candidates: list[int], k: int, draws: int, rng: random.Random) -> list[tuple[int, ...]]:
+    """`draws` different sets of k of the candidates, drawn at random; every set when there are no
+    more than `draws` of them."""
+    total = math.comb(len(candidates), k)
+    if total <= draws:
+        return list(itertools.combinations(candidates, k))
+    chosen: set[tuple[int, ...]] = set()
+    while len(chosen) < draws:
+        chosen.add(tuple(sorted(rng.sample(candidates, k))))
+    return sorted(chosen)
 
 
 def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
@@ -174,18 +205,18 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     ]
     rows = []
     for r in records:
-        kept = single_removals(r)
-        half = r["by_k"][max(1, len(r["by_k"]) // 2)]
+        kept, ks = single_removals(r), len(r["by_k"])  # a net may have no block to remove, or only downsampling ones
+        half = r["by_k"][max(1, ks // 2)] if ks else []
         rows.append(
             [
                 r["net"],
                 str(r["seed"]),
                 f"{r['intact']:.2f}",
-                f"{statistics.median(kept):.2f}",
-                f"{max(kept):.2f}",
+                f"{statistics.median(kept):.2f}" if kept else "-",
+                f"{max(kept):.2f}" if kept else "-",
                 str(sum(e is None for e in r["single"])),
-                f"{statistics.fmean(half):.2f}",
-                f"{r['by_k'][len(r['by_k'])][0]:.2f}",
+                f"{statistics.fmean(half):.2f}" if half else "-",
+                f"{r['by_k'][ks][0]:.2f}" if ks else "-",
             ]
         )
     return Result("lesion", records, columns, rows, verdicts(records), figure(nets, records))
@@ -239,11 +270,32 @@ def smoothness(record: dict) -> tuple[str, str]:
         return UNDECIDED, f"{name}: removing every block raises the error by only {rise:.1f} points"
     steps = [b - a for a, b in zip(curve, curve[1:], strict=False)]
     k = max(range(len(steps)), key=steps.__getitem__)
-    text = f"{name}: largest step {steps[k]:.1f} of a {rise:.1f}-point rise (from {k} to {k + 1} blocks removed)"
+    spread = "; ".join(f"{j} removed: {draws_spread(record, j)}" for j in (k, k + 1) if j > 0)
+    text = (
+        f"{name}: largest step {steps[k]:.1f} of a {rise:.1f}-point rise (from {k} to {k + 1} blocks removed; {spread})"
+    )
     return (AGREES if steps[k] <= STEEPEST * rise else DISAGREES), text
 
 
+def draws_spread(record: dict, k: int) -> str:
+    """How well the mean error with k blocks removed is known: exact (every set evaluated) or the
+    standard error over its draws."""
+    errors = record["by_k"][k] if k in record["by_k"] else record["by_k"][str(k)]
+    exact = k in record.get("exact", ()) or str(k) in map(str, record.get("exact", ()))
+    if exact:
+        return f"exact over all {len(errors)} sets"
+    if len(errors) < 2:
+        return "one draw"
+    se = statistics.stdev(errors) / math.sqrt(len(errors))
+    return f"{len(errors)} draws, standard error {se:.1f}"
+
+
 def verdicts(records: list[dict]) -> list[Verdict]:
+    """Veit et al.'s claims, about trained nets: decided on the nets trained to convergence."""
+    return on_trained(records, decide)
+
+
+def decide(records: list[dict]) -> list[Verdict]:
     out = []
     for mode, claim in (
         ("residual", "removing one block of a residual net (not a downsampling one) barely changes the error"),
@@ -259,12 +311,14 @@ def verdicts(records: list[dict]) -> list[Verdict]:
         )
         numbers = "; ".join(text for _, text in mine)
         why = f"test error intact -> with one block removed: {numbers}; criterion: {criterion}"
-        out.append(Verdict(claim, "Veit et al. 2016, Fig. 3", overall(o for o, _ in mine), why))
+        of_mode = [r for r in records if r["mode"] == mode]
+        out.append(Verdict(claim, "Veit et al. 2016, Fig. 3", overall(o for o, _ in mine), why, judged_on(of_mode)))
     mine = [smoothness(r) for r in records if r["mode"] == "residual"]
     if mine:
         why = "; ".join(text for _, text in mine) + f"; criterion: no step above {STEEPEST:g} of the whole rise"
         claim = "the error of a residual net rises smoothly with the number of blocks removed"
-        out.append(Verdict(claim, "Veit et al. 2016, Fig. 5", overall(o for o, _ in mine), why))
+        residual = [r for r in records if r["mode"] == "residual"]
+        out.append(Verdict(claim, "Veit et al. 2016, Fig. 5", overall(o for o, _ in mine), why, judged_on(residual)))
     return out
 
 

@@ -8,7 +8,8 @@ sorted by magnitude. The paper does not say whether the std is taken over all va
 The paper's claims: residual functions are generally closer to zero than the non-residual ones,
 so residual nets' responses are smaller than their plain counterparts' at the same depth, and the
 deeper a residual net, the smaller its responses ("an individual layer of ResNets tends to modify
-the signal less"). Each comparison is of the median std over layers, averaged over seeds, and
+the signal less"). These are claims about trained nets, decided on nets trained to convergence
+only (resexp.analysis.verdict.on_trained). Each comparison is of the median std over layers, averaged over seeds, and
 counts only beyond the seeds' noise (twice the larger std over seeds of the two nets): with one
 seed of a net the noise is unknown and the comparison cannot decide.
 """
@@ -25,7 +26,7 @@ from torch import nn
 
 from resexp.analysis import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
-from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 
 
 def response_layers(model: nn.Module) -> list[nn.Module]:
@@ -151,6 +152,12 @@ def smaller(a: list[dict], b: list[dict]) -> tuple[str, str]:
 
 
 def verdicts(groups: dict[str, list[dict]]) -> list[Verdict]:
+    """Fig. 7 is of trained nets: decided on the nets trained to convergence."""
+    records = [r for g in groups.values() for r in g]
+    return on_trained(records, lambda trained: decide(by_net(trained)))
+
+
+def decide(groups: dict[str, list[dict]]) -> list[Verdict]:
     """Residual vs plain at each depth, and each deeper residual net vs the next shallower one
     (option A, B or C, whichever is there); median std over layers, mean over seeds."""
     mode = {name: g[0]["mode"] for name, g in groups.items()}
@@ -181,7 +188,10 @@ def verdicts(groups: dict[str, list[dict]]) -> list[Verdict]:
         results = [smaller(groups[a], groups[b]) for a, b in compared]
         why = "median response std: " + "; ".join(text for _, text in results)
         why += "; criterion: smaller by more than twice the larger std over seeds"
-        out.append(Verdict(claim, "He et al. 2015, Sec. 4.2, Fig. 7", overall(o for o, _ in results), why))
+        judged = [r for a, b in compared for r in groups[a] + groups[b]]
+        out.append(
+            Verdict(claim, "He et al. 2015, Sec. 4.2, Fig. 7", overall(o for o, _ in results), why, judged_on(judged))
+        )
     return out
 
 

@@ -5,19 +5,24 @@ training mode, as in a training step), at initialisation or at the checkpoint.
 Per position in the net (after the stem, then after each block), three numbers on a log scale:
 the standard deviation of the stream, the norm of the loss gradient with respect to the stream,
 and, for each residual block, the ratio of its branch's output norm to its shortcut's (how far
-the block is from the identity). They put the lectures' two explanations of residual learning to
-the numbers (README, "Which explanation holds?"):
+the block is from the identity). They put the lectures' explanations of residual learning to the
+numbers (README, "Which explanation holds?"), each judged per design (norm, init, block, body),
+and each saying what it was judged on (resexp.analysis.verdict):
 
 - "shortcuts cure vanishing gradients": the gradient toward the input, the norm at the stem's
   output over the norm at the last block's: it vanishes below 1/FACTOR, explodes above FACTOR,
   is healthy between (a gradient that is exactly zero, as under Fixup's zero classifier at
   initialisation, cannot be judged);
-- the forward signal likewise: the stream's std after the last block over that after the stem;
+- the forward signal likewise: the stream's std after the last block over that after the stem.
+  With BN after every conv of the 2015 block this holds by construction (each block's output
+  scale is BN's own), and the verdict says so;
 - "a residual block can easily learn the identity": close to it when its branch's output norm is
-  at most NEAR of its shortcut's; a net's residual blocks stay close to the identity when the
-  median block does.
-
-The verdicts are the claims as lectures state them, judged over every net they are about.
+  at most NEAR of its shortcut's; a net's residual blocks are close to the identity when the
+  median block is. At initialisation this is the design's starting point ("starts close to the
+  identity"; by construction for the inits that start each branch at zero); at the checkpoint it
+  is a claim about trained nets, decided only on nets trained to convergence. A branch that
+  receives no gradient although the stream after it does is dead: it is the identity because it
+  cannot learn, and its net cannot decide the claim.
 """
 
 from __future__ import annotations
@@ -33,17 +38,34 @@ from torch import nn
 
 from resexp.analysis import COLOURS, Options, Result, pyplot
 from resexp.analysis.subjects import Subject
-from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, overall
+from resexp.analysis.verdict import (
+    AGREES,
+    DISAGREES,
+    UNDECIDED,
+    Verdict,
+    design_tag,
+    design_text,
+    judged_on,
+    on_trained,
+    overall,
+)
 from resexp.models import Block
 
 FACTOR = 100.0  # a ratio beyond this either way vanishes or explodes
 NEAR = 0.5  # branch / shortcut norm at most this: close to the identity
+ZERO_START = {"zero_gamma": "the last BN scale", "skipinit": "the scalar alpha", "fixup": "the last conv"}
+BN_SCALE = (
+    "with BN after every conv of the 2015 block, the stream after each block is a sum of BN outputs, whose scale "
+    "is BN's own (gamma, beta), not carried through the depth: it cannot vanish, and grows at most as the square "
+    "root of the number of blocks"
+)
 
 
 def propagation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """One forward and backward pass of a copy of `model` in training mode: the stream's std and
     gradient norm after the stem and after each block, each residual block's branch / shortcut
-    output norm ratio (None for a plain block), and the loss."""
+    output norm ratio (None for a plain block), whether its branch is dead (no parameter of it
+    receives a gradient while the stream after it does; None for a plain block), and the loss."""
     net = copy.deepcopy(model).train()
     blocks = [m for m in net.modules() if isinstance(m, Block)]
     streams: list[torch.Tensor] = []
@@ -75,10 +97,18 @@ def propagation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     finally:
         for handle in handles:
             handle.remove()
+    gradient = [float(s.grad.float().norm()) if s.grad is not None else 0.0 for s in streams]
+    dead = [
+        None
+        if block.shortcut is None
+        else gradient[k + 1] > 0 and not any(p.grad is not None and bool(p.grad.any()) for p in block.body.parameters())
+        for k, block in enumerate(blocks)
+    ]
     return {
         "std": [float(s.detach().float().std()) for s in streams],
-        "gradient": [float(s.grad.float().norm()) if s.grad is not None else 0.0 for s in streams],
+        "gradient": gradient,
         "branch_ratio": branches,
+        "dead": dead,
         "loss": loss.item(),
     }
 
@@ -96,21 +126,25 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
     for net in nets:
         progress(f"signal: {net.name}")
         x, y = net.first_batch(options.images)
-        model = net.initial_model() if options.at_init else net.model
-        p = propagation(model, x, y)
+        subject = net.initial() if options.at_init else net
+        p = propagation(subject.model, x, y)
         toward_input = trend(p["gradient"][0], p["gradient"][-1])  # at the input's end over the output's
         forward = trend(p["std"][-1], p["std"][0])  # after the last block over after the stem
-        ratios = [r for r in p["branch_ratio"] if r is not None]
+        start = None
+        if not subject.training.initialised:  # where training began: how far it moved each block
+            start = median_ratio(propagation(net.initial().model, x, y))
         records.append(
             {
-                **net.record(),
+                **subject.record(),
                 "images": len(y),
                 **p,
                 "gradient_ratio": toward_input[0],
                 "gradient_trend": toward_input[1],
                 "signal_ratio": forward[0],
                 "signal_trend": forward[1],
-                "median_branch_ratio": statistics.median(ratios) if ratios else None,
+                "median_branch_ratio": median_ratio(p),
+                "initial_median_branch_ratio": start,
+                "dead_blocks": sum(bool(d) for d in p["dead"]),
             }
         )
     columns = [
@@ -128,11 +162,23 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
             f"{r['loss']:.3g}",
             f"{r['gradient_ratio']:.3g} ({r['gradient_trend']})",
             f"{r['signal_ratio']:.3g} ({r['signal_trend']})",
-            "-" if r["median_branch_ratio"] is None else f"{r['median_branch_ratio']:.3g}",
+            branch_cell(r),
         ]
         for r in records
     ]
     return Result("signal", records, columns, rows, verdicts(records), figure(nets, records))
+
+
+def median_ratio(p: dict) -> float | None:
+    """The median branch / shortcut ratio over the residual blocks whose branch is not dead."""
+    live = [r for r, d in zip(p["branch_ratio"], p["dead"], strict=True) if r is not None and not d]
+    return statistics.median(live) if live else None
+
+
+def branch_cell(record: dict) -> str:
+    m, dead = record["median_branch_ratio"], record["dead_blocks"]
+    text = "-" if m is None else f"{m:.3g}"
+    return text + (f" ({dead} dead)" if dead else "")
 
 
 def judged(records: list[dict], key: str, wanted: set[str]) -> tuple[str, str]:
@@ -147,23 +193,30 @@ def judged(records: list[dict], key: str, wanted: set[str]) -> tuple[str, str]:
 
 
 def verdicts(records: list[dict]) -> list[Verdict]:
-    """Each claim judged over the nets it is about, per design (norm, init, ... as the nets'
-    settings say): the lectures' story may hold under one design and not under another."""
+    """Each claim judged over the nets it is about, per design (norm, init, block, body): the
+    lectures' story may hold under one design and not under another."""
     designs: dict[str, list[dict]] = {}
     for r in records:
-        designs.setdefault(design_of(r), []).append(r)
+        designs.setdefault(design_text([r]), []).append(r)
     out = []
-    for design, mine in designs.items():
-        out += [
-            Verdict(v.claim + (f" [{design}]" if design else ""), v.source, v.outcome, v.why)
-            for v in design_verdicts(mine)
-        ]
+    for mine in designs.values():
+        tag = design_tag(mine)
+        out += [replace_claim(v, v.claim + (f" [{tag}]" if tag else "")) for v in design_verdicts(mine)]
     return out
 
 
-def design_of(record: dict) -> str:
-    """The settings that are not the net's depth, mode or seed (they are in its name already)."""
-    return "" if record.get("settings", "-") == "-" else record["settings"]
+def replace_claim(verdict: Verdict, claim: str) -> Verdict:
+    return Verdict(claim, verdict.source, verdict.outcome, verdict.why, verdict.judged_on, verdict.construction)
+
+
+def zero_start(records: list[dict]) -> str:
+    """What starts each branch at zero, when every net is a residual net at initialisation whose
+    init does ("" otherwise)."""
+    inits = {r["design"]["init"] for r in records}
+    at_init = all(r["training"]["kind"] in ("initialised", "fresh") for r in records)
+    if at_init and len(inits) == 1 and (init := inits.pop()) in ZERO_START:
+        return ZERO_START[init]
+    return ""
 
 
 def design_verdicts(records: list[dict]) -> list[Verdict]:
@@ -181,21 +234,97 @@ def design_verdicts(records: list[dict]) -> list[Verdict]:
             continue
         outcome, numbers = judged(mine, key, wanted)
         what = "gradient at the stem / at the last block" if key == "gradient" else "std after the last block / stem"
-        out.append(Verdict(claim, "lectures; resexp analyze signal", outcome, f"{what}: {numbers}; {criterion}"))
+        out.append(
+            Verdict(
+                claim,
+                "lectures; resexp analyze signal",
+                outcome,
+                f"{what}: {numbers}; {criterion}",
+                judged_on(mine),
+                construction(mine, key),
+            )
+        )
     if residual:
-        outcomes, parts = [], []
-        for r in residual:
-            m = r["median_branch_ratio"]
-            if m is None or not math.isfinite(m):
-                outcomes.append(UNDECIDED)
-                parts.append(f"{r['net']} s{r['seed']} -")
-                continue
-            outcomes.append(AGREES if m <= NEAR else DISAGREES)
-            parts.append(f"{r['net']} s{r['seed']} {m:.3g}")
-        why = f"median branch / shortcut output norm: {'; '.join(parts)}; close to the identity at most {NEAR:g}"
-        claim = "each residual block stays close to the identity"
-        out.append(Verdict(claim, "lectures; He et al. 2015, Sec. 3.1", overall(outcomes), why))
+        out += identity_verdicts(residual)
     return out
+
+
+def construction(records: list[dict], key: str) -> str:
+    """Why a gradient or signal verdict on these nets could not have been otherwise ("" when it could)."""
+    if key == "signal" and all(r["design"]["norm"] == "batch" and r["design"]["block"] == "post" for r in records):
+        return BN_SCALE
+    start = zero_start(records) if all(r["mode"] == "residual" for r in records) else ""
+    if key == "gradient" and start:
+        if all(r["gradient_trend"] == "unmeasurable" for r in records):
+            return "Fixup's classifier starts at zero, so no gradient reaches the stream at initialisation"
+        return (
+            f"{start} of each branch starts at zero, so every block that keeps its shape is exactly its shortcut and "
+            "passes the gradient on unchanged"
+        )
+    return ""
+
+
+def near_identity(records: list[dict]) -> tuple[str, str]:
+    """(outcome, numbers) of "the median residual block is close to the identity", per net: a
+    net with a dead branch cannot decide."""
+    outcomes, parts = [], []
+    for r in records:
+        m, name = r["median_branch_ratio"], f"{r['net']} s{r['seed']}"
+        if r["dead_blocks"]:
+            outcomes.append(UNDECIDED)
+            blocks = sum(d is not None for d in r["dead"])
+            parts.append(f"{name}: {r['dead_blocks']} of {blocks} branches dead (no gradient reaches them)")
+        elif m is None or not math.isfinite(m):
+            outcomes.append(UNDECIDED)
+            parts.append(f"{name} -")
+        else:
+            outcomes.append(AGREES if m <= NEAR else DISAGREES)
+            start = r.get("initial_median_branch_ratio")
+            began = "" if start is None else f" (at initialisation {start:.3g})"
+            if start is not None and r["training"]["kind"] == "published":
+                began = f" (a fresh initialisation of its architecture: {start:.3g})"
+            parts.append(f"{name} {m:.3g}{began}")
+    return overall(outcomes), "; ".join(parts)
+
+
+def identity_verdicts(residual: list[dict]) -> list[Verdict]:
+    """At initialisation: where the design starts each block. At the checkpoint: whether training
+    leaves each block close to the identity, decided on nets trained to convergence only."""
+    criterion = f"close to the identity: the median block's branch / shortcut output norm at most {NEAR:g}"
+    initialised = [r for r in residual if r["training"]["kind"] in ("initialised", "fresh")]
+    trained = [r for r in residual if r not in initialised]
+    out = []
+    if initialised:
+        outcome, numbers = near_identity(initialised)
+        start = zero_start(initialised)
+        out.append(
+            Verdict(
+                "each residual block starts close to the identity",
+                "lectures; He et al. 2015, Sec. 3.1",
+                outcome,
+                f"median branch / shortcut output norm: {numbers}; {criterion}",
+                judged_on(initialised),
+                f"{start} of each branch starts at zero: each block starts as its shortcut" if start else "",
+            )
+        )
+    by_net: dict[str, list[dict]] = {}
+    for r in trained:  # one verdict per net: the answer depends on the depth
+        by_net.setdefault(r["net"], []).append(r)
+    for net, mine in by_net.items():
+
+        def decide(nets: list[dict], net: str = net) -> list[Verdict]:
+            outcome, numbers = near_identity(nets)
+            why = f"median branch / shortcut output norm: {numbers}; {criterion}"
+            claim = f"a residual block learns the identity: after training each block of {net} is close to it"
+            return [Verdict(claim, "lectures; He et al. 2015, Sec. 3.1", outcome, why, judged_on(nets))]
+
+        out += on_trained(mine, decide)
+    return out
+
+
+def design_of(record: dict) -> str:
+    """The settings that tell the nets of one analysis apart besides depth, mode and seed: a figure row each."""
+    return "" if record.get("settings", "-") == "-" else record["settings"]
 
 
 def figure(nets: list[Subject], records: list[dict]):
@@ -222,6 +351,9 @@ def figure(nets: list[Subject], records: list[dict]):
             blocks = [(i + 1, v) for i, v in enumerate(r["branch_ratio"]) if v is not None and math.isfinite(v)]
             if blocks:
                 ratio.plot([b for b, _ in blocks], [v for _, v in blocks], **style)
+            dead = [i + 1 for i, d in enumerate(r["dead"]) if d]
+            if dead:  # the identity because no gradient reaches them
+                ratio.plot(dead, [0.0] * len(dead), "x", color="#d62728", ms=6, label="dead branch")
         title = f" ({name})" if name else ""
         signal.set(xlabel=where, ylabel="std of the stream", yscale="log", title="forward signal" + title)
         ratio.set(xlabel="block", ylabel="|branch| / |shortcut|", title="distance from the identity" + title)

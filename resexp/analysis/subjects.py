@@ -18,9 +18,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp import identity, weights
-from resexp.build import build_model, seed_everything
+from resexp import convergence, identity, weights
+from resexp.build import build_model, load_weights, seed_everything
 from resexp.config import Config, register, to_object
+from resexp.convergence import TrainingState
 from resexp.data import Data, build_data, source
 from resexp.errors import DataError, NothingToAnalyse, RunDirError, UserError, one_line
 from resexp.rundir import CONFIG, Run, RunDir, find_runs
@@ -36,6 +37,7 @@ class Subject:
     data: Data
     device: torch.device
     state: str  # "complete (400)", "unfinished (120 of 400)", "initialised"
+    training: TrainingState  # what the verdicts say they were judged on (resexp.convergence)
     checkpoint: dict | None = None  # {"file": "last.pt", "step": 400, "sha256": ...}; None when initialised
     settings: str = "-"  # what tells this net apart from the others analysed with it (norm=none init=fixup)
 
@@ -71,8 +73,18 @@ class Subject:
             "seed": r.seed,
             "run": str(r.path),
             "state": self.state,
+            "training": self.training.record(),
+            "design": design_of(self.cfg),
+            "lr": self.cfg.optim.lr,
             "checkpoint": self.checkpoint,
         }
+
+    def initial(self) -> Subject:
+        """This net as its run began (for an imported net: a fresh initialisation of its architecture)."""
+        training = self.training if self.training.initialised else convergence.at_init(self.run)
+        return dataclasses.replace(
+            self, model=self.initial_model(), state="initialised", training=training, checkpoint=None
+        )
 
     @property
     def key(self) -> str:
@@ -80,6 +92,12 @@ class Subject:
         if self.checkpoint is not None:
             return self.checkpoint["sha256"]
         return "init-" + identity.digest(identity.of(self.cfg))
+
+
+def design_of(cfg: Config) -> dict[str, str]:
+    """The design switches a verdict is judged per (the 2015 nets: batch, he, post, basic)."""
+    m = cfg.model
+    return {"norm": str(m.norm), "init": str(m.init), "block": str(m.block), "body": str(m.body or "basic")}
 
 
 def run_config(run_dir: Path, data_root: str | None) -> Config:
@@ -126,21 +144,18 @@ def load(
     seed_everything(cfg.seed)
     model = build_model(cfg, data.num_classes).to(device)
     if at_init:
-        return Subject(run, cfg, model.eval(), data, device, "initialised")
+        return Subject(run, cfg, model.eval(), data, device, "initialised", convergence.at_init(run))
     trained = weights.of_run(run.path, warn, doing="analysing")
     if trained is None:
         raise RunDirError(f"{run.path} has no checkpoint yet (analyse it --at-init, or train it first)")
-    try:
-        model.load_state_dict(trained.model)
-    except RuntimeError:
-        raise RunDirError(f"{trained.file} does not fit the net its config.yaml describes") from None
+    load_weights(model, trained.model, cfg.model, str(trained.file))
     step = trained.step
     if run.imported:
         state = f"imported ({run.provenance.get('source', '?')})"
     else:
         state = f"complete ({step})" if step >= run.iterations else f"unfinished ({step} of {run.iterations})"
     key = {"file": trained.file.name, "step": step, "sha256": trained.sha256}
-    return Subject(run, cfg, model.eval(), data, device, state, key)
+    return Subject(run, cfg, model.eval(), data, device, state, convergence.of_run(run, step), key)
 
 
 def subjects(
@@ -187,7 +202,8 @@ def from_configs(overrides: list[str], device: torch.device) -> tuple[list[Subje
         seed_everything(job.config.seed)
         model = build_model(job.config, data.num_classes).to(device).eval()
         run = Run(path=job.run_dir, identity=identity.of(job.config))
-        out.append(Subject(run, job.config, model, data, device, "initialised"))
+        training = TrainingState(convergence.INITIALISED, "at initialisation (from the config)")
+        out.append(Subject(run, job.config, model, data, device, "initialised", training))
     return named(out), jobs[0].sweep_dir or jobs[0].run_dir.parent
 
 

@@ -1,15 +1,27 @@
 """A verdict: one paper's claim put to the numbers an analysis measured, with a criterion that can
 fail, and three outcomes: agrees, does not agree, or cannot decide (too few seeds, a basin too
 small to measure, a net not trained enough for the claim to apply). Each analysis module states
-its criteria as constants beside the code that applies them; the README lists them."""
+its criteria as constants beside the code that applies them; the README lists them.
+
+Every verdict says what it was judged on (`judged_on`): the nets' training state (at
+initialisation; trained so many iterations, not converged; trained to convergence by
+resexp.convergence's criterion; published) and their design (norm, init, block, body). A claim
+about trained nets is decided only on nets trained to convergence (`on_trained`): on others its
+numbers are shown, and the verdict cannot decide. A verdict that holds by construction (BN sets
+the stream's scale; a branch started at zero is the identity at initialisation) says why in
+`construction`, and is shown apart from those that could have failed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from resexp.convergence import CRITERION
 
 AGREES, DISAGREES, UNDECIDED = "agrees", "does not agree", "cannot decide"
 OUTCOMES = (AGREES, DISAGREES, UNDECIDED)
+DESIGN_KEYS = ("norm", "init", "block", "body")
 
 
 @dataclass(frozen=True)
@@ -18,9 +30,15 @@ class Verdict:
     source: str  # e.g. "He et al. 2015, Sec. 4.1"
     outcome: str  # AGREES, DISAGREES or UNDECIDED
     why: str  # the numbers, and the criterion they were held to
+    judged_on: str = ""  # the nets' training state and design
+    construction: str = ""  # why the outcome could not have been otherwise ("" when it could)
 
     def __str__(self) -> str:
-        return f"{self.claim} ({self.source}): {self.outcome.upper()}: {self.why}"
+        label = self.outcome.upper() + (" (by construction)" if self.construction else "")
+        text = f"{self.claim} ({self.source}): {label}: {self.why}"
+        if self.construction:
+            text += f" [by construction: {self.construction}]"
+        return text + (f" [judged on: {self.judged_on}]" if self.judged_on else "")
 
 
 def overall(outcomes: Iterable[str]) -> str:
@@ -32,3 +50,74 @@ def overall(outcomes: Iterable[str]) -> str:
     if outcomes and all(o == AGREES for o in outcomes):
         return AGREES
     return UNDECIDED
+
+
+def design_text(records: list[dict]) -> str:
+    """The nets' design, e.g. "norm=batch, init=he, block=post, body=basic" (a switch on which
+    the nets differ lists its values)."""
+    parts = []
+    for key in DESIGN_KEYS:
+        values = sorted({str(r.get("design", {}).get(key, "?")) for r in records})
+        parts.append(f"{key}={'|'.join(values)}")
+    return ", ".join(parts)
+
+
+PAPER_DESIGN = {"norm": "batch", "init": "he", "block": "post", "body": "basic"}  # the 2015 nets
+
+
+def design_tag(records: list[dict]) -> str:
+    """The design's switches that differ from the 2015 nets, e.g. "norm=none, init=xavier" ("" for
+    the 2015 nets): what a claim is tagged with when it is judged per design."""
+    parts = []
+    for key, paper in PAPER_DESIGN.items():
+        values = sorted({str(r.get("design", {}).get(key, paper)) for r in records})
+        if values != [paper]:
+            parts.append(f"{key}={'|'.join(values)}")
+    return ", ".join(parts)
+
+
+def states_text(records: list[dict]) -> str:
+    """The nets' training states, each once, e.g. "trained 400 iterations (10 epochs), training
+    error 46.0%: not converged (10 epochs, fewer than 100)" (per net when they differ)."""
+    texts = [r.get("training", {}).get("text", r.get("state", "?")) for r in records]
+    if len(set(texts)) == 1:
+        return texts[0]
+    return "; ".join(f"{r['net']} s{r['seed']}: {t}" for r, t in zip(records, texts, strict=True))
+
+
+def judged_on(records: list[dict]) -> str:
+    return f"{states_text(records)} | {design_text(records)}"
+
+
+def converged(record: dict) -> bool:
+    return bool(record.get("training", {}).get("converged"))
+
+
+def on_trained(records: list[dict], decide: Callable[[list[dict]], list[Verdict]]) -> list[Verdict]:
+    """Verdicts on claims about trained nets: decided on the nets trained to convergence alone
+    (the others named as left out). When none is, the same verdicts computed on the nets there
+    are, each turned into cannot decide with its numbers kept, so that a 400-iteration sketch or
+    a net at initialisation never decides what a trained net does."""
+    trained = [r for r in records if converged(r)]
+    others = [r for r in records if not converged(r)]
+    if trained:
+        left = f" (left out, not trained to convergence: {states_text(others)})" if others else ""
+        return [replace(v, why=v.why + left, judged_on=v.judged_on or judged_on(trained)) for v in decide(trained)]
+    out = []
+    for v in decide(records):
+        shown = f"on these nets the criterion gives '{v.outcome}': {v.why}"
+        out.append(
+            replace(
+                v,
+                outcome=UNDECIDED,
+                why=f"the claim is about trained nets, and none here is trained to convergence ({CRITERION}); {shown}",
+                judged_on=v.judged_on or judged_on(records),
+                construction="",
+            )
+        )
+    return out
+
+
+def with_judged_on(verdicts: list[Verdict], records: list[dict]) -> list[Verdict]:
+    """The verdicts, each saying what it was judged on where it does not yet."""
+    return [v if v.judged_on else replace(v, judged_on=judged_on(records)) for v in verdicts]
