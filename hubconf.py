@@ -40,7 +40,9 @@ def resexp_net(
     given = {k: v for k, v in given.items() if v is not None}
     if weights is None:
         fields = {**stored.fields_of(identity.defaults()), **given}
-        return stored.build(fields, num_classes or (1000 if fields["model.family"] == "imagenet" else 10))
+        if num_classes is None:
+            num_classes = 1000 if str(fields["model.family"]) == "imagenet" else 10
+        return stored.build(fields, num_classes)
     fields, classes, tensors = stored.load(weights)
     for key, value in given.items():
         if str(fields.get(key)) != str(value):

@@ -101,13 +101,12 @@ def parse(overrides: list[str]) -> dict[str, Any]:
 
 def stem(which: str, options: dict[str, Any]) -> str:
     """The file name of an evaluation: the weights, then each protocol option away from its default."""
-    parts = [which]
+    items: list[tuple[str, str | None]] = []
     for key in PROTOCOL:
         value = options.get(key)
         if value not in (None, False, []):
-            short = key.split(".")[-1]
-            parts.append(short if value is True else f"{short}-{identity.shown(value)}")
-    return "+".join(parts)
+            items.append((key.split(".")[-1], None if value is True else identity.shown(value)))
+    return identity.tagged(which, items)
 
 
 def configure(run: Run, options: dict[str, Any]) -> Config:

@@ -154,6 +154,29 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+MAX_TAG = 200  # bytes of a file name's tag: a longer one becomes a hash
+ESCAPED = {"%": "%25", "/": "%2F", ITEM: "%2B"}  # what a value in a file name may not hold as it is
+
+
+def tagged(head: str, items: list[tuple[str, str | None]]) -> str:
+    """The one way resexp names a file by what made it (an analysis, an evaluation): HEAD, then
+    `+key-value` (`+key` for a flag) for each item. A value's '%', '/' and '+' are escaped, so
+    that different items never give one name; a tag longer than MAX_TAG bytes becomes
+    `+hash-<sha1>` of itself. A name never takes a '.' for a suffix: callers add theirs to it."""
+    parts = []
+    for key, value in items:
+        if value is None:
+            parts.append(f"{ITEM}{key}")
+            continue
+        for char, code in ESCAPED.items():
+            value = value.replace(char, code)
+        parts.append(f"{ITEM}{key}{VALUE}{value}")
+    tag = "".join(parts)
+    if len(tag.encode()) > MAX_TAG:
+        tag = f"{ITEM}hash{VALUE}" + hashlib.sha1(tag.encode()).hexdigest()[:12]
+    return head + tag
+
+
 def base_name(values: dict[str, Any]) -> str:
     """<data>/<mode>-<depth><option>_s<seed> (a plain net has no shortcut option)."""
     family, depth, mode = values.get("model.family", "cifar"), values["model.depth"], values["model.mode"]

@@ -240,15 +240,26 @@ def build(fields: dict[str, Any], num_classes: int) -> nn.Module:
     depth the family lacks, Fixup with BN, ...) are refused here too, in its words."""
     from resexp.build import build_model
     from resexp.config import Config
+    from resexp.errors import ConfigError
 
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes!r} must be an integer of at least 2")
     return build_model(Config(model=model_config(fields)), num_classes)
 
 
 def model_config(fields: dict[str, Any]):
-    """The ModelConfig the fields describe, checked by train's rules."""
-    from resexp.config import ModelConfig, model_rules
+    """The ModelConfig the fields describe, converted and checked as `resexp train` converts and
+    checks its overrides (the schema's types and choices, then the rules), in its words."""
+    from omegaconf import OmegaConf
 
-    model = ModelConfig(**{key.partition(".")[2]: value for key, value in fields.items()})
+    from resexp.config import Config, model_rules
+    from resexp.errors import ConfigError, one_line
+
+    values = {key.partition(".")[2]: value for key, value in fields.items()}
+    try:
+        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), {"model": values})).model
+    except Exception as e:  # a value the schema does not take (norm='group', depth='deep'), a field it lacks
+        raise ConfigError(one_line(e)) from None
     model_rules(model)
     if model.shortcut is None:  # the paper's option for the depth, as a run's config resolves it
         model.shortcut = paper_shortcut(model.family, model.depth)

@@ -329,3 +329,88 @@ def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished
             ], (file, how)
         if command == "train" and outcome.code != 0:
             assert snapshot(copy) == before, (file, how)
+
+
+# --------------------------------------------------------------------------- names made from options
+
+
+def option_sets():
+    """Options of `resexp analyze` as a user may type them, and overrides of a config."""
+    from resexp.analysis import Options
+
+    floats = st.sampled_from([0.5, 0.25, 1.0, 0.05, 2.0, 1e-05, 0.125])
+    options = st.builds(
+        Options,
+        at_init=st.booleans(),
+        images=st.sampled_from([None, 8, 16, 512]),
+        draws=st.sampled_from([1, 3, 5]),
+        grid=st.sampled_from([3, 21, 51]),
+        span=floats,
+        workers=st.sampled_from([1, 2]),
+        seed=st.sampled_from([0, 1]),
+        nets=st.sampled_from([(), ("ResNet-56",), ("ResNet-56", "plain-56"), ("plain-56",)]),
+        seeds=st.sampled_from([(), (0,), (0, 1)]),
+        per_channel=st.booleans(),
+    )
+    overrides = st.lists(
+        st.sampled_from(
+            [
+                "optim.lr=0.05",
+                "optim.lr=0.01",
+                "optim.lr=0.1",
+                "model.depth=20,56",
+                "model.depth=56",
+                "model.init=zero_gamma",
+                "model.norm=none",
+                "schedule.milestones=[300,400]",
+                "model=imagenet",
+                "data.subset=5000",
+                "model.mode=plain+residual",
+                "model.mode=plain/residual",
+            ]
+        ),
+        unique_by=lambda o: o.partition("=")[0],
+        max_size=3,
+    )
+    return st.tuples(
+        st.sampled_from(["responses", "gradients", "lesion", "landscape", "signal"]),
+        options,
+        st.one_of(st.none(), overrides),
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(a=option_sets(), b=option_sets())
+def test_analyses_with_different_options_never_share_a_file_name(a, b):
+    """Before: `--span 0.5` and `--span 0.25` both wrote landscape+grid-3+span-0.json (a decimal
+    point taken for a suffix), and optim.lr=0.05 and 0.01 one signal-config file."""
+    from resexp.analysis import READS, files, state, typed
+
+    def read(kind, options, configs):  # what the kind reads: what must tell two analyses apart
+        return (
+            kind,
+            state(kind, options, configs),
+            tuple(getattr(options, k) for k in READS[kind]),
+            (tuple(typed(configs)) if configs is not None else None),
+        )
+
+    names = [files(Path("analysis"), *x) for x in (a, b)]
+    assert all([p.suffix for p in n] == [".json", ".png", ".svg"] for n in names)
+    assert (names[0][0] == names[1][0]) == (read(*a) == read(*b)), (a, b, names)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    which=st.sampled_from(["latest", "best"]),
+    ten_crop=st.booleans(),
+    scales=st.sampled_from([None, [224], [224, 256], [2242, 56], [22, 4256]]),
+    other=st.tuples(st.sampled_from(["latest", "best"]), st.booleans(), st.sampled_from([None, [224], [224, 256]])),
+)
+def test_evaluations_with_different_protocols_never_share_a_file_name(which, ten_crop, scales, other):
+    from resexp.evaluation import stem
+
+    def name(w, t, s):
+        return stem(w, {"data.ten_crop": t, "data.test_scales": s})
+
+    same = (which, ten_crop, scales) == other
+    assert (name(which, ten_crop, scales) == name(*other)) == same

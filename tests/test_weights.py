@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import TINY, leftovers, resexp, rows
+from conftest import TINY, folder, leftovers, resexp, rows
 from resexp import weights
 from resexp.models import build_net
 from resexp.published import import_run
@@ -62,13 +62,54 @@ def test_without_weights_the_hub_builds_build_nets_net():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"init": "fixup"}, "trains without normalisation"), ({"depth": 21}, "not a CIFAR depth")],
+    [
+        ({"init": "fixup"}, "trains without normalisation"),
+        ({"depth": 21}, "not a CIFAR depth"),
+        ({"norm": "group"}, "model.norm=group is not valid: expected one of batch, none"),  # before: built, no BN
+        ({"depth": "deep"}, "model.depth=deep is not valid: expected an integer"),
+        ({"num_classes": 0}, "num_classes=0 must be an integer of at least 2"),
+        ({"init": "zero_gamma", "block": "pre"}, "builds branches that never train"),
+    ],
 )
 def test_the_hub_refuses_what_train_refuses(kwargs, message):
     from resexp.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         hub(**kwargs)
+
+
+def test_the_hub_converts_its_arguments_as_train_does():
+    torch.manual_seed(0)
+    text = hub(depth="20", mode="plain")  # train takes model.depth='20' as 20
+    torch.manual_seed(0)
+    number = hub(depth=20, mode="plain")
+    assert all(torch.equal(a, b) for a, b in zip(text.state_dict().values(), number.state_dict().values(), strict=True))
+
+
+DESIGNS = [
+    ["model.norm=none", "model.init=fixup"],
+    ["model.norm=none", "model.init=skipinit", "model.block=pre"],
+    ["model.block=pre", "model.shortcut=B"],
+    ["model.block=pre", "model.body=bottleneck", "model.depth=11", "model.shortcut=C"],
+    ["model.init=zero_gamma", "model.body=bottleneck", "model.depth=11"],
+    ["model.norm=none", "model.init=xavier", "model.mode=plain"],
+]
+
+
+@pytest.mark.parametrize("design", DESIGNS, ids=lambda d: "+".join(o.split("=")[1] for o in d))
+def test_every_design_train_accepts_leaves_resexp_through_export_and_the_hub(tmp_path, design):
+    """Before: export and the hub of any Fixup or pre-activation run ended in KeyError: 'head.2.weight'."""
+    args = [*TINY, *design, "schedule.iterations=2", "eval_every=2"]
+    assert resexp("train", *args, cwd=tmp_path).code == 0
+    run_dir = tmp_path / folder(*args)
+    result = resexp("export", str(run_dir), str(tmp_path / "net.pt"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    trained = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    x = torch.randn(2, 3, 32, 32)
+    for source in (tmp_path / "net.pt", run_dir / "last.pt"):
+        net = hub(weights=str(source))
+        assert net.state_dict().keys() == trained.keys()
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in trained.items()) and net(x).shape == (2, 10)
 
 
 @pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34)])

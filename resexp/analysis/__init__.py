@@ -12,7 +12,6 @@ FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg (KIND
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import time
@@ -71,7 +70,6 @@ READS = {
 }
 STATES = ("", "-init", "-config")  # at the checkpoint, --at-init on runs, --at-init from a config
 GROUPS = ("model", "data", "schedule")  # config groups whose choice changes the nets (experiment names the folder)
-MAX_STEM = 200  # bytes: a longer tag becomes a hash, as a run folder's suffix does
 
 
 def state(kind: str, options: Options, configs: list[str] | None = None) -> str:
@@ -85,20 +83,23 @@ def stem(kind: str, options: Options, configs: list[str] | None = None) -> str:
     the nets (not +experiment, which names the folder, nor where the data is): `lesion+nets-ResNet-56+seeds-0`,
     `signal-config+mode-residual+init-zero_gamma`. The same command again replaces its own files."""
     default = Options()
-    items = []
+    items: list[tuple[str, str | None]] = []
     for key in READS[kind]:
         value = getattr(options, key)
         if value != getattr(default, key):
-            shown = ",".join(map(str, value)) if isinstance(value, tuple) else identity.shown(value)
-            items.append(f"{key}{identity.VALUE}{shown}")
+            items.append((key, ",".join(map(str, value)) if isinstance(value, tuple) else identity.shown(value)))
     items += typed(configs or [])
-    tag = "".join(f"{identity.ITEM}{item}" for item in items).replace("/", "_")
-    if len(tag.encode()) > MAX_STEM:
-        tag = f"{identity.ITEM}hash{identity.VALUE}" + hashlib.sha1(tag.encode()).hexdigest()[:12]
-    return state(kind, options, configs) + tag
+    return identity.tagged(state(kind, options, configs), items)
 
 
-def typed(overrides: list[str]) -> list[str]:
+def files(folder: Path, kind: str, options: Options, configs: list[str] | None = None) -> list[Path]:
+    """An analysis's numbers (.json) and figures (.png, .svg) under `folder`: its stem with each
+    suffix added (a stem may hold a '.', as in span-0.5, which a suffix never replaces)."""
+    name = stem(kind, options, configs)
+    return [folder / f"{name}{suffix}" for suffix in (".json", ".png", ".svg")]
+
+
+def typed(overrides: list[str]) -> list[tuple[str, str]]:
     """`key-value` for each override of a config that bears on its nets, sorted (the order typed
     does not matter): identity fields by their short names, group choices (model=imagenet) by the group's."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -109,9 +110,9 @@ def typed(overrides: list[str]) -> list[str]:
         key = override.key_or_group
         value = override.input_line.partition("=")[2]
         if key in short:
-            out.append(f"{short[key]}{identity.VALUE}{value}")
+            out.append((short[key], value))
         elif key in GROUPS:
-            out.append(f"{key}{identity.VALUE}{value}")
+            out.append((key, value))
     return sorted(out)
 
 
@@ -132,6 +133,8 @@ class Stored:
         where = {"": "", "-init": " at initialisation", "-config": " at initialisation (from the config)"}
         title = self.kind + where[head[len(self.kind) :]]
         items = [item.replace(identity.VALUE, " ", 1) for item in tag.split(identity.ITEM)] if tag else []
+        for char, code in reversed(identity.ESCAPED.items()):
+            items = [item.replace(code, char) for item in items]
         return title + (f" ({', '.join(items)})" if items else "")
 
 
@@ -185,13 +188,11 @@ def analyze(
         "verdicts": [asdict(v) for v in result.verdicts],
         "records": result.records,
     }
-    base = out / stem(kind, options, configs)
+    numbers, *figures = paths = files(out, kind, options, configs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(base.with_suffix(".json"), json.dumps(jsonable(document), indent=1) + "\n")
-    paths = [base.with_suffix(".json")]
-    for suffix in (".png", ".svg"):
-        result.figure.savefig(base.with_suffix(suffix), dpi=130, bbox_inches="tight")
-        paths.append(base.with_suffix(suffix))
+    atomic_write(numbers, json.dumps(jsonable(document), indent=1) + "\n")
+    for path in figures:
+        result.figure.savefig(path, dpi=130, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(result.figure)
