@@ -300,8 +300,11 @@ def plot(
 ) -> None:
     from resexp.errors import UserError
     from resexp.plot import plot as draw
+    from resexp.rundir import outside_runs
 
     with boundary(debug):
+        if out is not None:
+            outside_runs(out, "the figure")
         runs = [run for run in runs_in(runs_dir) if run.rows]
         if not runs:
             raise UserError(f"the runs under {runs_dir} have no curves: they were imported, not trained here")

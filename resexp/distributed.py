@@ -29,6 +29,7 @@ from resexp.errors import ConfigError, OwnFailure, PeerFailed, PeerLost, one_lin
 T = TypeVar("T")
 
 ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")  # where the processes meet (env:// rendezvous)
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer than this fails instead of hanging
 
 
@@ -100,6 +101,12 @@ def current() -> World:
             f"WORLD_SIZE is set but this is not a torchrun process ({shown}): start several processes with "
             "torchrun, or unset WORLD_SIZE for one"
         ) from None
+    missing = [k for k in RENDEZVOUS if not os.environ.get(k)]
+    if size > 1 and missing:  # env:// rendezvous needs them; torchrun sets them
+        raise ConfigError(
+            f"WORLD_SIZE={size} is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: start "
+            "several processes with torchrun, which sets them, or unset WORLD_SIZE for one"
+        )
     return World(rank, size, local)
 
 

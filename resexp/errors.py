@@ -133,6 +133,10 @@ class NothingToAnalyse(UserError):
     pass
 
 
+class ForeignFolder(RunDirError):
+    """A folder whose config.yaml resexp did not write."""
+
+
 class NotRemovable(UserError):
     """A plain block that changes the shape of its input has no identity to leave in its place."""
 
@@ -200,9 +204,14 @@ def describe_type(t: Any) -> str:
 class LauncherFailed(UserError):
     """A launcher's own failure (a job killed under submitit, ...): which runs did not finish."""
 
-    def __init__(self, cause: BaseException, left: list) -> None:
+    def __init__(self, cause: BaseException, left: list, started: list) -> None:
         runs = ", ".join(str(path) for path in left[:5]) + (" ..." if len(left) > 5 else "")
-        super().__init__(
-            f"the launcher stopped ({type(cause).__name__}: {first_line(str(cause))}); {len(left)} run(s) did not "
-            f"finish: {runs}; the same command again resumes them from their last checkpoints"
-        )
+        why = one_line(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {first_line(str(cause))}"
+        text = f"the launcher stopped ({why}); {len(left)} run(s) did not finish: {runs}"
+        if not started:  # e.g. a run folder that cannot be made: nothing to resume
+            text += "; none of them had started"
+        elif len(started) == len(left):
+            text += "; the same command again resumes them from their last checkpoints"
+        else:
+            text += f"; the same command again resumes the {len(started)} that had started from their last checkpoints"
+        super().__init__(text)

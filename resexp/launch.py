@@ -447,7 +447,9 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
             raise SweepInterrupted(len(stopped)) from None
         if not jobs or debug:
             raise
-        raise LauncherFailed(e, [job.run_dir for job in unfinished(jobs)]) from e  # a job killed under submitit, ...
+        left = unfinished(jobs)  # a job killed under submitit, a run folder that cannot be made, ...
+        started = [job.run_dir for job in left if RunDir(job.run_dir).has_checkpoint()]
+        raise LauncherFailed(e, [job.run_dir for job in left], started) from e
     finally:
         for folder in new_dirs:  # a sweep folder holding only what the command wrote before any run started
             if folder.is_dir() and all(p.name == "multirun.yaml" or p.name.endswith(SUFFIX) for p in folder.iterdir()):

@@ -23,6 +23,7 @@ Every check is made before anything is written, and the folder appears whole or 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -249,7 +250,8 @@ def import_run(source: str, file: Path, name: str | None, data_root: str | None)
         what = f"{before.get('file')}, imported" if before is not None else "a run"
         raise RunDirError(f"{job.run_dir} holds {what} already: give --name NAME to import into another folder")
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = job.run_dir.with_name(f".{job.run_dir.name}.importing-{os.getpid()}")
+    clear_stale_staging(job.run_dir)
+    staging = job.run_dir.with_name(f"{STAGING_PREFIX}{job.run_dir.name}.importing-{os.getpid()}")
     try:
         staging.mkdir()
         folder = RunDir(staging)
@@ -261,7 +263,9 @@ def import_run(source: str, file: Path, name: str | None, data_root: str | None)
             "num_classes": int(published.model["head.2.weight"].shape[0]),
             "source": provenance,
         }
-        torch.save(payload, staging / WEIGHTS)
+        buffer = io.BytesIO()  # written by Python, so that a full disk is an OSError: "No space left on device"
+        torch.save(payload, buffer)
+        (staging / WEIGHTS).write_bytes(buffer.getvalue())
         write_json(staging / PROVENANCE, provenance)
         write_json(
             folder.file(STATUS),
@@ -280,6 +284,30 @@ def import_run(source: str, file: Path, name: str | None, data_root: str | None)
         remove_empty(job.run_dir.parent)
         raise
     return Imported(job.run_dir, published.net)
+
+
+STAGING_PREFIX = "."  # a staging folder is hidden: readers of runs never look into hidden folders
+
+
+def clear_stale_staging(run_dir: Path) -> None:
+    """Remove what an import into `run_dir` killed before it finished left (its staging folder,
+    named with the pid of a process that is gone)."""
+    for staging in run_dir.parent.glob(f"{STAGING_PREFIX}{run_dir.name}.importing-*"):
+        pid = staging.name.rpartition("-")[2]
+        if not pid.isdigit() or not alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def one_fit(error: RuntimeError) -> str:

@@ -37,7 +37,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from resexp import identity
-from resexp.errors import MetricsError, RunDirError
+from resexp.errors import ForeignFolder, MetricsError, RunDirError
 
 CONFIG, DATA, ENVIRONMENT, METRICS, STATUS = (
     "config.yaml",
@@ -263,9 +263,15 @@ class RunDir:
         try:
             saved = yaml.safe_load(path.read_text())
         except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
-            raise RunDirError(f"{path} cannot be read ({type(e).__name__}): delete the folder to start again") from None
+            raise ForeignFolder(
+                f"{path} cannot be read ({type(e).__name__}): it is not a config resexp wrote (move the folder away, "
+                "or choose another folder)"
+            ) from None
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-            raise RunDirError(f"{path} is not a resexp config: delete the folder to start again")
+            raise ForeignFolder(
+                f"{path} is not a resexp config: the folder holds files resexp did not write (move it away, or "
+                "choose another folder)"
+            )
         return saved
 
     def config_changes(self, cfg: Any) -> list[str]:
@@ -326,6 +332,26 @@ class RunDir:
             return None
         record = read_json(self.file(PROVENANCE))
         return record if isinstance(record, dict) else {}
+
+
+def owning_run(path: Path) -> Path | None:
+    """The run folder that `path` (a file to write, or a folder) lies in or is, None when none:
+    a folder with a config.yaml and a status.json or metrics.jsonl, found upward from `path`."""
+    here = Path(os.path.abspath(path))
+    for folder in (here, *here.parents):
+        if (folder / CONFIG).is_file() and ((folder / STATUS).is_file() or (folder / METRICS).is_file()):
+            return folder
+    return None
+
+
+def outside_runs(path: Path, what: str) -> None:
+    """Refuse an output the user named when it falls in a run folder: only a run's own writers
+    write there (`resexp export RUN RUN/last.pt` would replace the run's checkpoint)."""
+    owner = owning_run(path)
+    if owner is not None:
+        raise RunDirError(
+            f"{path} lies in the run folder {owner}, which only the run's own writers write: write {what} elsewhere"
+        )
 
 
 # --------------------------------------------------------------------------- reading runs back
@@ -449,14 +475,23 @@ def load_run(path: Path, warn: Warn) -> Run:
     )
 
 
+def hidden(path: Path, root: Path) -> bool:
+    """Whether `path` lies in a hidden folder below `root` (an import's staging folder, .git, ...):
+    never a run to read."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def find_runs(root: Path, warn: Warn) -> list[Run]:
     """Every run below `root` (or `root` itself), sorted by data, family, mode, depth, seed; a
     run that cannot be read is left out with one warning naming it."""
-    paths = {p.parent for name in (METRICS, STATUS) for p in Path(root).rglob(name)}
+    root = Path(root)
+    paths = {p.parent for name in (METRICS, STATUS) for p in root.rglob(name) if not hidden(p.parent, root)}
     runs = []
     for path in sorted(paths):
         try:
             runs.append(load_run(path, warn))
+        except ForeignFolder as e:
+            warn(f"warning: skipping {path}, not a run of resexp's: {e}")
         except RunDirError as e:
             warn(f"warning: skipping a malformed run: {e}")
         except OSError as e:

@@ -150,10 +150,11 @@ def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def export(run_path: Path, to: str, out: Path, warn) -> str:
     """Write RUN's latest checkpoint's weights to OUT in the format `to`; returns what was written."""
-    from resexp.rundir import atomic_write, load_run
+    from resexp.rundir import atomic_write, load_run, outside_runs
 
     if to not in FORMATS:
         raise UserError(f"--to {to} is not a format: choose one of {', '.join(FORMATS)}")
+    outside_runs(out, "the export")
     if out.is_dir():
         raise UserError(f"{out} is a folder: name the file to write, e.g. {out / 'net.pt'}")
     if not out.parent.is_dir():

@@ -212,7 +212,10 @@ def test_analyze_mistakes_are_one_line(sweep, tmp_path):
         (["lesion", "nowhere"], "nowhere is not a folder"),
         (["lesion", "runs/default", "--draws", "0"], "--draws 0 must be at least 1"),
         (["lesion", "empty"], "no run under empty can be analysed"),
-        (["lesion", "runs/default", "--nets", "ResNet-99"], "no run under runs/default matching --nets ResNet-99"),
+        (
+            ["lesion", "runs/default", "--nets", "ResNet-99"],
+            "--nets ResNet-99 can be analysed: the runs there are of plain-8, ResNet-8, seeds 0",
+        ),
         (["lesion", "runs/default", "--seeds", "x"], "--seeds x must be a comma list of integers"),
         (["landscape", "runs/default", "--grid", "100000"], "--grid 100000 must be at most 101"),
         (["landscape", "runs/default", "--workers", "999"], "--workers 999 must be at most"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import folder, resexp, rows, signal_at, torchrun
+from conftest import folder, leftovers, resexp, rows, signal_at, torchrun
 from resexp import lifecycle
 from resexp.build import build_model
 from resexp.data import build_data
@@ -348,6 +348,27 @@ def test_a_half_set_torchrun_environment_is_one_line(tmp_path, monkeypatch, env)
     assert out.code == 1 and len(out.lines) == 1
     assert "WORLD_SIZE is set but this is not a torchrun process" in out.lines[0] and "unset WORLD_SIZE" in out.lines[0]
     assert distributed.current() == World()
+
+
+def test_a_torchrun_environment_without_a_rendezvous_is_one_line(tmp_path, monkeypatch):
+    """Before: torch's "Error initializing torch.distributed using env:// rendezvous" as an unexpected error."""
+    from resexp import distributed
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    distributed.current.cache_clear()
+    try:
+        out = resexp("train", *RUN, cwd=tmp_path)
+    finally:
+        monkeypatch.undo()
+        distributed.current.cache_clear()
+    assert out.code == 1 and out.lines == [
+        "error: WORLD_SIZE=2 is set but MASTER_ADDR and MASTER_PORT are not: start several processes with torchrun, "
+        "which sets them, or unset WORLD_SIZE for one"
+    ]
+    assert leftovers(tmp_path) == []
 
 
 def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):

@@ -232,3 +232,14 @@ def test_json_has_no_nan(sweep):
     doc = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"bare {c}"))
     row = next(r for r in doc["rows"] if r["depth"] == 110)
     assert row["final_train_error"] == [90, None]
+
+
+def test_a_folder_resexp_did_not_write_is_named_as_such_never_told_to_be_deleted(sweep):
+    """Before: "skipping a malformed run: ... delete the folder to start again", of someone else's folder."""
+    foreign = sweep / "notes"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("lr: 0.1\n")
+    (foreign / "status.json").write_text("{}")
+    result = resexp("report", ".", cwd=sweep)
+    assert result.code == 0 and "skipping notes, not a run of resexp's" in result.stderr, result.stderr
+    assert "delete" not in result.stderr

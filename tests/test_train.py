@@ -16,7 +16,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, only_run, process_env, resexp, rows
+from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, leftovers, only_run, process_env, resexp, rows
 from resexp.evaluation import evaluate
 from resexp.hparams import names
 from resexp.speed import cpu_has_bf16
@@ -318,9 +318,16 @@ def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_
     out = resexp("train", "-m", *TINY, "seed=0,1", cwd=tmp_path / "b")
     assert out.code == 1 and out.lines == [
         "error: the launcher stopped (RuntimeError: FailedJobError: job 1 failed); 2 run(s) did not finish: "
-        f"{folder(*TINY, 'seed=0')}, {folder(*TINY, 'seed=1')}; the same command again resumes them from their last "
-        "checkpoints"
+        f"{folder(*TINY, 'seed=0')}, {folder(*TINY, 'seed=1')}; none of them had started"
     ]
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_that_promises_no_resume(tmp_path):
+    """Before: "... the same command again resumes them from their last checkpoints": it never will."""
+    out = resexp("train", *TINY, "hydra.run.dir=/proc/resexp-cannot/run", cwd=tmp_path)
+    assert out.code == 1 and len(out.lines) == 1, out.stderr
+    assert "No such file or directory" in out.lines[0] and "none of them had started" in out.lines[0]
+    assert "resumes" not in out.lines[0] and leftovers(tmp_path) == []
 
 
 def test_a_failure_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypatch):

@@ -159,10 +159,18 @@ def test_every_bad_export_is_one_line_and_writes_nothing(tiny_run, tmp_path):
         ((str(run_dir), str(tmp_path)), "is a folder: name the file to write"),
         ((str(run_dir), str(tmp_path / "missing" / "out.pt")), "missing does not exist"),
     ]
+    # Before: exit 0, the run's checkpoint replaced by a weights-only file, its config by a torch archive.
+    owned = {name: (untrained / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
+    for target in ("last.pt", "config.yaml", "metrics.jsonl", "new.pt", "eval/x.pt"):
+        cases.append(((str(run_dir), str(untrained / target)), "lies in the run folder"))
     for args, message in cases:
         result = resexp("export", *args, cwd=tmp_path)
         assert result.code == 1 and len(result.lines) == 1 and message in result.lines[0], (args, result.stderr)
         assert not out.exists()
+    assert {name: (untrained / name).read_bytes() for name in owned} == owned
+    assert not (untrained / "last.pt").exists() and not (untrained / "new.pt").exists()
+    figure = resexp("plot", str(run_dir), "--out", str(untrained / "curves"), cwd=tmp_path)
+    assert figure.code == 1 and "lies in the run folder" in figure.lines[0] and not (untrained / "curves.png").exists()
 
 
 def test_a_truncated_or_foreign_weights_file_is_one_clear_error(tmp_path):
@@ -483,3 +491,35 @@ def test_best_pt_is_the_lowest_evaluation_counting_those_before_a_resume(tmp_pat
     checkpoints.save(TrainState(step=32), {"step": 32, "test/error": 6.0})
     assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 24
     assert (tmp_path / "best.pt").stat().st_ino == (tmp_path / "prev.pt").stat().st_ino  # a link, not a copy
+
+
+def test_an_import_killed_half_way_is_never_a_run_and_the_next_import_clears_it(tmp_path, monkeypatch):
+    """Before: SIGKILL during an import left a hidden staging folder that report and eval read as a
+    second copy of the run, forever."""
+    import errno
+
+    akamaster = akamaster_file(AkamasterNet(n=1), tmp_path / "resnet8.th")
+    assert resexp("import", "akamaster", str(akamaster), cwd=tmp_path).code == 0
+    [run_dir] = [p.parent for p in (tmp_path / "runs").rglob("status.json")]
+    killed = run_dir.with_name(f".{run_dir.name}.importing-999999999")  # a pid that is no process
+    shutil.copytree(run_dir, killed)
+    report = resexp("report", "runs", "--format", "json", cwd=tmp_path)
+    assert report.code == 0 and [r["n"] for r in json.loads(report.stdout)["rows"]] == [1], report.stdout
+    shutil.rmtree(run_dir)
+    assert resexp("report", "runs", cwd=tmp_path).code == 1  # the staging folder alone is no run either
+    assert resexp("import", "akamaster", str(akamaster), cwd=tmp_path).code == 0
+    assert not killed.exists() and (run_dir / "weights.pt").exists()
+    # A full disk while the weights are written: the one line the system gives, and nothing left.
+    shutil.rmtree(run_dir)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = resexp("import", "akamaster", str(akamaster), cwd=tmp_path)
+    assert (
+        result.code == 1
+        and result.lines == [f"error: No space left on device: {run_dir.parent}"]
+        or (result.code == 1 and len(result.lines) == 1 and "No space left on device" in result.lines[0])
+    ), result.stderr
+    assert not run_dir.exists() and not list(run_dir.parent.glob(".*"))

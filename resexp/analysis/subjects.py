@@ -171,7 +171,8 @@ def subjects(
     `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
     the one line of a NothingToAnalyse."""
     out, skipped = [], []
-    for run in find_runs(folder, warn):
+    found = find_runs(folder, warn)
+    for run in found:
         if (nets and run.label not in nets) or (seeds and run.seed not in seeds):
             continue
         if run.diverged and not at_init:
@@ -184,6 +185,10 @@ def subjects(
     if not out:
         chosen = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in (("nets", nets), ("seeds", seeds)) if v)
         why = f": {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+        if chosen and not skipped and found:  # the nets or seeds asked for are not there: say which are
+            there = sorted({r.label for r in found}, key=lambda n: (n.startswith("ResNet"), len(n), n))
+            seeds_there = ", ".join(map(str, sorted({r.seed for r in found})))
+            why = f": the runs there are of {', '.join(there)}, seeds {seeds_there}"
         raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed{why}")
     for line in skipped:
         warn(f"skipping {line}")
