@@ -30,7 +30,7 @@ from resexp import identity
 from resexp.build import load_weights
 from resexp.config import Config
 from resexp.errors import CheckpointError, first_line
-from resexp.rundir import BEST, LAST, PREVIOUS, RunDir, Warn, atomic_write
+from resexp.rundir import BEST, LAST, NUMPY_STATE, PREVIOUS, RunDir, Warn, atomic_write
 from resexp.schedule import Schedule
 
 KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "model_fields")
@@ -38,13 +38,6 @@ KEYS = ("model", "optimizer", "schedule", "step", "time", "running", "rng", "mod
 # identity and its data's fingerprint (what the checkpoint was trained as, against which
 # config.yaml and data.json are checked), and the iteration this run's own training began at.
 PROVENANCE = ("identity", "data", "began", "metrics")  # metrics: the hash of the rows written before it
-# Checkpoints of resexp 0.1 hold numpy's RNG state as an array: let weights_only load exactly that.
-NUMPY_STATE = [
-    np.ndarray,
-    np.dtype,
-    type(np.dtype(np.uint32)),
-    (getattr(np, "_core", None) or np.core).multiarray._reconstruct,
-]
 
 
 @dataclass

@@ -278,15 +278,9 @@ def note(text: str) -> None:
 
 
 def runs_in(runs_dir: Path):
-    from resexp.errors import UserError
-    from resexp.rundir import find_runs
+    from resexp.rundir import readable_runs
 
-    if not runs_dir.is_dir():
-        raise UserError(f"{runs_dir} is not a folder")
-    runs = find_runs(runs_dir, note)
-    if not runs:
-        raise UserError(f"no runs (folders with config.yaml and metrics.jsonl) under {runs_dir}")
-    return runs
+    return readable_runs(runs_dir, note)
 
 
 @app.command(

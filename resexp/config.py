@@ -307,6 +307,11 @@ def data_rules(d: DataConfig) -> None:
             )
         if d.ten_crop:
             raise ConfigError("data.ten_crop=true and data.test_scales are two test methods: choose one")
+    if d.ten_crop and d.name != DataName.imagenet:
+        raise ConfigError(
+            f"data.ten_crop=true is ImageNet's 10-crop test, and {d.name}'s images are evaluated whole: it needs "
+            "data=imagenet"
+        )
     if d.name == DataName.imagenet and d.normalize != Normalize.channel:
         raise ConfigError(
             f"data.normalize={d.normalize} is not available for ImageNet: its images are normalised with the "

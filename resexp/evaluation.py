@@ -36,7 +36,7 @@ from resexp import distributed, identity
 from resexp.config import Config, validate
 from resexp.data.common import EvalStream
 from resexp.errors import ConfigError, NothingToAnalyse, RunDirError, UserError, one_line
-from resexp.rundir import EVALS, Run, RunDir, atomic_write, find_runs
+from resexp.rundir import EVALS, Run, RunDir, atomic_write, readable_runs
 from resexp.speed import EAGER, Speed
 
 # Overrides that change the numbers (named in the file) and those that only say where and how fast.
@@ -197,9 +197,7 @@ def evaluate_folder(folder: Path, overrides: list[str], best: bool, warn: Warn) 
         raise UserError(f"{folder} is not a folder")
     options = parse(overrides)
     which = "best" if best else "latest"
-    runs = find_runs(folder, warn)
-    if not runs:
-        raise UserError(f"no runs (folders with config.yaml and status.json) under {folder}")
+    runs = readable_runs(folder, warn)
     done, skipped = [], []
     for run in runs:
         try:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -50,6 +52,14 @@ LAST, PREVIOUS, BEST, LOCK = "last.pt", "prev.pt", "best.pt", ".lock"
 WEIGHTS, PROVENANCE, EVALS = "weights.pt", "provenance.json", "eval"  # an imported run's; eval's folder
 IMPORTED = "imported"  # the status of a run made by `resexp import`
 ROW_KEYS = ("step", "epoch", "lr", "train/loss", "train/error")  # every metrics row has these
+# Checkpoints of resexp 0.1 hold numpy's RNG state as an array: let weights_only load exactly that.
+NUMPY_STATE = [
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+    (getattr(np, "_core", None) or np.core).multiarray._reconstruct,
+]
+SAYS = ("identity", "data", "metrics", "step")  # what a checkpoint says of itself besides its tensors
 Warn = Callable[[str], None]
 
 
@@ -292,9 +302,22 @@ class RunDir:
             )
         return record
 
+    def checkpoint_says(self) -> dict[str, Any] | None:
+        """What the run's newest readable checkpoint says of itself (its identity, data fingerprint,
+        the digest of the metrics rows before it, its iteration); None when there is none."""
+        for name in (LAST, PREVIOUS):
+            says = checkpoint_says(self.file(name))
+            if says is not None:
+                return says
+        return None
+
     def data_change(self, data: dict[str, Any], legacy: tuple[str, ...] = ()) -> str | None:
-        """How the dataset of this command differs from the one the run was trained on, if it does."""
+        """How the dataset of this command differs from the one the run was trained on, if it does:
+        as data.json says, or where data.json is gone, as the run's checkpoint says."""
         before = self.data_record()
+        if before is None:
+            said = (self.checkpoint_says() or {}).get("data")
+            before = None if said is None else {"source": "the data its checkpoint names", "fingerprint": said}
         if before is None or before.get("fingerprint") in (data.get("fingerprint"), *legacy):
             return None
         return (
@@ -465,14 +488,75 @@ def load_run(path: Path, warn: Warn) -> Run:
     wrong = identity.disagreements(path.name, values)
     if wrong:
         raise RunDirError(f"{path / CONFIG} does not describe the run its folder names ({'; '.join(wrong)})")
+    rows = run_dir.metrics(warn)
+    agreement(run_dir, values, rows)
     return Run(
         path=path,
         identity=values,
-        rows=run_dir.metrics(warn),
+        rows=rows,
         status=str(status.get("status", "")),
         provenance=run_dir.imported(),
-        evals=run_dir.evals(),
+        evals=current_evals(run_dir, warn),
     )
+
+
+def current_evals(run_dir: RunDir, warn: Warn) -> dict[str, dict[str, Any]]:
+    """`resexp eval`'s records of the weights the run holds now: a record of an earlier checkpoint
+    (the run went on training since) is left out with a warning, never shown as the run's."""
+    out = {}
+    now: dict[str, int | None] = {}
+    for name, record in run_dir.evals().items():
+        which = name.partition(identity.ITEM)[0]
+        if which not in now:
+            file = run_dir.file(BEST) if which == "best" else None
+            says = checkpoint_says(file) if file is not None else run_dir.checkpoint_says()
+            now[which] = None if says is None else says["step"]
+        made = (record.get("checkpoint") or {}).get("step")
+        if now[which] is not None and made != now[which]:
+            warn(
+                f"warning: leaving out {run_dir.file(EVALS) / name}.json: it evaluated iteration {made}, and the run's "
+                f"{which} checkpoint is at {now[which]} now (resexp eval again)"
+            )
+            continue
+        out[name] = record
+    return out
+
+
+def checkpoint_says(path: Path) -> dict[str, Any] | None:
+    """What the checkpoint at `path` says of itself, read without reading its tensors
+    (memory-mapped: milliseconds); None when it is missing, unreadable or not a checkpoint."""
+    if not path.is_file():
+        return None
+    try:
+        with torch.serialization.safe_globals(NUMPY_STATE):
+            saved = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except Exception:  # truncated or foreign: resuming and analysing say why
+        return None
+    if isinstance(saved, dict) and isinstance(saved.get("step"), int):
+        return {key: saved.get(key) for key in SAYS}
+    return None
+
+
+def agreement(run_dir: RunDir, values: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The run's files agree with its checkpoint, as a resumed run checks them: config.yaml says
+    what the checkpoint was trained as, and metrics.jsonl holds the rows it was saved after. A run
+    that train would refuse is refused by every reader (report, plot, analyze, eval, export)."""
+    says = run_dir.checkpoint_says()
+    if says is None:  # not trained yet, or imported: nothing to hold its files to
+        return
+    if isinstance(says.get("identity"), dict):
+        wrong = identity.differences(identity.of(says["identity"]), values)
+        if wrong:
+            raise RunDirError(
+                f"{run_dir.file(CONFIG)} says another run than its checkpoint was trained as ({wrong[0]}): it was "
+                "changed after the run wrote it; restore it"
+            )
+    written = says.get("metrics")
+    if written is not None and written != run_dir.metrics_digest([r for r in rows if r["step"] <= says["step"]]):
+        what = "is gone" if not run_dir.file(METRICS).exists() else "was changed after the run wrote it"
+        raise RunDirError(
+            f"{run_dir.path}: its checkpoint is at iteration {says['step']} but {METRICS} {what}: restore it"
+        )
 
 
 def hidden(path: Path, root: Path) -> bool:
@@ -484,16 +568,36 @@ def hidden(path: Path, root: Path) -> bool:
 def find_runs(root: Path, warn: Warn) -> list[Run]:
     """Every run below `root` (or `root` itself), sorted by data, family, mode, depth, seed; a
     run that cannot be read is left out with one warning naming it."""
+    return scan(root, warn)[0]
+
+
+def scan(root: Path, warn: Warn) -> tuple[list[Run], int]:
+    """The runs below `root` that can be read (as `find_runs`), and how many were left out."""
     root = Path(root)
     paths = {p.parent for name in (METRICS, STATUS) for p in root.rglob(name) if not hidden(p.parent, root)}
-    runs = []
+    runs, skipped = [], 0
     for path in sorted(paths):
         try:
             runs.append(load_run(path, warn))
+            continue
         except ForeignFolder as e:
             warn(f"warning: skipping {path}, not a run of resexp's: {e}")
         except RunDirError as e:
             warn(f"warning: skipping a malformed run: {e}")
         except OSError as e:
             warn(f"warning: skipping a run that cannot be read: {path}: {e.strerror}")
-    return sorted(runs, key=lambda r: (r.data, r.family, r.mode, r.depth, r.shortcut, r.seed, str(r.path)))
+        skipped += 1
+    runs = sorted(runs, key=lambda r: (r.data, r.family, r.mode, r.depth, r.shortcut, r.seed, str(r.path)))
+    return runs, skipped
+
+
+def readable_runs(root: Path, warn: Warn) -> list[Run]:
+    """The runs below `root`; none is one line, which says whether there were runs it could not read."""
+    if not Path(root).is_dir():
+        raise RunDirError(f"{root} is not a folder")
+    runs, skipped = scan(root, warn)
+    if not runs:
+        if skipped:
+            raise RunDirError(f"no run under {root} can be read: {skipped} skipped, each named above")
+        raise RunDirError(f"no runs (folders with {CONFIG} and {METRICS} or {STATUS}) under {root}")
+    return runs

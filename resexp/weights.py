@@ -210,7 +210,7 @@ def read_export(path: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor
 
 def torch_file(path: str | Path) -> Any:
     """What torch.load reads from `path` with weights_only (no code runs), or one line why not."""
-    from resexp.checkpoint import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
+    from resexp.rundir import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
 
     try:
         with torch.serialization.safe_globals(NUMPY_STATE):

@@ -304,12 +304,22 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(text))
 
 
-@settings(max_examples=14, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(file=st.sampled_from(RUN_FILES), how=st.sampled_from(DAMAGE), command=st.sampled_from(["train", "report"]))
+READERS = ["report", "plot", "analyze", "eval", "export"]
+
+
+@settings(max_examples=24, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    file=st.sampled_from(RUN_FILES),
+    how=st.sampled_from(DAMAGE),
+    command=st.sampled_from(["train", *READERS]),
+)
 def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished, file, how, command):
     """Whatever one file of a finished run suffered, `resexp train` again either leaves the run as
     it was trained (the same metrics, row for row) or says in one line why not, touching nothing;
-    report goes on (the run named if it cannot be read)."""
+    and every reader of runs (report, plot, analyze, eval, export) either reads the run as it was
+    trained, or skips it with a warning that names it, or says in one line why not: none believes
+    what train refuses (before: an edited config.yaml without status.json, or an edited test error,
+    were reported and plotted as trained)."""
     run_dir = next(p.parent for p in (finished / "runs").rglob("metrics.jsonl") if "residual" in str(p))
     rows = (run_dir / "metrics.jsonl").read_text()
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +328,15 @@ def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished
         copy = cwd / run_dir.relative_to(finished)
         damage(copy / file, how)
         before = snapshot(copy)
-        args = ["train", *FINISHED, "model.mode=residual"] if command == "train" else ["report", "runs"]
+        relative = str(copy.relative_to(cwd))
+        args = {
+            "train": ["train", *FINISHED, "model.mode=residual"],
+            "report": ["report", "runs", "--format", "json"],
+            "plot": ["plot", "runs"],
+            "analyze": ["analyze", "signal", "runs", "--images", "8"],
+            "eval": ["eval", "runs"],
+            "export": ["export", relative, "net.pt"],
+        }[command]
         outcome = resexp(*args, cwd=cwd)
         event(f"{command} {file} {how}: exit {outcome.code}")
         one_line_or_success(outcome, (file, how))
@@ -329,6 +347,56 @@ def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished
             ], (file, how)
         if command == "train" and outcome.code != 0:
             assert snapshot(copy) == before, (file, how)
+        if command in READERS and outcome.code == 0 and command != "plot":
+            read = {
+                "report": lambda: any(r["mode"] == "residual" for r in json.loads(outcome.stdout)["rows"]),
+                "analyze": lambda: "ResNet-8" in outcome.stdout,
+                "eval": lambda: (copy / "eval" / "latest.json").exists(),
+                "export": lambda: True,
+            }[command]()
+            skipped = relative in outcome.stderr and "skipping" in outcome.stderr
+            assert read != skipped, (command, file, how, outcome.stderr)
+            truth = [json.loads(line) for line in rows.splitlines()][-1]
+            if command == "report" and outcome.code == 0 and not skipped:
+                [row] = [r for r in json.loads(outcome.stdout)["rows"] if r["mode"] == "residual"]
+                assert row["final_test_error"][0] == truth["test/error"], (file, how)  # as trained, or not shown
+                assert row["final_train_error"][0] == truth["train/error"], (file, how)
+
+
+def edited_config(run: Path) -> None:
+    """status.json gone, config.yaml's lr edited by hand: only the checkpoint remembers the run."""
+    (run / "status.json").unlink()
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("lr: 0.1", "lr: 0.5"))
+
+
+def edited_error(run: Path) -> None:
+    """A finished run's last test error edited by hand."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[-1]["test/error"] = 1.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("edit", [edited_config, edited_error])
+def test_every_reader_refuses_what_train_refuses(finished, tmp_path, edit):
+    """Before: report, plot and analyze showed the edited run as trained, where train and eval refused it."""
+    shutil.copytree(finished, tmp_path / "w")
+    cwd = tmp_path / "w"
+    run = next(p.parent for p in (cwd / "runs").rglob("metrics.jsonl") if "residual" in str(p))
+    edit(run)
+    name = str(run.relative_to(cwd))
+    for args in (
+        ["train", *FINISHED, "model.mode=residual"],
+        ["report", "runs"],
+        ["plot", "runs"],
+        ["analyze", "signal", "runs", "--images", "8"],
+        ["eval", "runs"],
+        ["export", name, "net.pt"],
+    ):
+        outcome = resexp(*args, cwd=cwd)
+        said = outcome.stderr.replace("\n", " ")
+        assert name in said and (args[0] == "train" or "changed after the run wrote it" in said), (args, said)
+        assert outcome.code == 1 or args[0] != "train"
+        assert "ResNet-8" not in outcome.stdout and not (run / "eval").exists(), (args, outcome.stdout)
 
 
 # --------------------------------------------------------------------------- names made from options

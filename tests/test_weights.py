@@ -452,6 +452,7 @@ def test_every_bad_import_or_eval_is_one_line_and_writes_nothing(tmp_path, tiny_
         (("eval", str(tiny_run[0]), "model.depth=56"), "model.depth is not a test-time option"),
         (("eval", str(tiny_run[0]), "data.ten_crop=maybe"), "data.ten_crop=maybe"),
         (("eval", str(tiny_run[0]), "data.test_scales=[224]"), "needs data=imagenet"),
+        (("eval", str(tiny_run[0]), "data.ten_crop=true"), "ImageNet's 10-crop test"),  # before: one view, named 10
     ]
     inputs = set(leftovers(tmp_path))
     for args, message in cases:
@@ -523,3 +524,41 @@ def test_an_import_killed_half_way_is_never_a_run_and_the_next_import_clears_it(
         or (result.code == 1 and len(result.lines) == 1 and "No space left on device" in result.lines[0])
     ), result.stderr
     assert not run_dir.exists() and not list(run_dir.parent.glob(".*"))
+
+
+def test_eval_of_a_run_whose_data_json_is_gone_holds_it_to_its_checkpoints_data(tmp_path):
+    """Before: with data.json gone, eval evaluated on whatever data it was given."""
+    from conftest import write_npz
+
+    write_npz(tmp_path / "a.npz", n_train=64, n_test=32)
+    import numpy as np
+
+    write_npz(tmp_path / "b.npz", n_train=64, n_test=32, x_test=np.zeros((32, 32, 32, 3), dtype=np.uint8))
+    args = ["data.root=a.npz", "model.depth=8", "schedule.iterations=4", "eval_every=4", "data.batch_size=16"]
+    assert resexp("train", *args, "device=cpu", cwd=tmp_path).code == 0
+    run_dir = tmp_path / folder(*args)
+    (run_dir / "data.json").unlink()
+    other = resexp("eval", str(run_dir), f"data.root={tmp_path / 'b.npz'}", cwd=tmp_path)
+    assert other.code == 1 and "the data its checkpoint names" in other.lines[-1], other.stderr
+    assert not (run_dir / "eval").exists()
+    same = resexp("eval", str(run_dir), cwd=tmp_path)
+    assert same.code == 0 and (run_dir / "eval" / "latest.json").exists(), same.stderr
+
+
+def test_report_shows_an_eval_only_as_of_the_checkpoint_it_was_made_on(tmp_path, monkeypatch):
+    """Before: an eval of iteration 10 was reported as the run's "latest" after the run went on to 16."""
+    import signal
+
+    from conftest import signal_at
+
+    signal_at(monkeypatch, 10, signal.SIGINT)
+    assert resexp("train", *TINY, cwd=tmp_path).code == 130
+    monkeypatch.undo()
+    run_dir = tmp_path / folder(*TINY)
+    assert resexp("eval", str(run_dir), cwd=tmp_path).code == 0
+    early = resexp("report", "runs", "--format", "json", cwd=tmp_path)
+    assert "latest" in json.loads(early.stdout)["rows"][0]["evals"]
+    assert resexp("train", *TINY, cwd=tmp_path).code == 0  # on to 16
+    late = resexp("report", "runs", "--format", "json", cwd=tmp_path)
+    assert late.code == 0 and json.loads(late.stdout)["rows"][0]["evals"] == {}
+    assert "it evaluated iteration 10, and the run's latest checkpoint is at 16 now" in late.stderr, late.stderr

@@ -24,7 +24,7 @@ from resexp.config import Config, register, to_object
 from resexp.convergence import TrainingState
 from resexp.data import Data, build_data, source
 from resexp.errors import DataError, NothingToAnalyse, RunDirError, UserError, one_line
-from resexp.rundir import CONFIG, Run, RunDir, find_runs
+from resexp.rundir import CONFIG, Run, RunDir, scan
 
 
 @dataclass
@@ -171,7 +171,7 @@ def subjects(
     `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
     the one line of a NothingToAnalyse."""
     out, skipped = [], []
-    found = find_runs(folder, warn)
+    found, unreadable = scan(folder, warn)
     for run in found:
         if (nets and run.label not in nets) or (seeds and run.seed not in seeds):
             continue
@@ -185,6 +185,8 @@ def subjects(
     if not out:
         chosen = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in (("nets", nets), ("seeds", seeds)) if v)
         why = f": {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+        if not found and unreadable:
+            why = f": {unreadable} run(s) there cannot be read, each named above"
         if chosen and not skipped and found:  # the nets or seeds asked for are not there: say which are
             there = sorted({r.label for r in found}, key=lambda n: (n.startswith("ResNet"), len(n), n))
             seeds_there = ", ".join(map(str, sorted({r.seed for r in found})))
