@@ -110,16 +110,27 @@ def current() -> World:
     return World(rank, size, local)
 
 
-def init(device: torch.device) -> None:
-    """Join the process group (once per process): NCCL for CUDA, gloo for the CPU."""
+def join() -> None:
+    """Join the process group (once per process), before anything of the command can fail in one
+    process alone, so that every failure of the start is agreed (`together`): gloo on a machine
+    without CUDA; with CUDA, gloo for the CPU tensors (the agreements) and NCCL for the CUDA ones."""
     if not current().distributed or dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    options: dict[str, Any] = {}
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    except Exception as e:  # the rendezvous: a peer that never came, an address that does not answer
+        raise ConfigError(f"could not join the other processes of this torchrun run ({one_line(e)})") from None
+
+
+def init(device: torch.device) -> None:
+    """The process group, joined (`join`), with this process's GPU current for NCCL's objects
+    (broadcast_object_list's buffers live on the current device)."""
+    if not current().distributed:
+        return
+    join()
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL's objects (broadcast_object_list) live on the current device
-        options["device_id"] = device
-    dist.init_process_group(backend, timeout=TIMEOUT, **options)
+        torch.cuda.set_device(device)
 
 
 def close() -> None:
@@ -184,11 +195,16 @@ def barrier(device: torch.device) -> None:
             dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def together(action: Callable[[], T], device: torch.device) -> T:
-    """Run `action` in every process (rank 0's writes, each process's share of the start); if it
-    fails in any, fail in all, so that no process waits in a collective for one that has left: the
-    process that failed raises OwnFailure (its own error, which it reports with its rank), the
-    others PeerFailed. In one process, `action` itself."""
+LINE = 480  # bytes of each process's failure line that an agreement carries
+
+
+def together(action: Callable[[], T]) -> T:
+    """Run `action` in every process (each process's share of the start, rank 0's writes); if it
+    fails in any, fail in all, so that no process waits in a collective for one that has left.
+    Every process's failure line reaches rank 0, which prints them all, each failed process's in
+    its own words after its rank ("rank 1: data file ... does not exist"): on rank 0 the failure is
+    OwnFailure when rank 0's own action failed (its cause kept), else PeerFailed; on the other
+    ranks a quiet PeerFailed (their words are rank 0's to print). In one process, `action` itself."""
     if not current().distributed:
         return action()
     failure: Exception | None = None
@@ -196,11 +212,31 @@ def together(action: Callable[[], T], device: torch.device) -> T:
         result = action()
     except Exception as e:  # a missing file on one node, a full disk under rank 0, memory, ...
         failure, result = e, None
-    if any_(failure is not None, device):
-        if failure is not None:
-            raise OwnFailure(one_line(failure)) from failure
-        raise PeerFailed("another process of this torchrun run failed (it says why)")
-    return result  # type: ignore[return-value]
+    lines = exchange(None if failure is None else one_line(failure))
+    if not any(lines):
+        return result  # type: ignore[return-value]
+    world = current()
+    if not world.main:
+        raise PeerFailed("a process of this torchrun run failed (rank 0 says why)") from failure
+    said = [lines[0]] if lines[0] else []
+    said += [f"rank {r}: {line}" for r, line in enumerate(lines) if r and line and line != lines[0]]
+    if failure is not None:
+        raise OwnFailure("; ".join(said)) from failure
+    raise PeerFailed("; ".join(said))
+
+
+def exchange(line: str | None) -> list[str]:
+    """Every process's failure line ("" for none), on every process: each writes its own row of
+    one byte tensor and a sum gives all of them to all (no pickling, on gloo's CPU tensors)."""
+    world = current()
+    rows = torch.zeros(world.size, LINE, dtype=torch.uint8)
+    if line:
+        data = line.encode()[:LINE]
+        rows[world.rank, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    rows = rows.to(torch.int32)  # summed as integers: one row each, no overflow
+    with collective():
+        dist.all_reduce(rows)
+    return [bytes(row.to(torch.uint8).tolist()).rstrip(b"\0").decode(errors="replace") for row in rows]
 
 
 def broadcast(obj: Any) -> Any:
@@ -330,7 +366,8 @@ def convert_sync_batchnorm(module: nn.Module) -> None:
 
 def voice(e: BaseException, line: str) -> str | None:
     """The line this process prints for `e`: every error in one process; under torchrun rank 0
-    speaks for all, and another rank only about a failure of its own (prefixed with its rank)."""
+    speaks for all (agreed failures carry the other ranks' words to it), and another rank only
+    about a failure of its own that was not agreed (prefixed with its rank)."""
     world = current()
     if world.main:
         return line

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from rich.console import Console
 from rich.markup import escape
 
-from resexp import identity
+from resexp import distributed, identity
 from resexp.config import CONFIG_PACKAGE, Config, register, to_object
 from resexp.distributed import current, voice
 from resexp.errors import (
@@ -419,8 +419,14 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
     if flags:
         show(args, flags, overrides)
         return True
-    jobs = plan(overrides, multirun)
-    admit_all(jobs)
+    distributed.join()  # under torchrun: before anything can fail in one process alone
+
+    def planned() -> list[Job]:
+        jobs = plan(overrides, multirun)
+        admit_all(jobs)  # reads each run's folder and data: a file missing on one node fails there alone
+        return jobs
+
+    jobs = distributed.together(planned)  # a failure in any process ends all of them, rank 0 saying why
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
     if jobs and jobs[0].sweep_dir is not None and current().main:
         describe_sweep(jobs[0].sweep_dir, jobs)

@@ -295,7 +295,7 @@ def start(
         data = build_data(cfg.data, cfg.seed, device, world)
         return data, speed.place(build_model(cfg, data.num_classes).to(device))
 
-    data, model = distributed.together(build, device)
+    data, model = distributed.together(build)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
     saved = decision.saved
@@ -325,11 +325,12 @@ def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str,
     calls this; rank 0 alone holds the lock and writes the directory."""
     console = console or Console(stderr=True)
     world = distributed.current()
-    device, speed = check(cfg)
+    distributed.join()  # before anything can fail in one process alone: every failure below is agreed
+    device, speed, data_source = distributed.together(lambda: (*check(cfg), source(cfg.data)))
     distributed.init(device)
     folder = RunDir(run_dir)
     with StopSignals(second_aborts=not world.distributed) as stop, locked(folder, device):
-        began = start(cfg, folder, source(cfg.data), device, speed, console)
+        began = start(cfg, folder, data_source, device, speed, console)
         if began is not None:
             stop.started = True
             train_run(cfg, folder, began, device, console, stop)
@@ -344,7 +345,7 @@ def locked(folder: RunDir, device: torch.device) -> Iterator[None]:
     refusal (another command is training this run) ends all of them instead of leaving the others
     waiting for rank 0's decision."""
     lock = folder.lock() if distributed.current().main else contextlib.nullcontext()
-    distributed.together(lock.__enter__, device)
+    distributed.together(lock.__enter__)
     try:
         yield
     finally:
@@ -371,7 +372,7 @@ def train_run(
     state, iterations, world = began.state, cfg.schedule.iterations, distributed.current()
     digest = identity.digest(identity.of(cfg))
     side_effects = distributed.together(
-        lambda: Recorder(run, iterations, state.step, began.rows, console, digest) if world.main else Quiet(), device
+        lambda: Recorder(run, iterations, state.step, began.rows, console, digest) if world.main else Quiet()
     )
     with side_effects as recorder:
         try:
@@ -385,7 +386,7 @@ def train_run(
                 recorder.describe(cfg, began.data.identity(), env)
                 recorder.status("running", state.step)
 
-            distributed.together(describe, device)
+            distributed.together(describe)
             train(began.parts, state, began.eval_every, recorder, began.checkpoints, stop)
         except Diverged as e:
             recorder.status("diverged", state.step, reason=str(e))
@@ -407,7 +408,7 @@ def train_run(
                 cause, own = PeerLost(), False
             failure = OwnTrainingFailure if own else TrainingFailed
             raise failure(run.path, state.step, cause, checkpoint=run.has_checkpoint()) from e
-        distributed.together(lambda: recorder.status("complete", state.step, time=round(state.time, 3)), device)
+        distributed.together(lambda: recorder.status("complete", state.step, time=round(state.time, 3)))
 
 
 def processes(cfg: Config, world: World) -> dict[str, Any]:

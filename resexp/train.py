@@ -79,7 +79,7 @@ def train(
             if not math.isfinite(row["train/loss"]):  # the same global loss in every process: all stop here
                 state.time = time.perf_counter() - started
                 diverged = {**row, "time": state.time, "diverged": True}
-                distributed.together(functools.partial(recorder.evaluation, diverged), device)
+                distributed.together(functools.partial(recorder.evaluation, diverged))
                 raise Diverged(f"training loss is {row['train/loss']} at iteration {state.step}")
             distributed.rank0_buffers(parts.model)  # every process evaluates the net rank 0 checkpoints
             for name, batches in parts.data.evals.items():
@@ -90,7 +90,7 @@ def train(
         if evaluating or (stopping and state.step < iterations):
             state.running, state.time = running.state_dict(), time.perf_counter() - started
             # Rank 0 writes the row and the checkpoint; all processes learn whether that worked.
-            distributed.together(functools.partial(record, recorder, row, checkpoints, state), device)
+            distributed.together(functools.partial(record, recorder, row, checkpoints, state))
         if state.step >= iterations:
             return state
         if stopping:

@@ -96,13 +96,13 @@ def resexp_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Co
     )
 
 
-def torchrun(*overrides: str, cwd: Path, nproc: int = 2) -> subprocess.Popen:
+def torchrun(*overrides: str, cwd: Path, nproc: int = 2, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node=NPROC -m resexp train OVERRIDES`, started in `cwd`."""
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "resexp"]
         + ["train", *overrides],
         cwd=cwd,
-        env=process_env(),
+        env={**process_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -299,9 +299,7 @@ def test_a_failed_gradient_all_reduce_marks_the_group_broken(monkeypatch):
 
 
 def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    from resexp import distributed
-
-    monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
+    one_of_two(monkeypatch, rank=0)
     out = resexp("train", *RUN, "data.batch_size=33", cwd=tmp_path)
     assert out.code == 1
     assert out.lines == [
@@ -383,27 +381,36 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
 
 
 def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
-    """`distributed.together`: the process whose action failed raises OwnFailure (its own error,
-    which it reports with its rank); the others, told through the agreement, raise PeerFailed."""
+    """`distributed.together`: when the action fails in any process, every process fails; rank 0
+    prints every failed process's line, each in its own words after its rank, and the others stay
+    quiet (before: a non-zero rank's words never reached rank 0's terminal)."""
     from resexp import distributed
     from resexp.errors import DataError, OwnFailure, PeerFailed
 
     def broken():
         raise DataError("data file /node2/c.npz does not exist")
 
+    said: list[str | None] = []
+
+    def two(mine: str, other: str):  # rank 0 and rank 1's lines, as the exchange gives them to both
+        return lambda line: said.append(line) or ([line or "", other] if mine == "0" else [other, line or ""])
+
     monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
-    monkeypatch.setattr(distributed, "any_", lambda flag, device: True)  # some process failed
-    with pytest.raises(OwnFailure, match="data file /node2/c.npz does not exist") as own:
-        distributed.together(broken, torch.device("cpu"))
+    monkeypatch.setattr(distributed, "exchange", two("0", "data file /node2/c.npz does not exist"))
+    with pytest.raises(PeerFailed) as peer:  # rank 0 built its share; rank 1 could not
+        distributed.together(lambda: "built")
+    assert str(peer.value) == "rank 1: data file /node2/c.npz does not exist" and said == [None]
+    assert distributed.voice(peer.value, str(peer.value)) == str(peer.value)  # rank 0 says it
+    with pytest.raises(OwnFailure, match="^data file /node2/c.npz does not exist$") as own:  # both: said once
+        distributed.together(broken)
     assert isinstance(own.value.__cause__, DataError)
-    assert distributed.voice(own.value, "x") == "x"  # rank 0 speaks anyway
     monkeypatch.setattr(distributed, "current", lambda: World(1, 2, 1))
-    assert distributed.voice(own.value, "data file ... does not exist") == "rank 1: data file ... does not exist"
-    with pytest.raises(PeerFailed, match="another process of this torchrun run failed"):
-        distributed.together(lambda: "built", torch.device("cpu"))
-    assert distributed.voice(PeerFailed("x"), "x") is None  # rank 0 says it
-    monkeypatch.setattr(distributed, "any_", lambda flag, device: flag)  # nobody failed
-    assert distributed.together(lambda: "built", torch.device("cpu")) == "built"
+    monkeypatch.setattr(distributed, "exchange", two("1", ""))
+    with pytest.raises(PeerFailed) as quiet:  # rank 1's own failure: its words go to rank 0
+        distributed.together(broken)
+    assert distributed.voice(quiet.value, "x") is None and said[-1] == "data file /node2/c.npz does not exist"
+    monkeypatch.setattr(distributed, "exchange", lambda line: ["", ""])  # nobody failed
+    assert distributed.together(lambda: "built") == "built"
 
 
 def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
@@ -412,16 +419,23 @@ def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
     from resexp import distributed
 
     agreed: list[bool] = []
+
+    def exchange(line: str | None) -> list[str]:
+        agreed.append(bool(line))
+        other = "could not write the checkpoint: no space left" if others_fail and len(agreed) > 3 else ""
+        return [line or "", other] if rank == 0 else [other, line or ""]
+
     monkeypatch.setattr(distributed, "current", lambda: World(rank, 2, rank))
     for name, stand_in in (
         ("init", lambda device: None),
+        ("join", lambda: None),
+        ("exchange", exchange),
         ("reduce_values", lambda values, device, op: list(values)),
         ("broadcast", lambda obj: obj if obj is not None else lifecycle.Decision()),
         ("barrier", lambda device: None),
         ("rank0_buffers", lambda model: None),
         ("wrap", lambda model, device, sync_bn: model),
         ("close", lambda: None),
-        ("any_", lambda flag, device: agreed.append(flag) or flag or (others_fail and len(agreed) > 3)),
     ):
         monkeypatch.setattr(distributed, name, stand_in)
     return agreed
@@ -452,3 +466,30 @@ def test_a_write_that_fails_under_rank_0_is_agreed_by_every_rank(tmp_path, monke
     other = resexp("train", *RUN, "schedule.iterations=40", "eval_every=10", "name=other", cwd=tmp_path)
     assert other.code == 1 and other.lines == []  # rank 0 speaks for it
     assert not (tmp_path / "runs/other").exists()  # rank 1 writes nothing
+
+
+# A file that rank 1's node lacks: every worker imports this (PYTHONPATH) and rank 1 sees no such file.
+NODE_LACKS = """
+import os, pathlib
+if os.environ.get("RANK") == "1":
+    real = pathlib.Path.is_file
+    pathlib.Path.is_file = lambda self: False if self.name == "node-local.npz" else real(self)
+"""
+
+
+def test_a_file_missing_on_one_node_ends_every_rank_at_once_in_that_ranks_words_on_rank_0(tmp_path):
+    """Before: both ranks waited silently in collectives (rank 1's data check failed where rank 0's
+    did not) and the folder kept its lock; a non-zero rank's message never reached rank 0."""
+    from conftest import write_npz
+
+    write_npz(tmp_path / "node-local.npz", n_train=64, n_test=32)
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(NODE_LACKS)
+    args = ["data.root=node-local.npz", "model.depth=8", "schedule.iterations=4", "data.batch_size=16", "device=cpu"]
+    started = time.monotonic()
+    launcher = torchrun(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "inject")})
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and time.monotonic() - started < 60
+    ours = [line for line in err.splitlines() if line.startswith(("error:", "rank "))]
+    assert ours == ["error: rank 1: data file node-local.npz does not exist"], err
+    assert not (tmp_path / "runs").exists()  # nothing written, no lock left
