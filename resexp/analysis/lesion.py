@@ -19,7 +19,7 @@ least UNTRAINED points below chance; on one that is not, no lesion can show anyt
   ensemble losing members: no single step of the mean error against k accounts for more than
   STEEPEST of the whole rise (needs at least MIN_STEPS removable blocks and a rise of more than SMALL).
   The verdict gives the spread of the draws at the two ends of its largest step (their standard
-  error), so that a step decided within the draws' noise shows as such;
+  error), and a step within NOISE standard errors of that limit cannot decide (more --draws);
 - plain nets, Fig. 3: removing any block sends the error to chance: every removable block's removal
   takes the error at least HALFWAY from the intact net's error to chance.
 
@@ -51,6 +51,7 @@ HALFWAY = 0.5  # of the way from the intact net's error to chance: "sends it to 
 UNTRAINED = 10.0  # points below chance: a net closer to chance than this is not trained enough to judge
 STEEPEST = 0.5  # the largest step of error against k, as a share of the whole rise: "smooth" below it
 MIN_STEPS = 4  # removable blocks needed to call a curve smooth or not
+NOISE = 2.0  # standard errors of the largest step: a step this close to the limit cannot decide
 
 
 def blocks_of(model: nn.Module) -> list[tuple[nn.Sequential, int, Block]]:
@@ -271,23 +272,44 @@ def smoothness(record: dict) -> tuple[str, str]:
     steps = [b - a for a, b in zip(curve, curve[1:], strict=False)]
     k = max(range(len(steps)), key=steps.__getitem__)
     spread = "; ".join(f"{j} removed: {draws_spread(record, j)}" for j in (k, k + 1) if j > 0)
+    noise = NOISE * math.hypot(*(standard_error(record, j) for j in (k, k + 1)))  # of the step itself
     text = (
         f"{name}: largest step {steps[k]:.1f} of a {rise:.1f}-point rise (from {k} to {k + 1} blocks removed; {spread})"
     )
-    return (AGREES if steps[k] <= STEEPEST * rise else DISAGREES), text
+    limit = STEEPEST * rise
+    if abs(steps[k] - limit) <= noise:
+        return UNDECIDED, f"{text}: within the draws' noise of the limit {limit:.1f} ({NOISE:g} standard errors "
+        f"= {noise:.1f}; more --draws)"
+    return (AGREES if steps[k] < limit else DISAGREES), text
+
+
+def errors_at(record: dict, k: int) -> list[float]:
+    return [] if k == 0 else record["by_k"][k] if k in record["by_k"] else record["by_k"][str(k)]
+
+
+def is_exact(record: dict, k: int) -> bool:
+    """Whether every set of k removed blocks was evaluated (k = 0: the intact net)."""
+    return k == 0 or k in record.get("exact", ()) or str(k) in map(str, record.get("exact", ()))
+
+
+def standard_error(record: dict, k: int) -> float:
+    """Of the mean error with k blocks removed: 0 where it is exact, over the draws otherwise
+    (one draw: unknown, taken as infinite)."""
+    errors = errors_at(record, k)
+    if is_exact(record, k):
+        return 0.0
+    return statistics.stdev(errors) / math.sqrt(len(errors)) if len(errors) > 1 else math.inf
 
 
 def draws_spread(record: dict, k: int) -> str:
     """How well the mean error with k blocks removed is known: exact (every set evaluated) or the
     standard error over its draws."""
-    errors = record["by_k"][k] if k in record["by_k"] else record["by_k"][str(k)]
-    exact = k in record.get("exact", ()) or str(k) in map(str, record.get("exact", ()))
-    if exact:
+    errors = errors_at(record, k)
+    if is_exact(record, k):
         return f"exact over all {len(errors)} sets"
     if len(errors) < 2:
         return "one draw"
-    se = statistics.stdev(errors) / math.sqrt(len(errors))
-    return f"{len(errors)} draws, standard error {se:.1f}"
+    return f"{len(errors)} draws, standard error {standard_error(record, k):.1f}"
 
 
 def verdicts(records: list[dict]) -> list[Verdict]:
