@@ -124,7 +124,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
             str(r["seed"]),
             r["at"],
             f"{r['loss']:.3g}",
-            f"{r['first_to_last']:.3g}",
+            "-" if r["first_to_last"] is None or math.isnan(r["first_to_last"]) else f"{r['first_to_last']:.3g}",
             f"{max(r['update'], default=0.0):.3g}",
             r["flow"],
         ]
@@ -146,6 +146,7 @@ def flow(record: dict) -> tuple[str, str]:
     exploded, or toward the input from the first / last conv layer RMS ratio (vanishes, explodes,
     healthy); unmeasurable where a ratio cannot be taken."""
     largest, loss, r = max(record["update"], default=0.0), record["loss"], record["first_to_last"]
+    r = math.nan if r is None else r  # NaN comes back from JSON as null
     numbers = f"first / last conv layer {r:.3g}, largest update size {largest:.3g}, loss {loss:.3g}"
     if not math.isfinite(loss) or largest > EXPLODED:
         return "exploded", numbers

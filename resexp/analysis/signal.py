@@ -10,7 +10,8 @@ numbers (README, "Which explanation holds?"), each judged per design (norm, init
 and each saying what it was judged on (resexp.analysis.verdict):
 
 - "shortcuts cure vanishing gradients": the gradient toward the input, the norm at the stem's
-  output over the norm at the last block's: it vanishes below 1/FACTOR, explodes above FACTOR,
+  output over the norm at the last block's (judged for each depth of plain net, and over the
+  residual nets together): it vanishes below 1/FACTOR, explodes above FACTOR,
   is healthy between (a gradient that is exactly zero, as under Fixup's zero classifier at
   initialisation, cannot be judged);
 - the forward signal likewise: the stream's std after the last block over that after the stem.
@@ -160,8 +161,8 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
             r["net"],
             str(r["seed"]),
             f"{r['loss']:.3g}",
-            f"{r['gradient_ratio']:.3g} ({r['gradient_trend']})",
-            f"{r['signal_ratio']:.3g} ({r['signal_trend']})",
+            f"{number(r['gradient_ratio'])} ({r['gradient_trend']})",
+            f"{number(r['signal_ratio'])} ({r['signal_trend']})",
             branch_cell(r),
         ]
         for r in records
@@ -181,6 +182,11 @@ def branch_cell(record: dict) -> str:
     return text + (f" ({dead} dead)" if dead else "")
 
 
+def number(value: float | None) -> str:
+    """A ratio as the verdicts show it; "-" where there is none (NaN, which JSON keeps as null)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
 def judged(records: list[dict], key: str, wanted: set[str]) -> tuple[str, str]:
     """(outcome, numbers): agrees when every net's `key` trend is one of `wanted`, does not when
     one is measurable and not, cannot decide otherwise."""
@@ -188,7 +194,7 @@ def judged(records: list[dict], key: str, wanted: set[str]) -> tuple[str, str]:
         AGREES if r[f"{key}_trend"] in wanted else UNDECIDED if r[f"{key}_trend"] == "unmeasurable" else DISAGREES
         for r in records
     ]
-    numbers = "; ".join(f"{r['net']} s{r['seed']} {r[f'{key}_ratio']:.3g} ({r[f'{key}_trend']})" for r in records)
+    numbers = "; ".join(f"{r['net']} s{r['seed']} {number(r[f'{key}_ratio'])} ({r[f'{key}_trend']})" for r in records)
     return overall(outcomes), numbers
 
 
@@ -223,13 +229,20 @@ def design_verdicts(records: list[dict]) -> list[Verdict]:
     plain = [r for r in records if r["mode"] == "plain"]
     residual = [r for r in records if r["mode"] == "residual"]
     criterion = f"vanishes below 1/{FACTOR:g}, explodes above {FACTOR:g}"
-    out = []
-    for mine, claim, wanted, key in (
-        (plain, "in a plain net the gradient vanishes toward the input", {"vanishes"}, "gradient"),
-        (plain, "in a plain net the gradient explodes toward the input", {"explodes"}, "gradient"),
+    by_depth: dict[str, list[dict]] = {}
+    for r in plain:  # the lectures' story is about deep plain nets: each depth its own verdict
+        by_depth.setdefault(r["net"].split(" (")[0], []).append(r)
+    claims = [
+        (mine, f"in {net} the gradient {how} toward the input", {how}, "gradient")
+        for net, mine in by_depth.items()
+        for how in ("vanishes", "explodes")
+    ]
+    claims += [
         (residual, "shortcuts keep the gradient from vanishing or exploding toward the input", {"healthy"}, "gradient"),
         (records, "the forward signal keeps its scale through the net", {"healthy"}, "signal"),
-    ):
+    ]
+    out = []
+    for mine, claim, wanted, key in claims:
         if not mine:
             continue
         outcome, numbers = judged(mine, key, wanted)
@@ -254,6 +267,11 @@ def construction(records: list[dict], key: str) -> str:
     if key == "signal" and all(r["design"]["norm"] == "batch" and r["design"]["block"] == "post" for r in records):
         return BN_SCALE
     start = zero_start(records) if all(r["mode"] == "residual" for r in records) else ""
+    if key == "signal" and start:
+        return (
+            f"{start} of each branch starts at zero, so every block is its shortcut and the stream keeps the stem's "
+            "scale (thinned only by option A's zero channels)"
+        )
     if key == "gradient" and start:
         if all(r["gradient_trend"] == "unmeasurable" for r in records):
             return "Fixup's classifier starts at zero, so no gradient reaches the stream at initialisation"
