@@ -34,10 +34,12 @@ ABOUT = {
     "plain net, any removal should send the error to chance (dashed grey).",
     "signal": "How a signal and its gradient travel through each net, on one training batch: the std of the "
     "stream after each block (left), each residual branch's output norm against its shortcut's (middle: below the "
-    "dotted line a block is close to the identity), and the gradient's norm at each position (right). Look at "
-    "which lines fall or climb by orders of magnitude toward the input: without BN a plain net's signal and "
-    "gradient vanish (Xavier init) or hold (He init); with BN they explode toward the input; shortcuts keep them "
-    "level only with an init that starts the branches near zero.",
+    "dotted line a block is close to the identity; a red x marks a dead branch), and the gradient's norm at each "
+    "position (right). Look at which lines fall or climb by orders of magnitude toward the input: without BN and "
+    "with Xavier init a plain net's signal and gradient vanish; with BN a deep plain net's gradient explodes toward "
+    "the input at initialisation; shortcuts keep it within bounds with BN, and without BN only when the branches "
+    "start at zero. Each verdict says whether its nets were at initialisation, partly trained or trained to "
+    "convergence: whether blocks are close to the identity is a question about trained nets.",
     "landscape": "Li et al. 2018, Fig. 5: loss around the trained weights along two random, filter-normalised "
     "directions: a 1D slice, the contours and the surface. Look for a smooth, bowl-shaped surface with shortcuts "
     "and a rougher, non-convex one without.",
@@ -72,7 +74,7 @@ def verdict_item(verdict: dict | str) -> str:
     label = f"{outcome}, by construction" if construction else outcome
     kind = "by-construction" if construction else outcome.replace(" ", "-")
     item = (
-        f"<li class='{kind}'><span class='outcome {kind}'>{html.escape(label)}</span> "
+        f"<li{' class=construction' if construction else ''}><span class='outcome {kind}'>{html.escape(label)}</span> "
         f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(verdict['why'])}"
     )
     if construction:
@@ -144,7 +146,7 @@ th {{ background: #f3f3f3; }} .about {{ color: #444; }} .meta {{ color: #777; fo
 .outcome {{ padding: 1px 6px; border-radius: 3px; font-size: 12px; font-weight: bold; white-space: nowrap; }}
 .agrees {{ background: #d4edda; color: #155724; }} .does-not-agree {{ background: #f8d7da; color: #721c24; }}
 .cannot-decide {{ background: #fff3cd; color: #856404; }}
-.outcome.by-construction {{ background: #e2e3e5; color: #383d41; }} li.by-construction {{ color: #555; }}
+.outcome.by-construction {{ background: #e2e3e5; color: #383d41; }} li.construction {{ color: #555; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class=meta>Made by resexp on {made}. He et al. 2015, "Deep Residual Learning for Image Recognition".</p>

@@ -254,6 +254,13 @@ def test_the_html_report_is_one_self_contained_file(sweep):
     assert "<h2>responses (per_channel true, seeds 0)</h2>" in page
     labels = re.findall(r"<span class='outcome ([a-z-]+)'>([a-z ]+)</span>", page)  # each verdict: which and why
     assert labels and all(word in OUTCOMES and cls == word.replace(" ", "-") for cls, word in labels)
+    assert page.count("Judged on: ") == page.count("<span class='outcome ")  # every verdict says on what
+    # A verdict that could not have been otherwise: a grey label saying so, and why (BN sets the scale)
+    assert resexp("analyze", "signal", "runs/default", cwd=sweep).code == 0
+    assert resexp("report", "runs/default", "--format", "html", cwd=sweep).code == 0
+    page = (sweep / "runs/default/report.html").read_text()
+    grey = re.findall(r"<li class=construction><span class='outcome by-construction'>([a-z ,]+)</span>", page)
+    assert grey == ["agrees, by construction"] and "Could not have been otherwise: with BN after every conv" in page
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing fetched
     assert "http://" not in page and "https://" not in page
