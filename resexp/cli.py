@@ -27,7 +27,7 @@ from resexp.errors import FAILED, OptionError, signalled
 
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks on errors.")
 # Upper bounds of analysis options: beyond them a computation takes days or more memory than a laptop has.
-MAX_GRID, MAX_DRAWS = 101, 100
+MAX_GRID, MAX_DRAWS, MAX_SAMPLES = 101, 100, 1000
 
 try:  # typer vendors click since 0.2x; earlier versions use click itself
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -421,7 +421,7 @@ def report(
     "each claim agrees, does not agree, or cannot decide."
 )
 def analyze(
-    kind: str = typer.Argument(..., help="responses, gradients, lesion, landscape or signal."),
+    kind: str = typer.Argument(..., help="responses, gradients, lesion, landscape, signal or paths."),
     targets: list[str] = typer.Argument(
         ...,
         help="A run folder or a folder of runs (e.g. runs/cifar_quick); or, with --at-init, the overrides of a config "
@@ -439,6 +439,9 @@ def analyze(
         show_default="responses, lesion: the whole test set; gradients: the run's batch; landscape: 512",
     ),
     draws: int = typer.Option(3, help=f"lesion: random draws per number of removed blocks (1 to {MAX_DRAWS})."),
+    samples: int = typer.Option(
+        16, help=f"paths: paths sampled per length, every one where there are fewer (1 to {MAX_SAMPLES})."
+    ),
     grid: int = typer.Option(21, help=f"landscape: points per axis of the 2D grid (2 to {MAX_GRID})."),
     span: float = typer.Option(1.0, help="landscape: the grid covers [-span, span] along each direction."),
     workers: int = typer.Option(1, help="landscape: processes computing chunks side by side (CPU; at most the cores)."),
@@ -472,6 +475,7 @@ def analyze(
         within(
             ("--images", images, 1, math.inf),
             ("--draws", draws, 1, MAX_DRAWS),
+            ("--samples", samples, 1, MAX_SAMPLES),
             ("--grid", grid, 2, MAX_GRID),
             ("--workers", workers, 1, os.cpu_count() or 1),
         )
@@ -486,7 +490,16 @@ def analyze(
             kind,
             folder,
             Options(
-                at_init, images, draws, grid, span, workers, nets=net_list, seeds=seed_list, per_channel=per_channel
+                at_init,
+                images,
+                draws,
+                grid,
+                span,
+                workers,
+                nets=net_list,
+                seeds=seed_list,
+                per_channel=per_channel,
+                samples=samples,
             ),
             pick_device(device, "--device"),
             data_root,

@@ -40,6 +40,11 @@ ABOUT = {
     "the input at initialisation; shortcuts keep it within bounds with BN, and without BN only when the branches "
     "start at zero. Each verdict says whether its nets were at initialisation, partly trained or trained to "
     "convergence: whether blocks are close to the identity is a question about trained nets.",
+    "paths": "Veit, Wilber and Belongie 2016, Fig. 6: unrolled, a net of n blocks is 2^n paths, C(n, k) of them "
+    "through k residual branches. Left, how many paths of each length; middle, the gradient that one path of each "
+    "length carries back to the stem (log scale); right, the total gradient of each length (the shaded range holds "
+    "90% of it). If a ResNet behaves like an ensemble of shallow nets, the gradient comes from paths far shorter "
+    "than the net.",
     "landscape": "Li et al. 2018, Fig. 5: loss around the trained weights along two random, filter-normalised "
     "directions: a 1D slice, the contours and the surface. Look for a smooth, bowl-shaped surface with shortcuts "
     "and a rougher, non-convex one without.",

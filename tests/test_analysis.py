@@ -129,7 +129,7 @@ def test_the_gradient_norms_equal_a_direct_autograd_computation():
 
 
 def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(sweep):
-    for kind in ("responses", "gradients", "lesion"):
+    for kind in ("responses", "gradients", "lesion", "paths"):
         result = resexp("analyze", kind, "runs/default", cwd=sweep)
         assert result.code == 0, result.stderr
         assert "plain-8" in result.stdout and "ResNet-8" in result.stdout

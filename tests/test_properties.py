@@ -177,10 +177,11 @@ def one_line_or_success(outcome, args) -> None:
 
 OPTIONS = {
     "analyze": {
-        "KIND": ["responses", "gradients", "lesion", "landscape", "signal", "ensembles"],
+        "KIND": ["responses", "gradients", "lesion", "landscape", "signal", "paths", "ensembles"],
         "FOLDER": ["runs/default", "runs/default/synthetic", "nowhere", "runs"],
         "--images": ["8", "0", "-3", "1000000", "x"],
         "--draws": ["1", "0", "101", "x"],
+        "--samples": ["1", "4", "0", "1001", "x"],
         "--grid": ["2", "3", "1", "102", "100000"],
         "--span": ["0.5", "0", "-1", "nan", "inf", "x"],
         "--workers": ["1", "0", "999"],
@@ -419,6 +420,7 @@ def option_sets():
         nets=st.sampled_from([(), ("ResNet-56",), ("ResNet-56", "plain-56"), ("plain-56",)]),
         seeds=st.sampled_from([(), (0,), (0, 1)]),
         per_channel=st.booleans(),
+        samples=st.sampled_from([16, 4, 64]),
     )
     overrides = st.lists(
         st.sampled_from(
@@ -441,7 +443,7 @@ def option_sets():
         max_size=3,
     )
     return st.tuples(
-        st.sampled_from(["responses", "gradients", "lesion", "landscape", "signal"]),
+        st.sampled_from(["responses", "gradients", "lesion", "landscape", "signal", "paths"]),
         options,
         st.one_of(st.none(), overrides),
     )

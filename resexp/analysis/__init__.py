@@ -2,7 +2,8 @@
 
 Kinds (one module each): responses (He et al. 2015, Fig. 7), gradients (gradient flow; Sec. 4.1),
 lesion (Veit et al. 2016, Figs. 3 and 5), landscape (Li et al. 2018, Fig. 5), signal (signal
-propagation: the lectures' explanations put to the numbers). Each takes the nets of a folder of
+propagation: the lectures' explanations put to the numbers), paths (Veit et al. 2016, Fig. 6: the
+gradient each path length carries). Each takes the nets of a folder of
 runs, or of configs at initialisation (resexp.analysis.subjects), computes its numbers, and
 returns a `Result` with its verdicts (resexp.analysis.verdict); the driver here writes
 FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg (KIND-init.* with
@@ -29,7 +30,7 @@ from resexp.errors import UserError
 from resexp.report import jsonable
 from resexp.rundir import atomic_write
 
-KINDS = ("responses", "gradients", "lesion", "landscape", "signal")
+KINDS = ("responses", "gradients", "lesion", "landscape", "signal", "paths")
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -47,6 +48,7 @@ class Options:
     nets: tuple[str, ...] = ()  # only these nets, by the paper's names (plain-56, ResNet-56); () = all
     seeds: tuple[int, ...] = ()  # only runs of these seeds; () = all
     per_channel: bool = False  # responses: the std per channel, averaged (the paper does not say which)
+    samples: int = 16  # paths: paths sampled per length (every path where there are no more)
 
 
 @dataclass
@@ -67,6 +69,7 @@ READS = {
     "lesion": ("draws", "images", "seed", "nets", "seeds"),
     "landscape": ("grid", "span", "images", "seed", "nets", "seeds"),
     "signal": ("images", "nets", "seeds"),
+    "paths": ("images", "samples", "seed", "nets", "seeds"),
 }
 STATES = ("", "-init", "-config")  # at the checkpoint, --at-init on runs, --at-init from a config
 GROUPS = ("model", "data", "schedule")  # config groups whose choice changes the nets (experiment names the folder)
