@@ -29,8 +29,8 @@ not the identity (option A subsamples and pads with zeros, B and C project), so 
 through it is what that shortcut passes back. A plain net has one path: nothing to compare.
 
 The claim, about trained nets (decided on nets trained to convergence only,
-resexp.analysis.verdict.on_trained): "most of the gradient comes from paths much shorter than
-the net": agrees when paths shorter than half the net's blocks carry at least SHORT_SHARE of the
+resexp.analysis.verdict.on_trained), for each net: "most of the gradient comes from paths much
+shorter than the net": agrees when paths shorter than half the net's blocks carry at least SHORT_SHARE of the
 total gradient, does not agree otherwise (by the binomial counts alone they carry about half:
 only a gradient that shrinks with length gives them more); a net of fewer than MIN_BLOCKS blocks,
 or one through which no gradient flows (Fixup's zero classifier at initialisation), cannot decide.
@@ -222,13 +222,22 @@ def verdicts(records: list[dict]) -> list[Verdict]:
 
 
 def decide(records: list[dict]) -> list[Verdict]:
-    mine = [short_paths(r) for r in records]
-    why = "; ".join(text for _, text in mine) + (
-        f"; criterion: paths shorter than half the net carry at least {SHORT_SHARE:g} of the total gradient "
-        f"(C(n, k) x the mean gradient per path of length k, at the stem's output); by the counts alone about half"
-    )
-    claim = "most of the gradient comes from paths much shorter than the net"
-    return [Verdict(claim, "Veit et al. 2016, Sec. 5, Fig. 6", overall(o for o, _ in mine), why, judged_on(records))]
+    """One verdict per net (its seeds together): how much shorter the effective paths are depends
+    on the depth, and one shallow net's answer must not stand for a deep one's."""
+    by_net: dict[str, list[dict]] = {}
+    for r in records:
+        by_net.setdefault(r["net"], []).append(r)
+    out = []
+    for net, mine in by_net.items():
+        judged = [short_paths(r) for r in mine]
+        why = "; ".join(text for _, text in judged) + (
+            f"; criterion: paths shorter than half the net carry at least {SHORT_SHARE:g} of the total gradient "
+            f"(C(n, k) x the mean gradient per path of length k, at the stem's output); by the counts alone about half"
+        )
+        claim = f"most of the gradient of {net} comes from paths much shorter than the net"
+        outcome = overall(o for o, _ in judged)
+        out.append(Verdict(claim, "Veit et al. 2016, Sec. 5, Fig. 6", outcome, why, judged_on(mine)))
+    return out
 
 
 def figure(nets: list[Subject], records: list[dict]):
