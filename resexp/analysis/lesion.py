@@ -278,8 +278,10 @@ def smoothness(record: dict) -> tuple[str, str]:
     )
     limit = STEEPEST * rise
     if abs(steps[k] - limit) <= noise:
-        return UNDECIDED, f"{text}: within the draws' noise of the limit {limit:.1f} ({NOISE:g} standard errors "
-        f"= {noise:.1f}; more --draws)"
+        within = (
+            f"within the draws' noise of the limit {limit:.1f} ({NOISE:g} standard errors = {noise:.1f}; more --draws)"
+        )
+        return UNDECIDED, f"{text}: {within}"
     return (AGREES if steps[k] < limit else DISAGREES), text
 
 
