@@ -41,9 +41,10 @@ demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~14 m
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
 
-analyze: install  ## after make demo: why it works on its sweep (4 analyses, ~15 min on 2 CPU cores), then report.html
+analyze: install  ## after make demo: why it works on its sweep (5 analyses, ~18 min on 2 CPU cores), then report.html
 	$(BIN)/resexp analyze responses runs/cifar_quick
 	$(BIN)/resexp analyze gradients runs/cifar_quick
+	$(BIN)/resexp analyze paths runs/cifar_quick
 	$(BIN)/resexp analyze lesion runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0
 	$(BIN)/resexp analyze landscape runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0 --workers 2
 	$(BIN)/resexp report runs/cifar_quick --format html

@@ -27,7 +27,6 @@ from resexp.errors import FAILED, OptionError, signalled
 
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks on errors.")
 # Upper bounds of analysis options: beyond them a computation takes days or more memory than a laptop has.
-MAX_GRID, MAX_DRAWS, MAX_SAMPLES = 101, 100, 1000
 
 try:  # typer vendors click since 0.2x; earlier versions use click itself
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -155,7 +154,7 @@ def train(
 
     with quiet_unless_main(), boundary(debug, "interrupted before training started: nothing was written"):
         try:
-            finished = launch(list(overrides or []), multirun, debug)
+            finished = launch(list(overrides or []), multirun, debug).complete
             distributed.close()
         except Aborted as e:
             if e.started:
@@ -438,11 +437,11 @@ def analyze(
         "training batch; landscape: training images.",
         show_default="responses, lesion: the whole test set; gradients: the run's batch; landscape: 512",
     ),
-    draws: int = typer.Option(3, help=f"lesion: random draws per number of removed blocks (1 to {MAX_DRAWS})."),
+    draws: int = typer.Option(3, help="lesion: random draws per number of removed blocks (1 to 100)."),
     samples: int = typer.Option(
-        16, help=f"paths: paths sampled per length, every one where there are fewer (1 to {MAX_SAMPLES})."
+        16, help="paths: paths sampled per length, every one where there are fewer (1 to 1000)."
     ),
-    grid: int = typer.Option(21, help=f"landscape: points per axis of the 2D grid (2 to {MAX_GRID})."),
+    grid: int = typer.Option(21, help="landscape: points per axis of the 2D grid (2 to 101)."),
     span: float = typer.Option(1.0, help="landscape: the grid covers [-span, span] along each direction."),
     workers: int = typer.Option(1, help="landscape: processes computing chunks side by side (CPU; at most the cores)."),
     nets: str = typer.Option(
@@ -472,35 +471,17 @@ def analyze(
             )
         if folder is not None and not folder.is_dir():
             raise UserError(f"{folder} is not a folder")
-        within(
-            ("--images", images, 1, math.inf),
-            ("--draws", draws, 1, MAX_DRAWS),
-            ("--samples", samples, 1, MAX_SAMPLES),
-            ("--grid", grid, 2, MAX_GRID),
-            ("--workers", workers, 1, os.cpu_count() or 1),
-        )
-        if not (math.isfinite(span) and span > 0):
-            raise OptionError(f"--span {span} must be a positive number")
         try:
             seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
         except ValueError:
             raise OptionError(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
         net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
+        options = Options(at_init, images, draws, grid, span, workers, 0, net_list, seed_list, per_channel, samples)
+        options.check()
         result, paths = run_analysis(
             kind,
             folder,
-            Options(
-                at_init,
-                images,
-                draws,
-                grid,
-                span,
-                workers,
-                nets=net_list,
-                seeds=seed_list,
-                per_channel=per_channel,
-                samples=samples,
-            ),
+            options,
             pick_device(device, "--device"),
             data_root,
             note,

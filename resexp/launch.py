@@ -406,10 +406,22 @@ def show(args: list[str], flags: list[str], overrides: list[str]) -> None:
         main()
 
 
-def launch(args: list[str], multirun: bool, debug: bool) -> bool:
+@dataclass(frozen=True)
+class Launched:
+    """What a `resexp train` command did: the folder of each of its runs, and those not complete."""
+
+    runs: list[Path]
+    unfinished: list[Path]
+
+    @property
+    def complete(self) -> bool:
+        return not self.unfinished
+
+
+def launch(args: list[str], multirun: bool, debug: bool) -> Launched:
     """Plan the command (compose, check, name and admit every job), then run its jobs through
-    Hydra's runner (its launcher calls `task` once per job, here or in other processes); whether
-    every job's run is complete, as each job's return says."""
+    Hydra's runner (its launcher calls `task` once per job, here or in other processes); each
+    job's run folder, and those whose runs are not complete, as each job's return says."""
     from hydra.core.utils import JobReturn, JobStatus
 
     register()
@@ -418,7 +430,7 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
         raise ConfigError(f"{flags[0]} prints one job and cannot be combined with -m: drop -m (and the comma lists)")
     if flags:
         show(args, flags, overrides)
-        return True
+        return Launched([], [])
     distributed.join()  # under torchrun: before anything can fail in one process alone
 
     def planned() -> list[Job]:
@@ -464,16 +476,17 @@ def launch(args: list[str], multirun: bool, debug: bool) -> bool:
                 remove_empty(folder)
     outcomes = [r for batch in returns or [] if isinstance(batch, list) for r in batch if isinstance(r, JobReturn)]
     done = [r.status == JobStatus.COMPLETED and r._return_value is not None for r in outcomes]
+    folders = [job.run_dir for job in jobs]
     if len(done) == len(jobs) and jobs:
         left = [job for job, ok in zip(jobs, done, strict=True) if not ok]
     else:  # a sweeper of its own: its jobs are not known here
         left = [] if all(done) else unfinished(jobs)
         if not all(done) and not left:
-            return False
+            return Launched(folders, folders)
     if left and current().main and multirun and left[0].launcher != BASIC_LAUNCHER:
         for job in left:  # the jobs' own lines may be in the launcher's logs (submitit)
             err.print(f"[bold red]error:[/] {escape(str(job.run_dir))}: {escape(state_of(job))}", soft_wrap=True)
-    return not left
+    return Launched(folders, [job.run_dir for job in left])
 
 
 def stopped_by_signal(run: RunDir, since: float) -> bool:

@@ -250,7 +250,10 @@ def test_lesion_smoothness_is_tested_on_the_curve_against_k():
     noisy = {k: [10.0 + 8 * k] for k in every} | {5: [30.0, 70.0, 50.0], 4: [30.0, 45.0, 40.0]}
     unsure = record("residual", 10.0, [12.0] * 8, by_k=noisy, exact=[1, 2, 3, 6, 7, 8])
     verdict = next(v for v in lesion.verdicts([unsure]) if "smoothly" in v.claim)
-    assert verdict.outcome == UNDECIDED and "within the draws' noise of the limit 32.0 (2 standard errors = 24.7" in verdict.why
+    assert (
+        verdict.outcome == UNDECIDED
+        and "within the draws' noise of the limit 32.0 (2 standard errors = 24.7" in verdict.why
+    )
 
 
 def test_lesion_uses_every_single_removal_and_never_draws_one_set_twice():

@@ -26,12 +26,15 @@ import torch
 from resexp import identity
 from resexp.analysis.subjects import Subject, from_configs, subjects
 from resexp.analysis.verdict import Verdict
-from resexp.errors import UserError
+from resexp.errors import OptionError, UserError
 from resexp.report import jsonable
 from resexp.rundir import atomic_write
 
 KINDS = ("responses", "gradients", "lesion", "landscape", "signal", "paths")
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+MAX_GRID, MAX_DRAWS, MAX_SAMPLES = 101, 100, 1000
 
 
 @dataclass
@@ -49,6 +52,27 @@ class Options:
     seeds: tuple[int, ...] = ()  # only runs of these seeds; () = all
     per_channel: bool = False  # responses: the std per channel, averaged (the paper does not say which)
     samples: int = 16  # paths: paths sampled per length (every path where there are no more)
+
+    def check(self) -> None:
+        """Each option within its bounds; OptionError names the first that is not, as the CLI spells it."""
+        import math
+        import os
+
+        for option, value, low, high in (
+            ("--images", self.images, 1, math.inf),
+            ("--draws", self.draws, 1, MAX_DRAWS),
+            ("--samples", self.samples, 1, MAX_SAMPLES),
+            ("--grid", self.grid, 2, MAX_GRID),
+            ("--workers", self.workers, 1, os.cpu_count() or 1),
+        ):
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+                raise OptionError(f"{option} {value} must be at least {low:g}")
+            if value > high:
+                raise OptionError(f"{option} {value} must be at most {high:g}")
+        if not (isinstance(self.span, (int, float)) and math.isfinite(self.span) and self.span > 0):
+            raise OptionError(f"--span {self.span} must be a positive number")
 
 
 @dataclass
