@@ -119,7 +119,7 @@ def fast_step(
     torch.manual_seed(0)
     model = speed.place(build_net("cifar", depth, mode, "A", 10).to(device))
     optimizer = make_optimizer(model, 0.1, 0.9, 1e-4, speed)
-    train_step, data = make_step(model, optimizer, Running(device), speed), endless(stream, 0)
+    train_step, data = make_step(model, optimizer, Running(device), speed, speed.scaler()), endless(stream, 0)
 
     def step() -> None:
         x, y = next(data)

@@ -190,9 +190,10 @@ class Checkpointer:
         writes: bool = True,  # under torchrun only rank 0 writes; the others hold the same state
         monitor: str = "test/error",  # what best.pt is the lowest of
         rows: list[dict[str, Any]] = (),  # the evaluations before this start: the best so far
+        scaler: torch.amp.GradScaler | None = None,  # fp16's: its scale and growth count resume exactly
     ) -> None:
         self.run, self.model, self.optimizer, self.schedule = run, model, optimizer, schedule
-        self.model_config = cfg.model
+        self.model_config, self.scaler = cfg.model, scaler
         self.fields, self.writes = model_fields(cfg), writes
         self.identity, self.data = identity.of(cfg), data
         self.monitor = monitor
@@ -223,6 +224,7 @@ class Checkpointer:
                 "data": self.data,
                 "began": state.began,
                 "metrics": self.run.metrics_digest(),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             },
         )
         value = math.nan if row is None else row.get(self.monitor, math.nan)
@@ -238,6 +240,8 @@ class Checkpointer:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.schedule.load_state_dict(saved["schedule"])
+            if self.scaler is not None and "scaler" in saved:  # a checkpoint of another precision has none
+                self.scaler.load_state_dict(saved["scaler"])
             restore_rng_states(saved["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"the checkpoint {source} does not fit this run ({type(e).__name__})") from None

@@ -67,9 +67,10 @@ class ScheduleName(StrEnum):
 
 
 class Precision(StrEnum):
-    auto = "auto"  # bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 elsewhere
+    auto = "auto"  # by what the device computes natively (resexp.speed.resolve): bf16, fp16 or fp32
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 autocast: convolutions in bf16, weights, BN statistics and the loss in fp32
+    fp16 = "fp16"  # fp16 autocast with a gradient scaler (GPUs of compute capability 7.x: T4, V100)
 
 
 class CompileMode(StrEnum):

@@ -303,15 +303,16 @@ def start(
         "val/error" if "val" in data.evals else "test/error"
     )  # best.pt: never chosen on the test set if a val set exists
     before = [r for r in decision.rows if saved is not None and r["step"] <= saved["step"]]
+    scaler = speed.scaler()
     checkpoints = Checkpointer(
-        run, cfg, model, optimizer, schedule, data_source.fingerprint, world.main, monitor, before
+        run, cfg, model, optimizer, schedule, data_source.fingerprint, world.main, monitor, before, scaler
     )
     state = TrainState() if saved is None else checkpoints.restore(saved, decision.origin)
     eval_every = cfg.eval_every or len(data.train)
     check_metrics(run, decision.rows, state, eval_every, cfg.schedule.iterations)
     trained = distributed.wrap(model, device, cfg.model.sync_bn)  # after the restore: DDP sends rank 0's weights
     probes = (stage_grad_norms,) if cfg.log.grad_norms else ()
-    parts = Parts(model, optimizer, schedule, data, speed, probes, trained)
+    parts = Parts(model, optimizer, schedule, data, speed, probes, trained, scaler)
     return Start(parts, state, checkpoints, decision.rows, data_source, eval_every)
 
 
@@ -359,6 +360,11 @@ def notices(cfg: Config, speed: Speed, world: World) -> list[str]:
         out.append(
             "note: the CUDA-graph step is not used under torchrun (not yet measured with DDP on a GPU): "
             "training with eager DDP"
+        )
+    if speed.precision == "fp16" and speed.device_type == "cuda" and cfg.speed.cuda_graph is None:
+        out.append(
+            "note: the CUDA-graph step is not used with fp16 (its gradient scaler checks every step's gradients "
+            "for overflow on the CPU): training with eager steps"
         )
     if cfg.model.sync_bn and not world.distributed:
         out.append("note: model.sync_bn=true has no effect in one process (its batch is the global batch)")

@@ -79,6 +79,8 @@ def format_line(metrics: dict[str, Any], total: int) -> str:
     for key in ("train/loss", "train/error", "test/loss", "test/error", "val/error"):
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.2f}%" if key.endswith("error") else f"{key} {metrics[key]:.3f}")
+    if metrics.get("train/skipped_steps"):  # fp16: steps whose gradients overflowed, left out by the scaler
+        parts.append(f"skipped {metrics['train/skipped_steps']}")
     parts.append(f"lr {metrics['lr']:.4g}")
     return "  ".join(parts)
 

@@ -25,27 +25,30 @@ from resexp.speed import EAGER, Speed
 
 class Running:
     """Sums of training loss and errors over an interval, kept on the device (no sync per step).
-    The sums are updated in place, so a CUDA graph can hold on to them."""
+    The sums are updated in place, so a CUDA graph can hold on to them. With fp16's gradient
+    scaler (`scaled`) also the steps it skipped because their gradients overflowed."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, scaled: bool = False) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.errors = torch.zeros((), dtype=torch.int64, device=device)
         self.count = 0
+        self.scaled, self.skipped = scaled, 0
 
     def reset(self) -> None:
         self.loss.zero_()
         self.errors.zero_()
-        self.count = 0
+        self.count = self.skipped = 0
 
     def state_dict(self) -> dict[str, Any]:
         """The sums of every process (a checkpoint carries them; under torchrun rank 0 resumes them)."""
         loss, errors, count = self.totals()
-        return {"loss": loss, "errors": int(errors), "count": int(count)}
+        return {"loss": loss, "errors": int(errors), "count": int(count), "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.fill_(state["loss"])
         self.errors.fill_(state["errors"])
         self.count = state["count"]
+        self.skipped = state.get("skipped", 0)  # a checkpoint from before fp16 counted none
 
     def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """The device half of `add` (what a CUDA graph records)."""
@@ -61,9 +64,12 @@ class Running:
         return distributed.sum_([self.loss.item(), float(self.errors.item()), float(self.count)], self.loss.device)
 
     def summary(self, prefix: str) -> dict[str, float]:
-        """Mean loss and error (%) of the interval, over every process."""
+        """Mean loss and error (%) of the interval, over every process; with fp16, the steps skipped."""
         loss, errors, count = self.totals()
-        return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
+        out = {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
+        if self.scaled:  # every process skips the same steps (DDP gives all of them the same gradients)
+            out[f"{prefix}/skipped_steps"] = self.skipped
+        return out
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -72,31 +78,58 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def forward_backward_update(
-    net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, speed: Speed
-) -> tuple[torch.Tensor, torch.Tensor]:
+    net: Any,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    speed: Speed,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Forward, backward and the SGD update; (loss, logits, whether the update was skipped: fp16's
+    scaler skips a step whose scaled gradients overflowed, and lowers its scale)."""
     logits = speed.forward(net, x)
     loss = F.cross_entropy(logits, y)
-    loss.backward()
-    optimizer.step()
-    return loss, logits
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return loss, logits, False
+    scale = scaler.get_scale()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # unscales; leaves the weights alone when a gradient is not finite
+    scaler.update()
+    return loss, logits, scaler.get_scale() < scale
 
 
 def train_step(
-    net: Any, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, running: Running, speed: Speed = EAGER
+    net: Any,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    running: Running,
+    speed: Speed = EAGER,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """One eager SGD iteration on a batch; `net` is the model or its compiled form."""
     optimizer.zero_grad(set_to_none=True)
-    loss, logits = forward_backward_update(net, optimizer, x, y, speed)
+    loss, logits, skipped = forward_backward_update(net, optimizer, x, y, speed, scaler)
     running.add(loss, logits, y)
+    running.skipped += skipped
 
 
 class EagerStep:
-    def __init__(self, net: Any, optimizer: torch.optim.Optimizer, running: Running, speed: Speed) -> None:
-        self.net, self.optimizer, self.running, self.speed = net, optimizer, running, speed
+    def __init__(
+        self,
+        net: Any,
+        optimizer: torch.optim.Optimizer,
+        running: Running,
+        speed: Speed,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        self.net, self.optimizer, self.running, self.speed, self.scaler = net, optimizer, running, speed, scaler
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         set_lr(self.optimizer, lr)
-        train_step(self.net, self.optimizer, x, y, self.running, self.speed)
+        train_step(self.net, self.optimizer, x, y, self.running, self.speed, self.scaler)
 
 
 class GraphedStep(EagerStep):
@@ -136,16 +169,26 @@ class GraphedStep(EagerStep):
         # than add to tensors that live outside it.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss, logits = forward_backward_update(self.net, self.optimizer, self.static_x, self.static_y, self.speed)
+        with torch.cuda.graph(graph):  # never with fp16's scaler (resexp.speed.resolve refuses the pair)
+            loss, logits, _ = forward_backward_update(
+                self.net, self.optimizer, self.static_x, self.static_y, self.speed
+            )
             self.running.accumulate(loss, logits, self.static_y)
         self.graph, self.graph_lr = graph, lr
 
 
-def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, running: Running, speed: Speed) -> EagerStep:
-    """The iteration as `speed` says: compiled or not, graphed or not."""
+def make_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    running: Running,
+    speed: Speed,
+    scaler: torch.amp.GradScaler | None = None,
+) -> EagerStep:
+    """The iteration as `speed` says: compiled or not, graphed or not, scaled (fp16) or not."""
     net = speed.for_training(model)
-    return (GraphedStep if speed.cuda_graph else EagerStep)(net, optimizer, running, speed)
+    if speed.cuda_graph:
+        return GraphedStep(net, optimizer, running, speed)
+    return EagerStep(net, optimizer, running, speed, scaler)
 
 
 def stage_grad_norms(model: torch.nn.Module) -> dict[str, float]:

@@ -44,6 +44,7 @@ class Parts:
     speed: Speed
     probes: tuple[Callable[[nn.Module], dict[str, float]], ...] = ()  # extra numbers at each evaluation
     trained: nn.Module | None = None  # what the step calls: DDP around `model` under torchrun, else `model`
+    scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler (its state is in every checkpoint)
 
 
 def train(
@@ -56,10 +57,10 @@ def train(
     if state.step >= iterations:  # a run is never trained past its schedule
         return state
     device = next(parts.model.parameters()).device
-    running = Running(device)
+    running = Running(device, scaled=parts.scaler is not None)
     if state.running and distributed.current().main:  # the sums of all processes; under torchrun rank 0 carries them
         running.load_state_dict(state.running)
-    step = make_step(parts.trained or parts.model, parts.optimizer, running, parts.speed)
+    step = make_step(parts.trained or parts.model, parts.optimizer, running, parts.speed, parts.scaler)
     parts.model.train()
     started = time.perf_counter() - state.time
     for x, y in endless(parts.data.train, state.step):

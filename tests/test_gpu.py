@@ -150,3 +150,23 @@ def test_torchrun_with_one_process_is_the_one_process_run(tmp_path):
         _, two_err = two.communicate(timeout=600)
         assert two.returncode == 0, two_err
         assert "not used under torchrun" in two_err and "eager DDP" in two_err
+
+
+def test_fp16_trains_with_its_scaler_on_cuda_and_resumes_exactly(tmp_path, monkeypatch):
+    """fp16 autocast + GradScaler (the default on compute capability 7.x; selectable on any GPU):
+    eager steps (no CUDA graph), skipped steps counted, the scaler's state in the checkpoint."""
+    import signal
+
+    from conftest import folder, rows, signal_at
+
+    args = [*TINY[:-1], "device=cuda", "speed.precision=fp16"]
+    assert resexp("train", *args, "name=straight", cwd=tmp_path).code == 0
+    signal_at(monkeypatch, 10, signal.SIGINT)
+    assert resexp("train", *args, "name=stopped", cwd=tmp_path).code == 130
+    monkeypatch.undo()
+    assert resexp("train", *args, "name=stopped", cwd=tmp_path).code == 0
+    a, b = (rows(tmp_path / folder(*args, f"name={n}")) for n in ("straight", "stopped"))
+    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-5)
+    assert all("train/skipped_steps" in r for r in a)
+    env = json.loads((tmp_path / folder(*args, "name=straight") / "environment.json").read_text())
+    assert env["speed"]["precision"] == "fp16" and not env["speed"]["cuda_graph"]

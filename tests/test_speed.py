@@ -56,6 +56,7 @@ def test_bf16_units_are_read_from_the_cpus_flags(flags, has):
 
 def test_auto_means_everything_off_on_cpu_and_on_for_cuda(monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100
     cfg = compose(["device=cpu"]).speed
     assert resolve(cfg, torch.device("cpu")) == EAGER
     cuda = resolve(cfg, CUDA)
@@ -249,8 +250,9 @@ def test_bench_rejects_bad_options_in_one_line(tmp_path, args, message):
 @pytest.mark.slow
 def test_compiled_step_trains_like_the_eager_one_on_cpu(tmp_path):
     """torch.compile on the CPU (needs a C++ compiler): same losses as eager within rounding."""
-    a = resexp("train", *TINY, "speed.compile=off", "name=a", cwd=tmp_path)
-    b = resexp("train", *TINY, "speed.compile=default", "name=b", cwd=tmp_path)
+    fp32 = "speed.precision=fp32"  # on a CPU with bf16 units auto is bf16, whose rounding compile reorders
+    a = resexp("train", *TINY, fp32, "speed.compile=off", "name=a", cwd=tmp_path)
+    b = resexp("train", *TINY, fp32, "speed.compile=default", "name=b", cwd=tmp_path)
     assert a.code == 0 and b.code == 0, b.stderr
     rows = [
         [json.loads(line) for line in next(tmp_path.glob(f"runs/{n}/*/*/metrics.jsonl")).read_text().splitlines()]
@@ -270,3 +272,84 @@ def test_running_sums_stay_in_the_same_tensors():
     running.load_state_dict({"loss": 3.0, "errors": 1, "count": 4})
     assert running.loss is loss and running.errors is errors
     assert running.summary("train") == {"train/loss": 0.75, "train/error": 25.0}
+
+
+# --------------------------------------------------------------------------- precision by what the device has
+
+
+@pytest.mark.parametrize(
+    ("capability", "precision"),
+    [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 0), "fp32")],
+    ids=["H100", "A100", "RTX 3090", "T4", "V100", "P100"],
+)
+def test_auto_precision_is_what_the_gpu_computes_natively(monkeypatch, capability, precision):
+    """Before: bf16 on every GPU, which a T4 or V100 only emulates (torch.cuda.is_bf16_supported()
+    answers True there all the same)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    chosen = resolve(SpeedConfig(), CUDA)
+    assert chosen.precision == precision
+    assert chosen.cuda_graph == (precision != "fp16")  # fp16's scaler reads an overflow flag on the CPU each step
+
+
+def test_fp16_and_the_cuda_graph_are_refused_together_and_the_graph_off_is_said(monkeypatch):
+    from resexp.config import Precision
+    from resexp.distributed import World
+    from resexp.lifecycle import notices
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(ConfigError, match="cannot be combined with speed.precision=fp16"):
+        resolve(SpeedConfig(precision=Precision.fp16, cuda_graph=True), CUDA)
+    cfg = compose(["device=cpu"])
+    lines = notices(cfg, resolve(cfg.speed, CUDA), World())
+    assert lines == [
+        "note: the CUDA-graph step is not used with fp16 (its gradient scaler checks every step's gradients for "
+        "overflow on the CPU): training with eager steps"
+    ]
+    assert resolve(SpeedConfig(precision=Precision.fp16), torch.device("cpu")).precision == "fp16"  # anywhere
+
+
+def test_a_step_whose_gradients_overflow_is_skipped_counted_and_leaves_the_weights():
+    """fp16's scaler on the CPU, with a gradient made infinite on purpose."""
+    from resexp.step import EagerStep
+
+    torch.manual_seed(0)
+    net = build_net("cifar", 8, "residual", "A", 10)
+    fast = Speed(precision="fp16")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    running, scaler = Running(torch.device("cpu"), scaled=True), fast.scaler()
+    step = EagerStep(net, optimizer, running, fast, scaler)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    poison = net.head[-1].weight.register_hook(lambda g: g * float("inf"))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    scale = scaler.get_scale()
+    step(x, y, 0.1)
+    assert running.skipped == 1 and scaler.get_scale() == scale / 2
+    assert all(
+        torch.equal(before[k], v) for k, v in net.state_dict().items() if "running" not in k and "batches" not in k
+    )
+    poison.remove()
+    step(x, y, 0.1)
+    assert running.skipped == 1 and not torch.equal(before["head.2.weight"], net.head[-1].weight)
+    summary = running.summary("train")
+    assert summary["train/skipped_steps"] == 1 and np.isfinite(summary["train/loss"])  # not a divergence
+
+
+def test_an_fp16_run_resumes_exactly_with_its_scalers_state(tmp_path, monkeypatch):
+    import signal
+
+    from conftest import folder, rows, signal_at
+
+    args = [*TINY, "data.image_size=8", "data.train_size=64", "data.batch_size=16", "speed.precision=fp16"]
+    straight = resexp("train", *args, "name=straight", cwd=tmp_path)
+    assert straight.code == 0, straight.stderr
+    signal_at(monkeypatch, 10, signal.SIGINT)
+    assert resexp("train", *args, "name=stopped", cwd=tmp_path).code == 130
+    monkeypatch.undo()
+    assert resexp("train", *args, "name=stopped", cwd=tmp_path).code == 0
+    a, b = (rows(tmp_path / folder(*args, f"name={n}")) for n in ("straight", "stopped"))
+    assert [{k: v for k, v in r.items() if k != "time"} for r in a] == [
+        {k: v for k, v in r.items() if k != "time"} for r in b
+    ]
+    assert all("train/skipped_steps" in r for r in a)
+    saved = torch.load(tmp_path / folder(*args, "name=stopped") / "last.pt", weights_only=True)
+    assert saved["scaler"]["scale"] > 0 and saved["scaler"]["_growth_tracker"] == 16
