@@ -5,9 +5,9 @@ is on: bf16 or fp16 autocast (fp16 with a gradient scaler), channels_last (NHWC)
 torch.compile, PyTorch's fused SGD kernel, the whole iteration replayed as one CUDA graph
 (resexp/step.py; a CIFAR iteration is about a thousand small kernels, too many to launch one by
 one from Python), and cuDNN's per-shape algorithm search (the batch shape is fixed). `auto`/null
-resolves per device to what was measured fastest (benchmarks/NOTES.md): on a GPU the precision its tensor cores compute (bf16
-from compute capability 8.0, fp16 on 7.x, fp32 below); on a CPU with native bf16 units (AMX,
-AVX-512 BF16) bf16 autocast and channels_last, on other CPUs nothing.
+resolves per device to what was measured fastest (benchmarks/NOTES.md): on a GPU the precision
+its tensor cores compute (bf16 from compute capability 8.0, fp16 on 7.x, fp32 below); on a CPU
+with native bf16 units (AMX, AVX-512 BF16) bf16 autocast and channels_last, on other CPUs nothing.
 
 The compiled module is used for training steps only. Evaluation runs the same parameters
 eagerly: its batch shapes vary (the last batch is short) and it takes a small share of the time,
