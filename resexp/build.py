@@ -17,7 +17,7 @@ from resexp.errors import CheckpointError, ConfigError
 from resexp.models import build_net, design_change
 from resexp.speed import EAGER, Speed
 
-DEVICES = "auto, cpu, cuda or cuda:N"
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -57,15 +57,19 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(name: str, what: str = "device") -> torch.device:
     """The device a name asks for (`what` is how the user gave it: device=..., --device)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # a GPU when there is one: CUDA, else a Mac's (MPS), else the CPU
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     shown = f"{what}={name}" if not what.startswith("-") else f"{what} {name}"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{shown} is not a device: use {DEVICES}") from None
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"{shown} is not supported: use {DEVICES}")
+    if device.type == "mps" and not mps_available():
+        raise ConfigError(f"{shown} asked for, but this machine has no Apple GPU that PyTorch can use (MPS): use cpu")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -73,6 +77,11 @@ def pick_device(name: str, what: str = "device") -> torch.device:
         if (device.index or 0) >= count:
             raise ConfigError(f"{shown}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device
+
+
+def mps_available() -> bool:
+    """Whether PyTorch can use this Mac's GPU (Metal Performance Shaders)."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def device_memory(device: torch.device) -> int:

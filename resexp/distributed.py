@@ -151,6 +151,10 @@ def close() -> None:
 def device_for(name: str) -> str:
     """Under torchrun with CUDA, each process takes the GPU of its LOCAL_RANK."""
     world = current()
+    if world.distributed and name == "mps":
+        raise ConfigError(
+            f"device=mps under torchrun: a Mac has one GPU, and {world.size} processes cannot share it: run one process"
+        )
     if not world.distributed or not name.startswith(("cuda", "auto")):
         return name
     if name == "auto" and not torch.cuda.is_available():

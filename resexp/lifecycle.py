@@ -366,6 +366,8 @@ def notices(cfg: Config, speed: Speed, world: World) -> list[str]:
             "note: the CUDA-graph step is not used with fp16 (its gradient scaler checks every step's gradients "
             "for overflow on the CPU): training with eager steps"
         )
+    if speed.device_type == "mps" and cfg.speed.fused_optimizer:
+        out.append("note: speed.fused_optimizer=true is off on a Mac's GPU (not measured there): unfused SGD")
     if cfg.model.sync_bn and not world.distributed:
         out.append("note: model.sync_bn=true has no effect in one process (its batch is the global batch)")
     return out

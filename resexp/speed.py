@@ -127,8 +127,9 @@ def cuda_precision(capability: tuple[int, int]) -> Precision:
 def resolve(cfg: SpeedConfig, device: torch.device) -> Speed:
     """Turn `auto`/null into the per-device defaults: on CUDA everything measured to pay, in the
     precision the GPU computes natively; on a CPU with native bf16 units bf16 autocast and
-    channels_last (2.0x there, measured), else nothing."""
-    cuda = device.type == "cuda"
+    channels_last (2.0x there, measured), else nothing; on a Mac's GPU (MPS) nothing (fp32, eager:
+    none of it measured there; the fused SGD kernel stays off even when asked for)."""
+    cuda, mps = device.type == "cuda", device.type == "mps"
     fast_cpu = device.type == "cpu" and cpu_has_bf16()
     precision = cfg.precision
     if precision == Precision.auto:
@@ -142,7 +143,7 @@ def resolve(cfg: SpeedConfig, device: torch.device) -> Speed:
     channels_last = (
         (cuda or (fast_cpu and precision == Precision.bf16)) if cfg.channels_last is None else cfg.channels_last
     )
-    fused = cuda if cfg.fused_optimizer is None else cfg.fused_optimizer
+    fused = cuda if cfg.fused_optimizer is None else cfg.fused_optimizer and not mps  # not measured on MPS: off
     scaled = precision == Precision.fp16  # its scaler reads an overflow flag on the CPU every step
     graph = cuda and mode not in GRAPHING_MODES and not scaled if cfg.cuda_graph is None else cfg.cuda_graph
     if graph and not cuda:

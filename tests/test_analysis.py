@@ -222,7 +222,11 @@ def test_analyze_mistakes_are_one_line(sweep, tmp_path):
         (["landscape", "runs/default", "--span", "inf"], "--span inf must be a positive number"),
         (["lesion", "runs/default", "--draws", "1000000"], "--draws 1000000 must be at most 100"),
         (["lesion", "runs/default", "--grid", "x"], "Invalid value for '--grid'"),
-        (["lesion", "runs/default", "--device", "mps"], "--device mps is not supported"),
+        (["lesion", "runs/default", "--device", "mps"], "--device mps asked for, but this machine has no Apple GPU"),
+        (
+            ["lesion", "runs/default", "--device", "tpu"],
+            "--device tpu is not a device: use auto, cpu, cuda, cuda:N or mps",
+        ),
     ):
         (sweep / "empty").mkdir(exist_ok=True)
         result = resexp("analyze", *args, cwd=sweep)

@@ -237,7 +237,7 @@ def test_bench_on_cpu_reports_both_paths(tmp_path):
         (["--images", "100000000", "device=cpu"], "--images 100000000 needs about"),
         (["--workers", "999", "device=cpu"], "--workers 999 must be at most"),
         (["speed.compile=fastest"], "expected one of auto, off, default, reduce_overhead"),
-        (["device=mps"], "device=mps is not supported"),
+        (["device=mps"], "device=mps asked for, but this machine has no Apple GPU"),
         (["--images", "10", "device=cpu"], "--images 10 must be at least data.batch_size=128"),
         (["--iterations", "0", "device=cpu"], "--iterations 0 must be at least 1"),
     ],
@@ -353,3 +353,75 @@ def test_an_fp16_run_resumes_exactly_with_its_scalers_state(tmp_path, monkeypatc
     assert all("train/skipped_steps" in r for r in a)
     saved = torch.load(tmp_path / folder(*args, "name=stopped") / "last.pt", weights_only=True)
     assert saved["scaler"]["scale"] > 0 and saved["scaler"]["_growth_tracker"] == 16
+
+
+# --------------------------------------------------------------------------- a Mac's GPU (MPS)
+
+MPS = torch.device("mps")
+
+
+def test_auto_picks_a_macs_gpu_when_there_is_no_cuda_and_mps_is_refused_where_there_is_none(monkeypatch):
+    from resexp import build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(build, "mps_available", lambda: True)
+    assert build.pick_device("auto") == MPS and build.pick_device("mps") == MPS
+    monkeypatch.setattr(build, "mps_available", lambda: False)
+    assert build.pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device=mps asked for, but this machine has no Apple GPU"):
+        build.pick_device("mps")
+    with pytest.raises(ConfigError, match="device=tpu is not a device: use auto, cpu, cuda, cuda:N or mps"):
+        build.pick_device("tpu")
+
+
+def test_on_mps_everything_is_off_and_what_it_lacks_is_said_or_refused(monkeypatch):
+    from resexp.config import Precision
+    from resexp.distributed import World
+    from resexp.lifecycle import notices
+
+    chosen = resolve(SpeedConfig(), MPS)
+    assert (chosen.precision, chosen.channels_last, chosen.fused_optimizer, chosen.cuda_graph) == (
+        "fp32",
+        False,
+        False,
+        False,
+    )
+    asked = compose(["device=cpu", "speed.fused_optimizer=true"])
+    assert not resolve(asked.speed, MPS).fused_optimizer
+    assert notices(asked, resolve(asked.speed, MPS), World()) == [
+        "note: speed.fused_optimizer=true is off on a Mac's GPU (not measured there): unfused SGD"
+    ]
+    with pytest.raises(ConfigError, match="speed.cuda_graph=true needs a CUDA device, not mps"):
+        resolve(SpeedConfig(cuda_graph=True), MPS)
+    assert resolve(SpeedConfig(precision=Precision.bf16), MPS).precision == "bf16"  # asked for: the user's choice
+
+
+def test_mps_under_torchrun_is_one_line(monkeypatch):
+    from resexp import distributed
+    from resexp.distributed import World
+
+    monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
+    with pytest.raises(ConfigError, match="device=mps under torchrun: a Mac has one GPU"):
+        distributed.device_for("mps")
+
+
+def test_checkpoints_and_weights_load_onto_the_cpu_whatever_device_saved_them(tmp_path, monkeypatch):
+    """A checkpoint written on a Mac's GPU (or a GPU) holds tensors of that device: every reader
+    maps them to the CPU first (a run then moves them where it trains), so runs and weights move
+    between a Mac, a GPU machine and a CPU. (The MPS tensors themselves cannot be made here.)"""
+    from resexp import checkpoint, rundir, weights
+
+    assert resexp("train", *TINY, cwd=tmp_path).code == 0
+    last = next(tmp_path.glob("runs/*/*/*/last.pt"))
+    seen = []
+    real = torch.load
+
+    def load(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    checkpoint.read(last)
+    weights.load(last)
+    rundir.checkpoint_says(last)
+    assert seen == ["cpu", "cpu", "cpu"]
