@@ -7,7 +7,7 @@ DATA ?= $(if $(wildcard ../shared/data/cifar10.npz),../shared/data,data)
 DOWNLOAD := $(if $(wildcard $(DATA)/cifar10.npz $(DATA)/cifar-10-batches-py),,data.download=true)
 EXTRA ?=
 
-.PHONY: help install test test-all lint format demo analyze bench tb clean
+.PHONY: help install test test-all lint format demo analyze bench tb notebook clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ analyze: install  ## after make demo: why it works on its sweep (5 analyses, ~18
 
 bench: install  ## training images/s of resexp vs a common-way reference loop on this machine (resexp bench)
 	$(BIN)/resexp bench
+
+notebook: install  ## notebooks/resexp.ipynb made again from its source notebooks/resexp.py (jupytext)
+	$(BIN)/jupytext --to ipynb notebooks/resexp.py -o notebooks/resexp.ipynb
 
 tb: install  ## TensorBoard on runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs
