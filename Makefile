@@ -36,14 +36,15 @@ format: install  ## apply ruff's fixes and formatting
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, ~14 min on 2 CPU cores with bf16 units, ~31 without), then plot + report
+demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, 14 to 21 min on 2 CPU cores with bf16 units, ~31 without), then plot + report
 	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
 	$(BIN)/resexp plot runs/cifar_quick
 	$(BIN)/resexp report runs/cifar_quick
 
-analyze: install  ## after make demo: why it works on its sweep (5 analyses, ~18 min on 2 CPU cores), then report.html
+analyze: install  ## after make demo: why it works on its sweep (6 analyses, ~22 min on 2 CPU cores), then report.html
 	$(BIN)/resexp analyze responses runs/cifar_quick
 	$(BIN)/resexp analyze gradients runs/cifar_quick
+	$(BIN)/resexp analyze signal runs/cifar_quick
 	$(BIN)/resexp analyze paths runs/cifar_quick
 	$(BIN)/resexp analyze lesion runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0
 	$(BIN)/resexp analyze landscape runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0 --workers 2

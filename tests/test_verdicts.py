@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resexp.analysis import gradients, landscape, lesion, responses, signal
-from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
+from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall, with_diverged
 from resexp.models import build_net
 
 
@@ -32,6 +32,30 @@ def about(net: str, mode: str, training: dict = CONVERGED, depth: int = 20, seed
         "training": training,
         "design": PAPER | design,
     }
+
+
+def test_a_claim_judged_without_a_diverged_run_of_its_design_cannot_agree():
+    # runs/why_init's sketch: ResNet-56 without BN (He init) diverged in every seed and is left out; the
+    # claim about shortcuts in that design, judged on ResNet-20 alone, must not read "agrees".
+    nobn = [about("ResNet-20", "residual", SKETCH, norm="none"), about("plain-20", "plain", SKETCH, norm="none")]
+    paper = [about("ResNet-20", "residual", SKETCH)]
+    left = [
+        {"net": "ResNet-56", "seed": s, "design": PAPER | {"norm": "none"}, "state": "diverged at iteration 40"}
+        for s in (0, 1)
+    ]
+    shortcuts = Verdict(
+        "shortcuts keep the gradient healthy [norm=none]", "lectures", AGREES, "ResNet-20 4.1", judged_on(nobn)
+    )
+    plain20 = Verdict("in plain-20 the gradient vanishes [norm=none]", "lectures", DISAGREES, "6.0", judged_on(nobn))
+    against = Verdict("the forward signal keeps its scale [norm=none]", "lectures", DISAGREES, "3e3", judged_on(nobn))
+    bn = Verdict("shortcuts keep the gradient healthy", "lectures", AGREES, "ResNet-20 9.6", judged_on(paper))
+    out = with_diverged([shortcuts, plain20, against, bn], left)
+    assert out[0].outcome == UNDECIDED
+    assert "left out, diverged in training: ResNet-56 s0 (diverged at iteration 40), ResNet-56 s1" in out[0].why
+    assert out[1] == plain20  # a claim about another net of the design
+    assert out[2].outcome == DISAGREES and "ResNet-56 s0" in out[2].why  # a counter-example stays one
+    assert out[3] == bn  # another design
+    assert with_diverged([shortcuts], []) == [shortcuts]
 
 
 def test_a_claim_about_trained_nets_cannot_be_decided_on_a_sketch_and_keeps_its_numbers():

@@ -25,7 +25,7 @@ import torch
 
 from resexp import identity
 from resexp.analysis.subjects import Subject, from_configs, subjects
-from resexp.analysis.verdict import Verdict
+from resexp.analysis.verdict import Verdict, with_diverged
 from resexp.errors import OptionError, UserError
 from resexp.report import jsonable
 from resexp.rundir import atomic_write
@@ -196,15 +196,17 @@ def analyze(
     result and the files written."""
     if kind not in KINDS:
         raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
+    diverged: list[dict] = []  # the runs left out because they diverged in training
     if configs is not None:
         nets, folder = from_configs(configs, device)
     else:
         assert folder is not None
-        nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds)
+        nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds, diverged)
     out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
     module = importlib.import_module(f"resexp.analysis.{kind}")
     result: Result = module.analyze(nets, options, out / state(kind, options, configs), progress)
+    result.verdicts = with_diverged(result.verdicts, diverged)
     seconds = time.perf_counter() - started
     document = {
         "kind": kind,

@@ -100,6 +100,17 @@ def design_of(cfg: Config) -> dict[str, str]:
     return {"norm": str(m.norm), "init": str(m.init), "block": str(m.block), "body": str(m.body or "basic")}
 
 
+def design_of_run(run: Run) -> dict[str, str]:
+    """design_of, read from a run's identity (config.yaml) without building its config."""
+    i = run.identity
+    return {
+        "norm": str(i.get("model.norm") or "batch"),
+        "init": str(i.get("model.init") or "he"),
+        "block": str(i.get("model.block") or "post"),
+        "body": str(i.get("model.body") or "basic"),
+    }
+
+
 def run_config(run_dir: Path, data_root: str | None) -> Config:
     register()
     schema = OmegaConf.structured(Config)
@@ -166,10 +177,12 @@ def subjects(
     warn: Callable[[str], None],
     nets: tuple[str, ...] = (),
     seeds: tuple[int, ...] = (),
+    diverged: list[dict] | None = None,
 ) -> list[Subject]:
     """Every analysable run under `folder` (of the given nets and seeds), in the order of
     `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
-    the one line of a NothingToAnalyse."""
+    the one line of a NothingToAnalyse. The runs left out because they diverged in training are
+    added to `diverged` (net, seed, design, state), for the verdicts about their design."""
     out, skipped = [], []
     found, unreadable = scan(folder, warn)
     for run in found:
@@ -177,6 +190,8 @@ def subjects(
             continue
         if run.diverged and not at_init:
             skipped.append(f"{run.path}: {run.state}")
+            if diverged is not None:
+                diverged.append({"net": run.label, "seed": run.seed, "design": design_of_run(run), "state": run.state})
             continue
         try:
             out.append(load(run, at_init, device, data_root, warn))

@@ -14,6 +14,7 @@ the stream's scale; a branch started at zero is the identity at initialisation) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -87,6 +88,35 @@ def states_text(records: list[dict]) -> str:
 
 def judged_on(records: list[dict]) -> str:
     return f"{states_text(records)} | {design_text(records)}"
+
+
+NET_NAME = re.compile(r"\b(?:plain|ResNet)-\d+\b")
+
+
+def with_diverged(verdicts: list[Verdict], diverged: list[dict]) -> list[Verdict]:
+    """A run that diverged in training has no weights worth measuring, and every analysis leaves it
+    out; but a claim about its design (and about its net, where the claim names nets) is then
+    judged without the one run that most likely contradicts it. Each such verdict names the runs
+    left out, and one that would agree cannot decide instead."""
+    out = []
+    for v in verdicts:
+        design = v.judged_on.rsplit(" | ", 1)[-1] if " | " in v.judged_on else ""
+        switches = dict(part.split("=", 1) for part in design.split(", ") if "=" in part)
+        named = set(NET_NAME.findall(v.claim))
+        hits = [
+            d
+            for d in diverged
+            if all(d["design"].get(k) in values.split("|") for k, values in switches.items())
+            and (not named or d["net"] in named)
+        ]
+        if not hits:
+            out.append(v)
+            continue
+        left = "; left out, diverged in training: " + ", ".join(f"{d['net']} s{d['seed']} ({d['state']})" for d in hits)
+        if v.outcome == AGREES:
+            left += ": without them the claim cannot be judged"
+        out.append(replace(v, outcome=UNDECIDED if v.outcome == AGREES else v.outcome, why=v.why + left))
+    return out
 
 
 def converged(record: dict) -> bool:
