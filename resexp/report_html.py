@@ -51,6 +51,11 @@ ABOUT = {
 }
 
 
+def sentence(text: str) -> str:
+    """A verdict's why, which follows the claim as a sentence of its own: its first letter up."""
+    return text[:1].upper() + text[1:]
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -80,7 +85,7 @@ def verdict_item(verdict: dict | str) -> str:
     kind = "by-construction" if construction else outcome.replace(" ", "-")
     item = (
         f"<li{' class=construction' if construction else ''}><span class='outcome {kind}'>{html.escape(label)}</span> "
-        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(verdict['why'])}"
+        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(sentence(verdict['why']))}"
     )
     if construction:
         item += f"<div class=meta>Could not have been otherwise: {html.escape(construction)}.</div>"

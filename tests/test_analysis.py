@@ -259,6 +259,8 @@ def test_the_html_report_is_one_self_contained_file(sweep):
     labels = re.findall(r"<span class='outcome ([a-z-]+)'>([a-z ]+)</span>", page)  # each verdict: which and why
     assert labels and all(word in OUTCOMES and cls == word.replace(" ", "-") for cls, word in labels)
     assert page.count("Judged on: ") == page.count("<span class='outcome ")  # every verdict says on what
+    whys = re.findall(r"</b> \([^)]*\)\. (.)", page)  # the numbers follow the claim as a sentence of their own
+    assert whys and all(not c.islower() for c in whys)
     # A verdict that could not have been otherwise: a grey label saying so, and why (BN sets the scale)
     assert resexp("analyze", "signal", "runs/default", cwd=sweep).code == 0
     assert resexp("report", "runs/default", "--format", "html", cwd=sweep).code == 0
