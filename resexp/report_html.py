@@ -85,7 +85,8 @@ def verdict_item(verdict: dict | str) -> str:
     kind = "by-construction" if construction else outcome.replace(" ", "-")
     item = (
         f"<li{' class=construction' if construction else ''}><span class='outcome {kind}'>{html.escape(label)}</span> "
-        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). {html.escape(sentence(verdict['why']))}"
+        f"<b>{html.escape(verdict['claim'])}</b> ({html.escape(verdict['source'])}). "
+        f"{html.escape(sentence(verdict['why']))}"
     )
     if construction:
         item += f"<div class=meta>Could not have been otherwise: {html.escape(construction)}.</div>"
