@@ -40,7 +40,13 @@ def test_a_claim_judged_without_a_diverged_run_of_its_design_cannot_agree():
     nobn = [about("ResNet-20", "residual", SKETCH, norm="none"), about("plain-20", "plain", SKETCH, norm="none")]
     paper = [about("ResNet-20", "residual", SKETCH)]
     left = [
-        {"net": "ResNet-56", "seed": s, "design": PAPER | {"norm": "none"}, "state": "diverged at iteration 40"}
+        {
+            "net": "ResNet-56",
+            "mode": "residual",
+            "seed": s,
+            "design": PAPER | {"norm": "none"},
+            "state": "diverged at 40",
+        }
         for s in (0, 1)
     ]
     shortcuts = Verdict(
@@ -51,11 +57,19 @@ def test_a_claim_judged_without_a_diverged_run_of_its_design_cannot_agree():
     bn = Verdict("shortcuts keep the gradient healthy", "lectures", AGREES, "ResNet-20 9.6", judged_on(paper))
     out = with_diverged([shortcuts, plain20, against, bn], left)
     assert out[0].outcome == UNDECIDED
-    assert "left out, diverged in training: ResNet-56 s0 (diverged at iteration 40), ResNet-56 s1" in out[0].why
+    assert "left out, diverged in training: ResNet-56 s0 (diverged at 40), ResNet-56 s1 (diverged at 40)" in out[0].why
     assert out[1] == plain20  # a claim about another net of the design
     assert out[2].outcome == DISAGREES and "ResNet-56 s0" in out[2].why  # a counter-example stays one
     assert out[3] == bn  # another design
     assert with_diverged([shortcuts], []) == [shortcuts]
+    # A claim about the other kind of net is not judged without it: a diverged ResNet leaves the plain claim
+    # as it was, a diverged plain net leaves the residual one; a comparison of the two is touched by either.
+    plain = Verdict("removing any block of a plain net sends the error to chance", "Veit", AGREES, "", judged_on(nobn))
+    both = Verdict("with shortcuts the surface is smoother than without", "Li", AGREES, "", judged_on(nobn))
+    assert with_diverged([plain], left) == [plain] and with_diverged([both], left)[0].outcome == UNDECIDED
+    diverged_plain = [left[0] | {"net": "plain-56", "mode": "plain"}]
+    assert with_diverged([shortcuts], diverged_plain) == [shortcuts]
+    assert with_diverged([plain], diverged_plain)[0].outcome == UNDECIDED
 
 
 def test_a_claim_about_trained_nets_cannot_be_decided_on_a_sketch_and_keeps_its_numbers():

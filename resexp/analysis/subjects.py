@@ -182,7 +182,7 @@ def subjects(
     """Every analysable run under `folder` (of the given nets and seeds), in the order of
     `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
     the one line of a NothingToAnalyse. The runs left out because they diverged in training are
-    added to `diverged` (net, seed, design, state), for the verdicts about their design."""
+    added to `diverged` (net, mode, seed, design, state), for the verdicts about their design."""
     out, skipped = [], []
     found, unreadable = scan(folder, warn)
     for run in found:
@@ -191,7 +191,15 @@ def subjects(
         if run.diverged and not at_init:
             skipped.append(f"{run.path}: {run.state}")
             if diverged is not None:
-                diverged.append({"net": run.label, "seed": run.seed, "design": design_of_run(run), "state": run.state})
+                diverged.append(
+                    {
+                        "net": run.label,
+                        "mode": run.mode,
+                        "seed": run.seed,
+                        "design": design_of_run(run),
+                        "state": run.state,
+                    }
+                )
             continue
         try:
             out.append(load(run, at_init, device, data_root, warn))

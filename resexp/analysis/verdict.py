@@ -93,6 +93,20 @@ def judged_on(records: list[dict]) -> str:
 NET_NAME = re.compile(r"\b(?:plain|ResNet)-\d+\b")
 
 
+def modes_of(claim: str) -> set[str]:
+    """The kinds of net a claim is about, read from its words: "... of a plain net" is about plain
+    nets, "shortcuts keep ..." and "... a residual net" about residual ones, a comparison of the two
+    ("residual nets respond less than plain nets", "with shortcuts ... than without") and a claim
+    about every net (the gradients, the signal) about both."""
+    plain = "plain" in claim
+    residual = "residual" in claim or claim.startswith("shortcuts")
+    if plain and not residual:
+        return {"plain"}
+    if residual and not plain:
+        return {"residual"}
+    return {"plain", "residual"}
+
+
 def with_diverged(verdicts: list[Verdict], diverged: list[dict]) -> list[Verdict]:
     """A run that diverged in training has no weights worth measuring, and every analysis leaves it
     out; but a claim about its design (and about its net, where the claim names nets) is then
@@ -103,11 +117,12 @@ def with_diverged(verdicts: list[Verdict], diverged: list[dict]) -> list[Verdict
         design = v.judged_on.rsplit(" | ", 1)[-1] if " | " in v.judged_on else ""
         switches = dict(part.split("=", 1) for part in design.split(", ") if "=" in part)
         named = set(NET_NAME.findall(v.claim))
+        modes = modes_of(v.claim)
         hits = [
             d
             for d in diverged
             if all(d["design"].get(k) in values.split("|") for k, values in switches.items())
-            and (not named or d["net"] in named)
+            and (d["net"] in named if named else d["mode"] in modes)
         ]
         if not hits:
             out.append(v)
