@@ -191,7 +191,7 @@ def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(sweep):
 
 
 def test_unfinished_and_diverged_runs_are_said_so(tmp_path, monkeypatch):
-    diverged = ["name=x", "optim.lr=1e6"]
+    diverged = ["name=x", "optim.lr=1e6", "model.mode=plain"]
     resexp("train", *TINY, *diverged, cwd=tmp_path)  # diverges at its first evaluation
     (tmp_path / folder(*TINY, *diverged) / "status.json").write_text('{"status": "running", "step": 8}')
     unfinished = ["name=x", "model.mode=plain", "schedule.iterations=32"]
@@ -204,6 +204,13 @@ def test_unfinished_and_diverged_runs_are_said_so(tmp_path, monkeypatch):
     [record] = json.loads((tmp_path / "runs/x/analysis/responses.json").read_text())["records"]
     assert record["net"] == "plain-8" and record["state"] == "unfinished (20 of 32)"
     assert record["checkpoint"]["file"] == "last.pt" and record["checkpoint"]["step"] == 20
+    # The diverged run is left out, and the verdicts about its net say so (never judged as if it were not there)
+    assert resexp("analyze", "signal", "runs/x", cwd=tmp_path).code == 0
+    verdicts = json.loads((tmp_path / "runs/x/analysis/signal.json").read_text())["verdicts"]
+    about = [v for v in verdicts if "plain-8" in v["claim"]]
+    assert about and all(
+        "left out, diverged in training: plain-8 s0 (diverged at iteration 8)" in v["why"] for v in about
+    )
 
 
 def test_analyze_mistakes_are_one_line(sweep, tmp_path):
