@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from resexp import convergence, identity, weights
+from resexp.analysis.verdict import PAPER_DESIGN
 from resexp.build import build_model, load_weights, seed_everything
 from resexp.config import Config, register, to_object
 from resexp.convergence import TrainingState
@@ -102,13 +103,7 @@ def design_of(cfg: Config) -> dict[str, str]:
 
 def design_of_run(run: Run) -> dict[str, str]:
     """design_of, read from a run's identity (config.yaml) without building its config."""
-    i = run.identity
-    return {
-        "norm": str(i.get("model.norm") or "batch"),
-        "init": str(i.get("model.init") or "he"),
-        "block": str(i.get("model.block") or "post"),
-        "body": str(i.get("model.body") or "basic"),
-    }
+    return {key: str(run.identity.get(f"model.{key}") or paper) for key, paper in PAPER_DESIGN.items()}
 
 
 def run_config(run_dir: Path, data_root: str | None) -> Config:
