@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from resexp import convergence, identity, weights
-from resexp.analysis.verdict import PAPER_DESIGN
 from resexp.build import build_model, load_weights, seed_everything
 from resexp.config import Config, register, to_object
 from resexp.convergence import TrainingState
@@ -93,6 +92,9 @@ class Subject:
         if self.checkpoint is not None:
             return self.checkpoint["sha256"]
         return "init-" + identity.digest(identity.of(self.cfg))
+
+
+PAPER_DESIGN = {"norm": "batch", "init": "he", "block": "post", "body": "basic"}  # the 2015 nets
 
 
 def design_of(cfg: Config) -> dict[str, str]:

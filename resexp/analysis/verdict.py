@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from resexp.analysis.subjects import PAPER_DESIGN
 from resexp.convergence import CRITERION
 
 AGREES, DISAGREES, UNDECIDED = "agrees", "does not agree", "cannot decide"
@@ -61,9 +62,6 @@ def design_text(records: list[dict]) -> str:
         values = sorted({str(r.get("design", {}).get(key, "?")) for r in records})
         parts.append(f"{key}={'|'.join(values)}")
     return ", ".join(parts)
-
-
-PAPER_DESIGN = {"norm": "batch", "init": "he", "block": "post", "body": "basic"}  # the 2015 nets
 
 
 def design_tag(records: list[dict]) -> str:
