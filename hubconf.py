@@ -25,7 +25,7 @@ def resexp_net(
 ):
     """A resexp net (defaults: ResNet-20 for CIFAR-10, option A, BN, He init, the 2015 block)."""
     from resexp import identity
-    from resexp import weights as stored
+    from resexp.rundir import weights as stored
 
     given = {
         "model.depth": depth,

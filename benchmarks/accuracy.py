@@ -1,8 +1,8 @@
 """Does the fast path reach the same test error as the reference loop?
 
 Trains ResNet-20 (or --depth) on a fixed short schedule, several seeds, once through `resexp
-train`'s own code (resexp.lifecycle.run, with the speed settings of the device) and once through
-resexp.reference (fp32 eager, torchvision transforms in DataLoader workers), same data, same
+train`'s own code (resexp.run.lifecycle.run, with the speed settings of the device) and once through
+resexp.commands.reference (fp32 eager, torchvision transforms in DataLoader workers), same data, same
 SGD and schedule, and prints the final test errors with mean ± std per path and the gap.
 Each (path, seed) runs in its own process, --parallel at a time (they share the GPU).
 
@@ -24,8 +24,8 @@ import numpy as np
 
 
 def fast_run(args: argparse.Namespace, seed: int, run_dir: Path) -> float:
-    from resexp.launch import compose
-    from resexp.lifecycle import run
+    from resexp.launch.jobs import compose
+    from resexp.run.lifecycle import run
 
     cfg = compose(
         [
@@ -42,13 +42,14 @@ def fast_run(args: argparse.Namespace, seed: int, run_dir: Path) -> float:
 
 
 def reference_run(args: argparse.Namespace, seed: int) -> float:
-    from resexp import reference
-    from resexp.build import make_optimizer, pick_device, seed_everything
+    from resexp.commands import reference
     from resexp.config import DataConfig, ScheduleConfig
     from resexp.data.cifar import load_arrays
-    from resexp.models import build_net
-    from resexp.schedule import Schedule
-    from resexp.step import set_lr
+    from resexp.device import pick_device, seed_everything
+    from resexp.nets.build import build_net
+    from resexp.run.schedule import Schedule
+    from resexp.run.setup import make_optimizer
+    from resexp.run.step import set_lr
 
     device = pick_device(args.device)
     seed_everything(seed)

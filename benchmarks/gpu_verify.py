@@ -50,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resexp.report import PAPER as PAPER_ERRORS
-from resexp.rundir import atomic_write
+from resexp.commands.report import PAPER as PAPER_ERRORS
+from resexp.rundir.folder import atomic_write
 
 PARTS = ("pytest", "data", "precision", "full", "fig6", "table6")
 DONE, OUT_OF_TIME, FAILED = 0, 3, 1
@@ -198,7 +198,7 @@ def gpu_tests(out: Path) -> str:
 
 def results(run: Run) -> list[dict]:
     """Each run directory of the command: its last evaluation."""
-    from resexp.rundir import find_runs
+    from resexp.rundir.read import find_runs
 
     name = next(o.split("=", 1)[1] for o in run.overrides if o.startswith("name="))
     found = find_runs(Path("runs") / name, lambda text: None)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from resexp.data.imagenet import transforms
-from resexp.launch import compose
+from resexp.launch.jobs import compose
 
 
 def write_jpegs(root: Path, count: int, size: tuple[int, int] = (500, 375)) -> Path:

@@ -18,10 +18,10 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from resexp.bench import fast_step, synthetic_images
-from resexp.build import pick_device
-from resexp.launch import compose
-from resexp.speed import resolve
+from resexp.commands.bench import fast_step, synthetic_images
+from resexp.device import pick_device
+from resexp.launch.jobs import compose
+from resexp.run.speed import resolve
 
 KINDS = [  # first match wins; kernel names differ between cuDNN, cuBLAS and Triton versions
     ("convolution", r"conv|cudnn|xmma|implicit_gemm|wgrad|dgrad|gemm|cutlass|sm90|sm80"),

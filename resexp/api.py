@@ -40,7 +40,7 @@ def train(*overrides: str, multirun: bool = False) -> list[Path]:
     finish; an interrupt (the notebook's stop button) saves a checkpoint and raises
     KeyboardInterrupt, and the same call again resumes."""
     from resexp import distributed
-    from resexp.launch import launch
+    from resexp.launch.jobs import launch
 
     try:
         done = launch(list(overrides), multirun, debug=False)
@@ -53,16 +53,16 @@ def train(*overrides: str, multirun: bool = False) -> list[Path]:
 
 
 def runs(folder: str | Path, on_warning: Callable[[str], None] = warn) -> list[Any]:
-    """The runs under `folder` (resexp.rundir.Run: identity, metrics rows, status), read and checked
+    """The runs under `folder` (resexp.rundir.read.Run: identity, metrics rows, status), read and checked
     as every command reads them; a run that cannot be read is named in a warning and left out."""
-    from resexp.rundir import readable_runs
+    from resexp.rundir.read import readable_runs
 
     return readable_runs(Path(folder), on_warning)
 
 
 def report(folder: str | Path, form: str = "markdown") -> str:
     """`resexp report FOLDER --format markdown|csv|json`: the table and the verdicts, as text."""
-    from resexp.report import FORMATS, render
+    from resexp.commands.report import FORMATS, render
 
     if form not in FORMATS or form == "html":
         raise UserError(f"form={form!r} is not a text format: use markdown, csv or json (or resexp.html)")
@@ -71,27 +71,16 @@ def report(folder: str | Path, form: str = "markdown") -> str:
 
 def html(folder: str | Path) -> Path:
     """`resexp report FOLDER --format html`: FOLDER/report.html, one self-contained page."""
-    from resexp.report_html import render
-    from resexp.rundir import atomic_write
+    from resexp.commands.report_html import write
 
-    folder = Path(folder)
-    path = folder / "report.html"
-    atomic_write(path, render(runs(folder), folder, warn))
-    return path
+    return write(Path(folder), warn)
 
 
 def plot(folder: str | Path, out: str | Path | None = None) -> list[Path]:
     """`resexp plot FOLDER [--out OUT]`: the paper-style figure; the files written (PNG, SVG)."""
-    from resexp.plot import plot as draw
-    from resexp.rundir import outside_runs
+    from resexp.commands.plot import plot_folder
 
-    folder = Path(folder)
-    if out is not None:
-        outside_runs(Path(out), "the figure")
-    trained = [run for run in runs(folder) if run.rows]
-    if not trained:
-        raise UserError(f"the runs under {folder} have no curves: they were imported, not trained here")
-    return draw(trained, Path(out) if out is not None else folder / "curves")
+    return plot_folder(Path(folder), None if out is None else Path(out), warn)
 
 
 @dataclass
@@ -118,23 +107,15 @@ def analyze(
     (with at_init=True) the overrides of a config as a list; options as the CLI's, by their Python
     names (images=64, draws=3, samples=16, grid=21, span=1.0, workers=1, nets=("ResNet-56",),
     seeds=(0,), per_channel=True)."""
-    from resexp.analysis import KINDS, Options
-    from resexp.analysis import analyze as run
-    from resexp.build import pick_device
+    from resexp.analysis.protocol import Options
+    from resexp.commands.analyze import analyze as run
 
-    if kind not in KINDS:
-        raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
     unknown = sorted(set(options) - set(Options.__dataclass_fields__) - {"at_init"})
     if unknown:
         raise UserError(f"{', '.join(unknown)}: not an option of resexp.analyze")
-    configs = list(target) if isinstance(target, (list, tuple)) else None
-    if configs is not None and not at_init:
-        raise UserError(f"{' '.join(configs)}: a config has no trained weights: pass at_init=True, or a folder of runs")
-    folder = None if configs is not None else Path(target)
-    if folder is not None and not folder.is_dir():
-        raise UserError(f"{folder} is not a folder")
     values = Options(at_init=at_init, **options)
     values.nets, values.seeds = tuple(values.nets), tuple(values.seeds)
-    values.check()
-    result, files = run(kind, folder, values, pick_device(device, "device"), data_root, warn, warn, configs)
+    configs = [str(t) for t in target] if isinstance(target, (list, tuple)) else None
+    folder = None if configs is not None else Path(target)
+    result, files = run(kind, folder, configs, values, device, data_root, warn, warn, ("pass at_init=True", "device"))
     return Analysis(result.kind, result.columns, result.rows, result.verdicts, result.records, files)

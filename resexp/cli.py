@@ -9,13 +9,8 @@ status 130, and "an unexpected error" only for a genuine bug; an interrupted run
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -23,6 +18,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
+from resexp.commands.terminal import boundary, err, note, quiet_unless_main, rich_table, wide_console
 from resexp.errors import FAILED, OptionError, signalled
 
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks on errors.")
@@ -64,77 +60,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Reproduce the degradation problem of He et al. 2015: train plain and residual nets, compare their curves.",
 )
-err = Console(stderr=True)
-
-
-def within(*options: tuple[str, int | float | None, float, float]) -> None:
-    """Check (option, value, lowest, highest) of numeric options; OptionError names the first bad one."""
-    for option, value, low, high in options:
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < low:
-            raise OptionError(f"{option} {value} must be at least {low:g}")
-        if value > high:
-            raise OptionError(f"{option} {value} must be at most {high:g}")
-
-
-@contextmanager
-def quiet_unless_main() -> Iterator[None]:
-    """Under torchrun rank 0 speaks for all (resexp.distributed.voice): the others' console is
-    quiet for the length of the command."""
-    from resexp import distributed
-    from resexp.errors import ConfigError
-
-    before = err.quiet
-    with contextlib.suppress(ConfigError):  # a half-set torchrun environment: the error boundary says so
-        err.quiet = not distributed.current().main
-    try:
-        yield
-    finally:
-        err.quiet = before
-
-
-def rich_table(title: str, columns: list[str], rows: list[list[str]]):
-    """A table of strings for the terminal (analyze's and eval's results)."""
-    from rich.table import Table
-
-    shown = Table(title=title)
-    for column in columns:
-        shown.add_column(column)
-    for row in rows:
-        shown.add_row(*row)
-    return shown
-
-
-def wide_console(width: int) -> Console:
-    """stdout, at least `width` columns wide (a table is not folded in a narrow or piped terminal)."""
-    console = Console()
-    console.width = max(console.width, width)
-    return console
-
-
-def fail(message: str, code: int = FAILED) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def boundary(debug: bool, interrupted: str = "interrupted: nothing was written") -> Iterator[None]:
-    """Every command's error boundary: a mistake or a failure is one line and exit status 1 (the
-    traceback with --debug), Ctrl-C exit status 130."""
-    from resexp.errors import one_line
-
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt as e:
-        err.print(str(e) or interrupted, highlight=False, soft_wrap=True)
-        raise typer.Exit(signalled(2)) from None
-    except Exception as e:
-        if debug:
-            raise
-        raise fail(one_line(e)) from None
 
 
 @app.command(
@@ -150,7 +75,7 @@ def train(
 ) -> None:
     from resexp import distributed
     from resexp.errors import Aborted, Interrupted
-    from resexp.launch import launch
+    from resexp.launch.jobs import launch
 
     with quiet_unless_main(), boundary(debug, "interrupted before training started: nothing was written"):
         try:
@@ -183,22 +108,15 @@ def train(
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as a JSON list of objects."), debug: bool = DEBUG
 ) -> None:
-    from rich.table import Table
-
-    from resexp.costs import variant_rows
+    from resexp.commands.models import table
+    from resexp.nets.costs import variant_rows
 
     with boundary(debug):
         rows = variant_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    table = Table(title="He et al. 2015 variants (CIFAR: 10 classes, 32x32; ImageNet: 1000 classes, 224x224)")
-    for column in ("family", "depth", "mode", "shortcut", "params", "multiply-adds"):
-        table.add_column(column, justify="right" if column in ("depth", "params", "multiply-adds") else "left")
-    for r in rows:
-        macs = f"{r['macs'] / 1e6:.1f}M" if r["macs"] < 1e9 else f"{r['macs'] / 1e9:.2f}G"
-        table.add_row(r["family"], str(r["depth"]), r["mode"], r["shortcut"], f"{r['params'] / 1e6:.3f}M", macs)
-    Console().print(table)
+    Console().print(table(rows))
 
 
 @app.command(
@@ -227,36 +145,19 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
     debug: bool = DEBUG,
 ) -> None:
-    from resexp.bench import check_options, render, run_bench
-    from resexp.build import pick_device
-    from resexp.launch import compose
-    from resexp.speed import resolve
+    from resexp.commands.bench import bench as measure
+    from resexp.commands.bench import render
 
+    progress = (
+        (lambda text: None) if as_json else (lambda text: err.print(f"bench {text}", highlight=False, soft_wrap=True))
+    )
     with boundary(debug):
-        cfg = compose(list(overrides or []))
-        device = pick_device(cfg.device)
-        batch_size = cfg.data.batch_size
-        depth_list, mode_list = check_options(depths, modes, images, batch_size, device)
-        within(
-            ("--iterations", iterations, 1, math.inf),
-            ("--reference-iterations", reference_iterations, 1, math.inf),
-            ("--warmup", warmup, 0, math.inf),
-            ("--workers", workers, 0, max(8, os.cpu_count() or 1)),
-        )
-        cuda = device.type == "cuda"
-        progress = (
-            (lambda text: None)
-            if as_json
-            else (lambda text: err.print(f"bench {text}", highlight=False, soft_wrap=True))
-        )
-        result = run_bench(
-            depth_list,
-            mode_list,
-            resolve(cfg.speed, device),
-            device,
-            batch_size,
-            iterations or (300 if cuda else 10),
-            warmup if warmup is not None else (50 if cuda else 2),
+        result = measure(
+            list(overrides or []),
+            depths,
+            modes,
+            iterations,
+            warmup,
             reference_iterations,
             workers,
             images,
@@ -266,20 +167,7 @@ def bench(
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return
-    console = Console()
-    console.width = max(console.width, 120)
-    console.print(render(result))
-
-
-def note(text: str) -> None:
-    """A warning or progress line on stderr, as written (no markup)."""
-    err.print(escape(text), highlight=False, soft_wrap=True)
-
-
-def runs_in(runs_dir: Path):
-    from resexp.rundir import readable_runs
-
-    return readable_runs(runs_dir, note)
+    wide_console(120).print(render(result))
 
 
 @app.command(
@@ -291,17 +179,10 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Output path without suffix.", show_default="RUNS_DIR/curves"),
     debug: bool = DEBUG,
 ) -> None:
-    from resexp.errors import UserError
-    from resexp.plot import plot as draw
-    from resexp.rundir import outside_runs
+    from resexp.commands.plot import plot_folder
 
     with boundary(debug):
-        if out is not None:
-            outside_runs(out, "the figure")
-        runs = [run for run in runs_in(runs_dir) if run.rows]
-        if not runs:
-            raise UserError(f"the runs under {runs_dir} have no curves: they were imported, not trained here")
-        paths = draw(runs, out if out is not None else runs_dir / "curves")
+        paths = plot_folder(runs_dir, out, note)
     for path in paths:
         typer.echo(str(path))
 
@@ -318,8 +199,8 @@ def export(
     to: str = typer.Option("state_dict", "--to", help="state_dict or torchvision."),
     debug: bool = DEBUG,
 ) -> None:
+    from resexp.commands.export import export as write
     from resexp.errors import UserError
-    from resexp.weights import export as write
 
     with boundary(debug):
         if not run.is_dir():
@@ -345,7 +226,7 @@ def import_(
     ),
     debug: bool = DEBUG,
 ) -> None:
-    from resexp.published import import_run
+    from resexp.commands.import_ import import_run
 
     with boundary(debug):
         done = import_run(source, file, name, data_root)
@@ -367,7 +248,7 @@ def eval_(
     best: bool = typer.Option(False, "--best", help="best.pt (lowest val or test error) instead of the latest."),
     debug: bool = DEBUG,
 ) -> None:
-    from resexp.evaluation import evaluate_folder, table
+    from resexp.commands.eval import evaluate_folder, table
 
     with boundary(debug):
         done = evaluate_folder(folder, list(overrides or []), best, note)
@@ -390,21 +271,18 @@ def report(
     form: str = typer.Option("markdown", "--format", help="markdown, csv, json or html."),
     debug: bool = DEBUG,
 ) -> None:
+    from resexp.commands.report import FORMATS, render
+    from resexp.commands.report_html import write
     from resexp.errors import UserError
-    from resexp.report import FORMATS, render
+    from resexp.rundir.read import readable_runs
 
     with boundary(debug):
         if form not in FORMATS:
             raise UserError(f"--format {form} is unknown: use {', '.join(FORMATS)}")
-        runs = runs_in(runs_dir)
         if form != "html":
-            typer.echo(render(runs, form, note), nl=False)
+            typer.echo(render(readable_runs(runs_dir, note), form, note), nl=False)
             return
-        from resexp.report_html import render as page
-        from resexp.rundir import atomic_write
-
-        path = runs_dir / "report.html"
-        atomic_write(path, page(runs, runs_dir, note))
+        path = write(runs_dir, note)
     typer.echo(str(path))
 
 
@@ -454,40 +332,20 @@ def analyze(
     debug: bool = DEBUG,
 ) -> None:
 
-    from resexp.analysis import KINDS, Options
-    from resexp.analysis import analyze as run_analysis
-    from resexp.build import pick_device
-    from resexp.errors import UserError
+    from resexp.analysis.protocol import Options
+    from resexp.commands.analyze import analyze as run
 
     kept = "; its finished chunks are kept and the same command goes on from them" if kind == "landscape" else ""
     with boundary(debug, f"interrupted: nothing of this analysis was written{kept}"):
-        if kind not in KINDS:
-            raise UserError(f"{kind!r} is not an analysis: choose one of {', '.join(KINDS)}")
         configs = None if len(targets) == 1 and "=" not in targets[0] else targets
         folder = Path(targets[0]) if configs is None else None
-        if configs is not None and not at_init:
-            raise UserError(
-                f"{' '.join(targets)}: a config has no trained weights: add --at-init, or give a folder of runs"
-            )
-        if folder is not None and not folder.is_dir():
-            raise UserError(f"{folder} is not a folder")
         try:
             seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
         except ValueError:
             raise OptionError(f"--seeds {seeds} must be a comma list of integers, e.g. 0,1") from None
         net_list = tuple(n.strip() for n in nets.split(",") if n.strip())
         options = Options(at_init, images, draws, grid, span, workers, 0, net_list, seed_list, per_channel, samples)
-        options.check()
-        result, paths = run_analysis(
-            kind,
-            folder,
-            options,
-            pick_device(device, "--device"),
-            data_root,
-            note,
-            note,
-            configs,
-        )
+        result, paths = run(kind, folder, configs, options, device, data_root, note, note)
     title = f"{kind}{' at initialisation' if at_init else ''}: {folder or ' '.join(targets)}"
     console = wide_console(140)
     console.print(rich_table(title, result.columns, result.rows))

@@ -23,12 +23,20 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.errors import ConfigError
-from resexp.models import Body, Family, Init, Mode, Norm, Order, ShortcutOption, StrEnum, net_spec
+from resexp.nets.spec import Body, Family, Init, Mode, Norm, Order, ShortcutOption, StrEnum, net_spec
 
 CONFIG_PACKAGE = "resexp.configs"  # configs/ of the repository, shipped inside the package
+
+
 MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
 MONITORS = ("train/error", "test/error", "val/error", "train/loss", "test/loss", "val/loss")
+
+
 NAME = re.compile(r"[\w.,=+-]+(/[\w.,=+-]+)*")  # relative folders below runs/, no '..'
+
+
 # Field metadata. IDENTITY: False for settings that change where or how fast a run goes, not its
 # numbers (a run may resume under other values; they are not in its folder name). WEIGHTS: False for
 # model fields that do not shape the weights (a checkpoint given as resume= must agree on the others).
@@ -67,7 +75,7 @@ class ScheduleName(StrEnum):
 
 
 class Precision(StrEnum):
-    auto = "auto"  # by what the device computes natively (resexp.speed.resolve): bf16, fp16 or fp32
+    auto = "auto"  # by what the device computes natively (resexp.run.speed.resolve): bf16, fp16 or fp32
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 autocast: convolutions in bf16, weights, BN statistics and the loss in fp32
     fp16 = "fp16"  # fp16 autocast with a gradient scaler (GPUs of compute capability 7.x: T4, V100)
@@ -77,7 +85,7 @@ class CompileMode(StrEnum):
     """torch.compile's modes (torch spells them with '-'); `off` runs eager. reduce_overhead and
     max_autotune also capture the training step's kernels in CUDA graphs (the batch shape is fixed)."""
 
-    auto = "auto"  # resexp.speed.AUTO_COMPILE_CUDA on CUDA (measured: off), off on CPU
+    auto = "auto"  # resexp.run.speed.AUTO_COMPILE_CUDA on CUDA (measured: off), off on CPU
     off = "off"
     default = "default"
     reduce_overhead = "reduce_overhead"
@@ -93,7 +101,7 @@ class ModelConfig:
     shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
     # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm); not in a checkpoint's shapes
     sync_bn: bool = field(default=False, metadata={WEIGHTS: False})
-    # The counterfactuals (resexp.models, resexp.inits); the defaults are the 2015 nets. Added after
+    # The counterfactuals (resexp.models, resexp.nets.inits); the defaults are the 2015 nets. Added after
     # runs first recorded their identity's digest: at their defaults they leave it as it was.
     norm: Norm = added(Norm.batch)  # batch | none (no normalisation: every conv gets a bias)
     init: Init = added(Init.he)  # he | xavier | zero_gamma | skipinit | fixup
@@ -194,23 +202,15 @@ class Config:
 
 def register() -> None:
     """Store the schemas under the names the YAML files extend (base_* in each group), and the
-    resolvers the YAML files use."""
+    resolver of the paper's warm-up (resexp.launch.hydra.register adds the one of a job's folder)."""
     cs = ConfigStore.instance()
     if "base_config.yaml" not in cs.repo:  # once per process: storing a schema converts it again (~20 ms)
         cs.store(name="base_config", node=Config)
         cs.store(group="model", name="base_model", node=ModelConfig)
         cs.store(group="data", name="base_data", node=DataConfig)
         cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
-    for name, fn in (("resexp.run_path", run_path), ("resexp.paper_warmup", paper_warmup)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-def run_path(*, _root_: DictConfig) -> str:
-    """A job's folder below runs/<name>/ (hydra.run.dir, hydra.sweep.subdir): resexp.launch.run_folder."""
-    from resexp.launch import run_folder
-
-    return run_folder(_root_)
+    if not OmegaConf.has_resolver("resexp.paper_warmup"):
+        OmegaConf.register_new_resolver("resexp.paper_warmup", paper_warmup)
 
 
 def paper_shortcut(family: str, depth: Any) -> ShortcutOption:

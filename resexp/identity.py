@@ -16,7 +16,7 @@ choices, without the command's value overrides), as Hydra's override dirname doe
 Keys are shown by their last part where that is unambiguous (lr, iterations), else in full; lists
 as `300_400`. The characters are those a Hydra override, a shell and Windows all take unquoted, so
 a path into a run can be given as `resume=runs/.../last.pt` as it is. No two jobs of a sweep share
-a folder unless they differ only in settings, which `resexp.launch.plan` refuses before anything
+a folder unless they differ only in settings, which `resexp.launch.jobs.plan` refuses before anything
 trains.
 """
 

@@ -44,7 +44,7 @@ TINY = [
 def folder(*overrides: str) -> str:
     """The folder below the working directory that resexp names for a run of these overrides
     (runs/<name>/<data>/<mode>-<depth><option>_s<seed>,<what differs from the preset>)."""
-    from resexp.launch import plan
+    from resexp.launch.jobs import plan
 
     [job] = plan(list(overrides), multirun=False)
     return str(job.run_dir)
@@ -169,7 +169,7 @@ def cifar_npz() -> Path:
 def signal_at(monkeypatch, iteration: int, *signums: int, gap: float = 0.01) -> None:
     """Deliver real signals to this process once the loop has done `iteration` iterations, `gap`
     seconds apart."""
-    from resexp import recorder
+    from resexp.run import recorder
 
     real, done = recorder.Recorder.iteration, []
 

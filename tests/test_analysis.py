@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, TINY_DIR, folder, resexp, rows, signal_at
-from resexp.analysis import Options, landscape
+from resexp.analysis import landscape
 from resexp.analysis.gradients import conv_layers, gradient_norms
 from resexp.analysis.lesion import blocks_of, removable, without
+from resexp.analysis.protocol import Options
 from resexp.analysis.responses import response_layers, response_stds
 from resexp.analysis.subjects import subjects
 from resexp.analysis.verdict import OUTCOMES
 from resexp.errors import NotRemovable
-from resexp.models import build_net
+from resexp.nets.build import build_net
 
 SWEEP = [*TINY, "model.mode=plain,residual"]
 
@@ -400,7 +401,7 @@ def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
     (before: seed 0's batch for every run), from data loaded once for the runs of a sweep."""
     from resexp.analysis.subjects import own_data
     from resexp.data import build_data
-    from resexp.launch import compose
+    from resexp.launch.jobs import compose
 
     cfg = [compose([*TINY, f"seed={seed}"]) for seed in (0, 1)]
     first = [next(iter(own_data(c, torch.device("cpu")).train.batches(0))) for c in cfg]

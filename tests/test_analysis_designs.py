@@ -18,16 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resexp import identity
-from resexp.analysis import KINDS, Options, pyplot
+from resexp.analysis.convergence import INITIALISED, PARTIAL, TrainingState
+from resexp.analysis.driver import KINDS
+from resexp.analysis.protocol import Options, pyplot
 from resexp.analysis.subjects import Subject, named
 from resexp.analysis.verdict import OUTCOMES
-from resexp.build import build_model, seed_everything
 from resexp.config import Config, DataConfig, ModelConfig, design, to_object
-from resexp.convergence import INITIALISED, PARTIAL, TrainingState
 from resexp.data import build_data
+from resexp.device import seed_everything
 from resexp.errors import ConfigError
-from resexp.report import jsonable
-from resexp.rundir import Run
+from resexp.nets.build import build_model
+from resexp.rundir.experiments import jsonable
+from resexp.rundir.read import Run
 
 DEVICE = torch.device("cpu")
 if not os.environ.get("PYTEST_XDIST_WORKER"):

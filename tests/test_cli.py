@@ -178,7 +178,7 @@ def test_every_module_imports_where_there_is_no_fcntl(tmp_path):
         if p.name not in ("__main__.py",)
     )
     code = "import sys; sys.modules['fcntl'] = None\n" + "".join(f"import {m}\n" for m in modules)
-    code += "from resexp.rundir import RunLock\nimport pathlib\nwith RunLock(pathlib.Path(sys.argv[1])): pass\n"
+    code += "from resexp.rundir.folder import RunLock\nimport pathlib\nwith RunLock(pathlib.Path(sys.argv[1])): pass\n"
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], env=process_env(), capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
 

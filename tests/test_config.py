@@ -11,8 +11,8 @@ import pytest
 
 from resexp.config import ConfigError, ScheduleName
 from resexp.identity import base_name
-from resexp.launch import compose, plan
-from resexp.schedule import Schedule
+from resexp.launch.jobs import compose, plan
+from resexp.run.schedule import Schedule
 
 CONFIGS = importlib.resources.files("resexp.configs")
 GROUPS = {

@@ -2,7 +2,7 @@
 trained nets can be judged on a run: complete, at least 100 epochs, training error flat over the
 last tenth of the schedule."""
 
-from resexp.convergence import MIN_EPOCHS, convergence
+from resexp.analysis.convergence import MIN_EPOCHS, convergence
 
 ITERATIONS = 10_400  # why_trained: 160 epochs of 65 batches
 

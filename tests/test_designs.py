@@ -13,9 +13,10 @@ from torch import nn
 from conftest import REPO, TINY, folder, leftovers, resexp, rows
 from resexp.analysis.lesion import blocks_of, changes_shape, without
 from resexp.analysis.signal import propagation
-from resexp.costs import count_params
 from resexp.errors import UserError
-from resexp.models import Bias, Block, Scale, build_net
+from resexp.nets.blocks import Bias, Block, Scale
+from resexp.nets.build import build_net
+from resexp.nets.costs import count_params
 
 # resexp 0.2's nets, built with torch.manual_seed(0): the SHA-256 of their initial state_dict
 # (names and values) and of their modules' names and types, recorded from that version's models.py.

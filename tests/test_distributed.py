@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from conftest import folder, leftovers, resexp, rows, signal_at, torchrun
-from resexp import lifecycle
-from resexp.build import build_model
 from resexp.data import build_data
 from resexp.data.cifar import EvalSet, Normalizer, TensorTrainStream
 from resexp.data.common import shard
 from resexp.data.imagenet import FolderEvalSet, FolderTrainStream
 from resexp.distributed import World
 from resexp.errors import ConfigError
-from resexp.evaluation import evaluate
-from resexp.launch import compose
+from resexp.launch.jobs import compose
+from resexp.nets.build import build_model
+from resexp.run import lifecycle
+from resexp.run.evaluate import evaluate
 
 # 8 iterations of a small lr: two processes with SyncBatchNorm follow one process within float noise.
 RUN = [
@@ -229,7 +229,7 @@ def test_a_torchrun_sweep_goes_past_a_diverged_run_and_a_locked_one_and_a_rank_t
     run's lock (another command holds it) ends that run on every rank at once, with one line,
     instead of the others waiting for rank 0's decision for ever (as before: rank 0 at its closing
     barrier, the others in a broadcast); then a rank killed mid-run ends the other with one line."""
-    from resexp.rundir import RunLock
+    from resexp.rundir.folder import RunLock
 
     args = [*RUN, "schedule.iterations=100000", "eval_every=20"]
     diverging, locked, killed = (tmp_path / folder(*args, f"optim.lr={lr}") for lr in ("1e6", "0.01", "0.02"))
@@ -286,10 +286,11 @@ def test_a_failed_gradient_all_reduce_marks_the_group_broken(monkeypatch):
     """DDP's all-reduce fails inside backward, as whatever error the backend raises: the hook's
     future remembers it, so that the run reads it as a lost peer."""
     from resexp import distributed
+    from resexp.run import ddp
 
     monkeypatch.setattr(distributed.Contact, "broken", False)
     fine, failed = torch.futures.Future(), torch.futures.Future()
-    ok, bad = distributed.remembered(fine), distributed.remembered(failed)
+    ok, bad = ddp.remembered(fine), ddp.remembered(failed)
     fine.set_result([torch.ones(2)])
     assert torch.equal(ok.wait(), torch.ones(2)) and not distributed.Contact.broken
     failed.set_exception(RuntimeError("Connection closed by peer"))
@@ -310,8 +311,9 @@ def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_
 
 
 def test_under_torchrun_the_cuda_graph_gives_way_to_eager_ddp_with_a_notice(monkeypatch):
-    from resexp import distributed, lifecycle
-    from resexp.speed import resolve
+    from resexp import distributed
+    from resexp.run import lifecycle
+    from resexp.run.speed import resolve
 
     cfg = compose(RUN)
     cuda = resolve(cfg.speed, torch.device("cuda"))
@@ -417,6 +419,7 @@ def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
     """This process as rank `rank` of a 2-process run whose collectives are this process's own
     values (the other rank agrees with everything it is told); the agreements it makes, recorded."""
     from resexp import distributed
+    from resexp.run import ddp
 
     agreed: list[bool] = []
 
@@ -433,11 +436,11 @@ def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:
         ("reduce_values", lambda values, device, op: list(values)),
         ("broadcast", lambda obj: obj if obj is not None else lifecycle.Decision()),
         ("barrier", lambda device: None),
-        ("rank0_buffers", lambda model: None),
-        ("wrap", lambda model, device, sync_bn: model),
         ("close", lambda: None),
     ):
         monkeypatch.setattr(distributed, name, stand_in)
+    monkeypatch.setattr(ddp, "rank0_buffers", lambda model: None)
+    monkeypatch.setattr(ddp, "wrap", lambda model, device, sync_bn: model)
     return agreed
 
 
@@ -445,13 +448,14 @@ def test_a_write_that_fails_under_rank_0_is_agreed_by_every_rank(tmp_path, monke
     """Every write rank 0 makes during training (a row, a checkpoint, a status) is agreed by all
     ranks: a full disk at a checkpoint ends the others at once instead of leaving them waiting in
     the next collective; they end with nothing to say (rank 0 says it)."""
-    from resexp import checkpoint
+    from resexp.errors import CheckpointError
+    from resexp.run import checkpoint
 
     real = checkpoint.save
 
     def full_at_20(run, state):
         if state["step"] >= 20:
-            raise checkpoint.CheckpointError(f"could not write the checkpoint {run.file('last.pt')}: no space left")
+            raise CheckpointError(f"could not write the checkpoint {run.file('last.pt')}: no space left")
         real(run, state)
 
     monkeypatch.setattr(checkpoint, "save", full_at_20)

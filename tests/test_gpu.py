@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import TINY, resexp, torchrun
-from resexp.build import make_optimizer
 from resexp.data.cifar import Normalizer, TensorTrainStream
-from resexp.models import build_net
-from resexp.speed import EAGER, Speed
-from resexp.step import GraphedStep, Running, make_step
+from resexp.nets.build import build_net
+from resexp.run.setup import make_optimizer
+from resexp.run.speed import EAGER, Speed
+from resexp.run.step import GraphedStep, Running, make_step
 
 pytestmark = [
     pytest.mark.gpu,

@@ -12,8 +12,8 @@ from torchvision.datasets import ImageFolder
 
 from conftest import only_run, resexp, rows
 from resexp.data.imagenet import EIGVAL, EIGVEC, FolderEvalSet, Lighting, transforms
-from resexp.evaluation import evaluate
-from resexp.launch import compose
+from resexp.launch.jobs import compose
+from resexp.run.evaluate import evaluate
 
 SMALL = ["data.scale_min=40", "data.scale_max=48", "data.crop_size=32", "data.workers=0"]
 

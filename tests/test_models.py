@@ -4,8 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from resexp.costs import cost, count_macs, count_params, training_memory, variant_rows
-from resexp.models import Block, ZeroPadIdentity, build_net, net_spec
+from resexp.nets.blocks import Block, ZeroPadIdentity
+from resexp.nets.build import build_net
+from resexp.nets.costs import cost, count_macs, count_params, training_memory, variant_rows
+from resexp.nets.spec import net_spec
 
 
 @pytest.mark.parametrize("depth,millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])

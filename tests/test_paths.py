@@ -14,7 +14,8 @@ from torch import nn
 
 from resexp.analysis import paths
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED
-from resexp.models import Block, Net, basic_body, build_net, make_head, make_shortcut, make_stem
+from resexp.nets.blocks import Block, Net, basic_body, make_head, make_shortcut, make_stem
+from resexp.nets.build import build_net
 
 CONVERGED = {"kind": "converged", "converged": True, "text": "converged"}
 PAPER = {"norm": "batch", "init": "he", "block": "post", "body": "basic"}

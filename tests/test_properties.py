@@ -405,7 +405,7 @@ def test_every_reader_refuses_what_train_refuses(finished, tmp_path, edit):
 
 def option_sets():
     """Options of `resexp analyze` as a user may type them, and overrides of a config."""
-    from resexp.analysis import Options
+    from resexp.analysis.protocol import Options
 
     floats = st.sampled_from([0.5, 0.25, 1.0, 0.05, 2.0, 1e-05, 0.125])
     options = st.builds(
@@ -454,7 +454,7 @@ def option_sets():
 def test_analyses_with_different_options_never_share_a_file_name(a, b):
     """Before: `--span 0.5` and `--span 0.25` both wrote landscape+grid-3+span-0.json (a decimal
     point taken for a suffix), and optim.lr=0.05 and 0.01 one signal-config file."""
-    from resexp.analysis import READS, files, state, typed
+    from resexp.analysis.driver import READS, files, state, typed
 
     def read(kind, options, configs):  # what the kind reads: what must tell two analyses apart
         return (
@@ -477,7 +477,7 @@ def test_analyses_with_different_options_never_share_a_file_name(a, b):
     other=st.tuples(st.sampled_from(["latest", "best"]), st.booleans(), st.sampled_from([None, [224], [224, 256]])),
 )
 def test_evaluations_with_different_protocols_never_share_a_file_name(which, ten_crop, scales, other):
-    from resexp.evaluation import stem
+    from resexp.commands.eval import stem
 
     def name(w, t, s):
         return stem(w, {"data.ten_crop": t, "data.test_scales": s})

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import resexp
-from resexp.report import render, summarise, verdicts
-from resexp.rundir import find_runs as find
+from resexp.commands.report import render, summarise, verdicts
+from resexp.rundir.read import find_runs as find
 
 
 def find_runs(root, warnings=None):

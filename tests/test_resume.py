@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from conftest import folder, leftovers, process_env, resexp, rows, signal_at, without_time, write_npz
-from resexp import checkpoint, lifecycle, rundir
 from resexp.errors import Aborted
-from resexp.rundir import RunDir, RunLock
-from resexp.signals import StopSignals
+from resexp.run import checkpoint, lifecycle
+from resexp.run.signals import StopSignals
+from resexp.rundir import checkpoints
+from resexp.rundir import folder as rundir
+from resexp.rundir.folder import RunDir, RunLock
 
 RUN = [
     "data=synthetic",
@@ -417,7 +419,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_the_run_stays_resumable(t
     assert result.lines[-1].startswith("error: No space left on device: ") and "at iteration 30" in result.stderr
     assert "run the same command again to resume" in result.stderr
     assert status(tmp_path)["status"] == "failed" and not list((tmp_path / RUN_DIR).glob("*.tmp"))
-    assert checkpoint.load_latest(RunDir(tmp_path / RUN_DIR), print)["step"] == 20  # the last whole checkpoint
+    assert checkpoints.load_latest(RunDir(tmp_path / RUN_DIR), print)["step"] == 20  # the last whole checkpoint
     monkeypatch.undo()
     assert resexp("train", *RUN, cwd=tmp_path).code == 0
     assert without_time(rows(tmp_path / RUN_DIR)) == reference

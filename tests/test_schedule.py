@@ -3,7 +3,7 @@
 import pytest
 
 from resexp.config import ScheduleConfig, ScheduleName
-from resexp.schedule import Schedule
+from resexp.run.schedule import Schedule
 
 
 def test_multistep_divides_by_ten_at_32k_and_48k():

@@ -10,16 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, resexp
-from resexp import reference, speed
-from resexp.bench import Timing, fig6_projection
+from resexp.commands import reference
+from resexp.commands.bench import Timing, fig6_projection
 from resexp.config import CompileMode, SpeedConfig
 from resexp.data.cifar import EvalSet, Normalizer
 from resexp.errors import ConfigError
-from resexp.evaluation import evaluate
-from resexp.launch import compose
-from resexp.models import build_net
-from resexp.speed import EAGER, Speed, resolve
-from resexp.step import Running
+from resexp.launch.jobs import compose
+from resexp.nets.build import build_net
+from resexp.run import speed
+from resexp.run.evaluate import evaluate
+from resexp.run.speed import EAGER, Speed, resolve
+from resexp.run.step import Running
 
 CUDA = torch.device("cuda")  # resolving settings for a device needs no such device
 
@@ -294,7 +295,7 @@ def test_auto_precision_is_what_the_gpu_computes_natively(monkeypatch, capabilit
 def test_fp16_and_the_cuda_graph_are_refused_together_and_the_graph_off_is_said(monkeypatch):
     from resexp.config import Precision
     from resexp.distributed import World
-    from resexp.lifecycle import notices
+    from resexp.run.lifecycle import notices
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     with pytest.raises(ConfigError, match="cannot be combined with speed.precision=fp16"):
@@ -310,7 +311,7 @@ def test_fp16_and_the_cuda_graph_are_refused_together_and_the_graph_off_is_said(
 
 def test_a_step_whose_gradients_overflow_is_skipped_counted_and_leaves_the_weights():
     """fp16's scaler on the CPU, with a gradient made infinite on purpose."""
-    from resexp.step import EagerStep
+    from resexp.run.step import EagerStep
 
     torch.manual_seed(0)
     net = build_net("cifar", 8, "residual", "A", 10)
@@ -361,23 +362,23 @@ MPS = torch.device("mps")
 
 
 def test_auto_picks_a_macs_gpu_when_there_is_no_cuda_and_mps_is_refused_where_there_is_none(monkeypatch):
-    from resexp import build
+    from resexp import device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(build, "mps_available", lambda: True)
-    assert build.pick_device("auto") == MPS and build.pick_device("mps") == MPS
-    monkeypatch.setattr(build, "mps_available", lambda: False)
-    assert build.pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(device, "mps_available", lambda: True)
+    assert device.pick_device("auto") == MPS and device.pick_device("mps") == MPS
+    monkeypatch.setattr(device, "mps_available", lambda: False)
+    assert device.pick_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="device=mps asked for, but this machine has no Apple GPU"):
-        build.pick_device("mps")
+        device.pick_device("mps")
     with pytest.raises(ConfigError, match="device=tpu is not a device: use auto, cpu, cuda, cuda:N or mps"):
-        build.pick_device("tpu")
+        device.pick_device("tpu")
 
 
 def test_on_mps_everything_is_off_and_what_it_lacks_is_said_or_refused(monkeypatch):
     from resexp.config import Precision
     from resexp.distributed import World
-    from resexp.lifecycle import notices
+    from resexp.run.lifecycle import notices
 
     chosen = resolve(SpeedConfig(), MPS)
     assert (chosen.precision, chosen.channels_last, chosen.fused_optimizer, chosen.cuda_graph) == (
@@ -409,7 +410,9 @@ def test_checkpoints_and_weights_load_onto_the_cpu_whatever_device_saved_them(tm
     """A checkpoint written on a Mac's GPU (or a GPU) holds tensors of that device: every reader
     maps them to the CPU first (a run then moves them where it trains), so runs and weights move
     between a Mac, a GPU machine and a CPU. (The MPS tensors themselves cannot be made here.)"""
-    from resexp import checkpoint, rundir, weights
+    from resexp.rundir import checkpoints as checkpoint
+    from resexp.rundir import read as rundir
+    from resexp.rundir import weights
 
     assert resexp("train", *TINY, cwd=tmp_path).code == 0
     last = next(tmp_path.glob("runs/*/*/*/last.pt"))

@@ -17,9 +17,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, TINY_DIR, folder, fresh_joblib_workers, leftovers, only_run, process_env, resexp, rows
-from resexp.evaluation import evaluate
-from resexp.hparams import names
-from resexp.speed import cpu_has_bf16
+from resexp.run.evaluate import evaluate
+from resexp.run.hparams import names
+from resexp.run.speed import cpu_has_bf16
 
 KEYS = {"step", "epoch", "lr", "train/loss", "train/error", "test/loss", "test/error", "time"}
 TAGS = {"train/loss", "train/error", "test/loss", "test/error", "lr"}
@@ -292,8 +292,8 @@ def test_a_launcher_reporting_a_signalled_job_as_failed_reads_as_an_interrupted_
     exception with no job stopped by a signal since the command began names the runs left."""
     import contextlib
 
-    from resexp import launch
-    from resexp.rundir import RunDir
+    from resexp.launch import jobs as launch
+    from resexp.rundir.folder import RunDir
 
     def launcher_that_fails(stopped: bool):
         class App:
@@ -332,7 +332,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_that_promises_no_resume(tm
 
 def test_a_failure_before_the_first_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
     """Before: 'X keeps its last checkpoint' for a run that had none."""
-    from resexp import train
+    from resexp.run import loop as train
 
     def broken(*args):
         def step(x, y, lr):

@@ -9,7 +9,7 @@ import torch
 
 from resexp.analysis import gradients, landscape, lesion, responses, signal
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall, with_diverged
-from resexp.models import build_net
+from resexp.nets.build import build_net
 
 
 def test_overall_needs_every_case_to_agree_and_one_counter_example_to_disagree():

@@ -13,9 +13,9 @@ import torch
 import torchvision
 
 from conftest import TINY, folder, leftovers, resexp, rows
-from resexp import weights
-from resexp.models import build_net
-from resexp.published import import_run
+from resexp.commands.import_ import import_run
+from resexp.nets.build import build_net
+from resexp.rundir import weights
 
 REPO = Path(__file__).resolve().parents[1]
 TV18 = {"model.family": "imagenet", "model.depth": 18, "model.mode": "residual", "model.shortcut": "B"}
@@ -311,9 +311,9 @@ def test_the_published_akamaster_nets_import_as_the_functions_they_are(tmp_path,
 
 @pytest.mark.parametrize("depth,reference", [(18, torchvision.models.resnet18), (34, torchvision.models.resnet34)])
 def test_a_torchvision_state_dict_round_trips_through_import_and_export(tmp_path, monkeypatch, depth, reference):
-    from resexp import build
+    from resexp.run import setup
 
-    monkeypatch.setattr(build, "device_memory", lambda device: 2**30)  # a laptop that could not train it at batch 256
+    monkeypatch.setattr(setup, "device_memory", lambda device: 2**30)  # a laptop that could not train it at batch 256
     theirs = randomised(reference())
     state = theirs.state_dict()
     torch.save(state, tmp_path / "tv.pth")
@@ -475,11 +475,12 @@ def test_imagenet_normalisation_is_imagenets_fixed_mean_and_std_whatever_the_tra
 
 
 def test_best_pt_is_the_lowest_evaluation_counting_those_before_a_resume(tmp_path):
-    from resexp.build import build_model, make_optimizer
-    from resexp.checkpoint import Checkpointer, TrainState
-    from resexp.launch import compose
-    from resexp.rundir import RunDir
-    from resexp.schedule import Schedule
+    from resexp.launch.jobs import compose
+    from resexp.nets.build import build_model
+    from resexp.run.checkpoint import Checkpointer, TrainState
+    from resexp.run.schedule import Schedule
+    from resexp.run.setup import make_optimizer
+    from resexp.rundir.folder import RunDir
 
     cfg = compose(TINY)
     model = build_model(cfg, 10)

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, design_tag, design_text, judged_on, overall
-from resexp.models import Block
+from resexp.nets.blocks import Block
 
 HEALTHY = 100.0  # first / last conv layer RMS gradient within [1/100, 100]: healthy
 VANISHED = 1e-5  # every layer's update size lr * |g| / |w| below this: the gradient has vanished everywhere

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis import Options, Result, pyplot
+from resexp.analysis.protocol import Options, Result, pyplot
 from resexp.analysis.subjects import Subject, load
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
-from resexp.rundir import atomic_write
+from resexp.rundir.folder import atomic_write
 
 DEFAULT_IMAGES = 512
 WEIGHTS = "weights.pt"  # the net's weights, pinned when a landscape's first chunk is computed

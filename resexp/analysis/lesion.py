@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.errors import NotRemovable
-from resexp.models import Block
+from resexp.nets.blocks import Block
 
 SMALL = 5.0  # points of test error: "barely changes"
 HALFWAY = 0.5  # of the way from the intact net's error to chance: "sends it to chance"

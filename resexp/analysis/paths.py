@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
-from resexp.models import Block
+from resexp.nets.blocks import Block
 
 SHORT_SHARE = 0.9  # of the total gradient, from paths shorter than half the net: "most of it"
 EFFECTIVE = 0.9  # the effective paths: the shortest range of lengths holding this share of the total

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resexp.analysis import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, Result, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis import COLOURS, Options, Result, pyplot
+from resexp.analysis.protocol import COLOURS, Options, Result, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import (
     AGREES,
@@ -50,7 +50,7 @@ from resexp.analysis.verdict import (
     on_trained,
     overall,
 )
-from resexp.models import Block
+from resexp.nets.blocks import Block
 
 FACTOR = 100.0  # a ratio beyond this either way vanishes or explodes
 NEAR = 0.5  # branch / shortcut norm at most this: close to the identity

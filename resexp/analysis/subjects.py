@@ -18,13 +18,17 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp import convergence, identity, weights
-from resexp.build import build_model, load_weights, seed_everything
+from resexp import identity
+from resexp.analysis import convergence
+from resexp.analysis.convergence import TrainingState
 from resexp.config import Config, register, to_object
-from resexp.convergence import TrainingState
 from resexp.data import Data, build_data, source
+from resexp.device import seed_everything
 from resexp.errors import DataError, NothingToAnalyse, RunDirError, UserError, one_line
-from resexp.rundir import CONFIG, Run, RunDir, scan
+from resexp.nets.build import build_model, load_weights
+from resexp.rundir import weights
+from resexp.rundir.folder import CONFIG, RunDir
+from resexp.rundir.read import Run, scan
 
 
 @dataclass
@@ -37,7 +41,7 @@ class Subject:
     data: Data
     device: torch.device
     state: str  # "complete (400)", "unfinished (120 of 400)", "initialised"
-    training: TrainingState  # what the verdicts say they were judged on (resexp.convergence)
+    training: TrainingState  # what the verdicts say they were judged on (resexp.analysis.convergence)
     checkpoint: dict | None = None  # {"file": "last.pt", "step": 400, "sha256": ...}; None when initialised
     settings: str = "-"  # what tells this net apart from the others analysed with it (norm=none init=fixup)
 
@@ -220,7 +224,7 @@ def subjects(
 def from_configs(overrides: list[str], device: torch.device) -> tuple[list[Subject], Path]:
     """The nets of a config or a sweep (the overrides of `resexp train [-m]`), freshly initialised
     as their runs would begin, with their data; and the folder their analyses go to (runs/<name>)."""
-    from resexp.launch import plan
+    from resexp.launch.jobs import plan
 
     jobs = plan(overrides, multirun=True)  # comma lists expand as a sweep's do; one config is a sweep of one
     out = []
@@ -236,7 +240,7 @@ def from_configs(overrides: list[str], device: torch.device) -> tuple[list[Subje
 
 def named(nets: list[Subject]) -> list[Subject]:
     """Each net's settings: the fields that differ between the nets of one analysis."""
-    from resexp.report import experiments, settings_of
+    from resexp.rundir.experiments import experiments, settings_of
 
     settings = settings_of(experiments([net.run for net in nets]))
     return [dataclasses.replace(net, settings=settings[net.run.setting]) for net in nets]

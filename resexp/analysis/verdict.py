@@ -5,7 +5,7 @@ its criteria as constants beside the code that applies them; the README lists th
 
 Every verdict says what it was judged on (`judged_on`): the nets' training state (at
 initialisation; trained so many iterations, not converged; trained to convergence by
-resexp.convergence's criterion; published) and their design (norm, init, block, body). A claim
+resexp.analysis.convergence's criterion; published) and their design (norm, init, block, body). A claim
 about trained nets is decided only on nets trained to convergence (`on_trained`): on others its
 numbers are shown, and the verdict cannot decide. A verdict that holds by construction (BN sets
 the stream's scale; a branch started at zero is the identity at initialisation) says why in
@@ -18,8 +18,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from resexp.analysis.convergence import CRITERION
 from resexp.analysis.subjects import PAPER_DESIGN
-from resexp.convergence import CRITERION
 
 AGREES, DISAGREES, UNDECIDED = "agrees", "does not agree", "cannot decide"
 OUTCOMES = (AGREES, DISAGREES, UNDECIDED)

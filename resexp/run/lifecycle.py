@@ -11,7 +11,7 @@
    a diverged one, resume from the latest checkpoint, or start.
 3. start: build the data, the net, the optimizer and the schedule, and restore the checkpoint;
    nothing is written until here, so a mistake leaves no trace.
-4. train (resexp.train): the loop writes metrics, TensorBoard and checkpoints through the recorder
+4. train (resexp.run.loop): the loop writes metrics, TensorBoard and checkpoints through the recorder
    and the checkpointer; its status ladder is running -> complete | interrupted | diverged | failed.
 
 Under torchrun every process runs this; rank 0 alone locks, reads and writes the run directory and
@@ -34,11 +34,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from resexp import checkpoint, distributed, identity
-from resexp.build import build_model, check_memory, make_optimizer, pick_device, seed_everything
-from resexp.checkpoint import Checkpointer, TrainState
+from resexp import distributed, identity
 from resexp.config import Config, DataName, validate
 from resexp.data import Data, DataSource, build_data, source
+from resexp.device import pick_device, seed_everything
 from resexp.distributed import World
 from resexp.errors import (
     Aborted,
@@ -54,19 +53,21 @@ from resexp.errors import (
     UserError,
     one_line,
 )
-from resexp.models import net_spec
-from resexp.recorder import Quiet, Recorder, environment
-from resexp.rundir import CONFIG, DATA, METRICS, RunDir
-from resexp.schedule import Schedule
-from resexp.signals import StopSignals
-from resexp.speed import Speed, resolve
-from resexp.step import stage_grad_norms
-from resexp.train import Parts, train
+from resexp.nets.build import build_model
+from resexp.nets.spec import net_spec
+from resexp.run import ddp
+from resexp.run.checkpoint import Checkpointer, TrainState
+from resexp.run.loop import Parts, train
+from resexp.run.recorder import Quiet, Recorder, environment
+from resexp.run.schedule import Schedule
+from resexp.run.setup import check_memory, make_optimizer
+from resexp.run.signals import StopSignals
+from resexp.run.speed import Speed, resolve
+from resexp.run.step import stage_grad_norms
+from resexp.rundir import checkpoints
+from resexp.rundir.folder import CONFIG, DATA, METRICS, RunDir
 
 Warn = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- 1. check
 
 
 def check(cfg: Config) -> tuple[torch.device, Speed]:
@@ -106,9 +107,6 @@ def check_batch_norm(cfg: Config, batch: int) -> None:
             f"data.batch_size={d.batch_size} on {size}x{size} images leaves {batch * side * side} value per channel "
             f"in the last stage ({side}x{side}): batch norm needs at least 2; use a larger batch or larger images"
         )
-
-
-# --------------------------------------------------------------------------- 2. admit
 
 
 def admit(cfg: Config, run: RunDir, data_source: DataSource) -> str | None:
@@ -178,7 +176,7 @@ def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Warn) -> Dec
             f"{run.path} diverged at iteration {rows[-1]['step']} (training loss {rows[-1]['train/loss']}); "
             "delete the folder to train it again"
         )
-    saved, origin = checkpoint.load_latest(run, warn), str(run.path)
+    saved, origin = checkpoints.load_latest(run, warn), str(run.path)
     iterations = cfg.schedule.iterations
     if saved is not None:
         agrees(run, saved, cfg, data_source)
@@ -206,12 +204,12 @@ def decide(cfg: Config, run: RunDir, data_source: DataSource, warn: Warn) -> Dec
             f"resume={cfg.resume}"
         )
     elif saved is None and cfg.resume:
-        saved, origin = checkpoint.load_file(Path(cfg.resume).expanduser()), cfg.resume
+        saved, origin = checkpoints.load_file(Path(cfg.resume).expanduser()), cfg.resume
     elif saved is None and rows:
         raise damaged(
             run,
             f"it has metrics up to iteration {rows[-1]['step']} but no checkpoint to resume from "
-            f"({checkpoint.LAST} and {checkpoint.PREVIOUS} are gone)",
+            f"({checkpoints.LAST} and {checkpoints.PREVIOUS} are gone)",
         )
     return Decision(rows=rows, saved=saved, origin=origin)
 
@@ -253,9 +251,6 @@ def check_metrics(run: RunDir, rows: list[dict[str, Any]], state: TrainState, ev
             f"its checkpoint is at iteration {state.step} but {METRICS} lacks the evaluations at {shown} "
             f"({len(lost)} of {len(expected)})",
         )
-
-
-# --------------------------------------------------------------------------- 3. start
 
 
 @dataclass
@@ -310,13 +305,10 @@ def start(
     state = TrainState() if saved is None else checkpoints.restore(saved, decision.origin)
     eval_every = cfg.eval_every or len(data.train)
     check_metrics(run, decision.rows, state, eval_every, cfg.schedule.iterations)
-    trained = distributed.wrap(model, device, cfg.model.sync_bn)  # after the restore: DDP sends rank 0's weights
+    trained = ddp.wrap(model, device, cfg.model.sync_bn)  # after the restore: DDP sends rank 0's weights
     probes = (stage_grad_norms,) if cfg.log.grad_norms else ()
     parts = Parts(model, optimizer, schedule, data, speed, probes, trained, scaler)
     return Start(parts, state, checkpoints, decision.rows, data_source, eval_every)
-
-
-# --------------------------------------------------------------------------- the whole life
 
 
 def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:

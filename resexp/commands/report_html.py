@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from resexp.analysis import stored
-from resexp.report import summarise, table, verdicts
-from resexp.rundir import Run
+from resexp.analysis.driver import stored
+from resexp.commands.report import summarise, table, verdicts
+from resexp.rundir.folder import atomic_write
+from resexp.rundir.read import Run, readable_runs
 
 ABOUT = {
     "curves": "Training error (thin, dashed) and test error (bold) against iterations, plain nets left, residual "
@@ -115,7 +116,7 @@ def analyses(folder: Path, warn: Callable[[str], None]) -> list[str]:
 
 
 def render(runs: list[Run], folder: Path, warn: Callable[[str], None] = lambda text: None) -> str:
-    from resexp.plot import figure
+    from resexp.commands.plot import figure
 
     rows = summarise(runs, warn)
     columns, body = table(rows)
@@ -164,3 +165,10 @@ th {{ background: #f3f3f3; }} .about {{ color: #444; }} .meta {{ color: #777; fo
 {body}
 </body></html>
 """
+
+
+def write(folder: Path, warn: Callable[[str], None]) -> Path:
+    """`resexp report FOLDER --format html`: FOLDER/report.html, one self-contained page."""
+    path = folder / "report.html"
+    atomic_write(path, render(readable_runs(folder, warn), folder, warn))
+    return path

@@ -3,8 +3,8 @@
 For each net, two measurements in the same process on the same device, each after its own
 warm-up (which takes in compilation and DataLoader start-up, and is reported apart):
 - fast: resexp's own data path and training step (uint8 set on the device, crop/flip/normalise
-  as batched tensor ops; resexp.step) under the speed settings `resexp train` would use there;
-- reference: resexp.reference, fp32 eager with torchvision transforms on PIL images in
+  as batched tensor ops; resexp.run.step) under the speed settings `resexp train` would use there;
+- reference: resexp.commands.reference, fp32 eager with torchvision transforms on PIL images in
   DataLoader workers.
 The images are random uint8 CIFAR-shaped arrays: throughput does not depend on their content.
 From the timings it projects one 64k-iteration run (the paper's CIFAR schedule) and the 8-run
@@ -14,6 +14,7 @@ interpolated linearly in depth between the measured 20 and 56).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -23,17 +24,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from resexp import reference
-from resexp.build import fits, make_optimizer
-from resexp.costs import training_memory
+from resexp.commands import reference
 from resexp.data.cifar import Normalizer, TensorTrainStream
 from resexp.data.common import endless
+from resexp.device import pick_device
 from resexp.errors import OptionError
-from resexp.models import Mode, build_net, net_spec, valid_depths
-from resexp.speed import Speed
-from resexp.step import Running, make_step
+from resexp.launch.jobs import compose
+from resexp.nets.build import build_net
+from resexp.nets.costs import training_memory
+from resexp.nets.spec import Mode, net_spec, valid_depths
+from resexp.run.setup import fits, make_optimizer
+from resexp.run.speed import Speed, resolve
+from resexp.run.step import Running, make_step
 
 PAPER_ITERATIONS = 64_000
+
+
 FIG6_DEPTHS = (20, 32, 44, 56)
 
 
@@ -254,3 +260,55 @@ def render(result: dict):
             + (f", reference loop {minutes(sweep['reference'])}" if sweep["reference"] else "")
         )
     return Group(table, Text("\n".join(lines)))
+
+
+def within(*options: tuple[str, int | float | None, float, float]) -> None:
+    """Check (option, value, lowest, highest) of numeric options; OptionError names the first bad one."""
+    for option, value, low, high in options:
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low:
+            raise OptionError(f"{option} {value} must be at least {low:g}")
+        if value > high:
+            raise OptionError(f"{option} {value} must be at most {high:g}")
+
+
+def bench(
+    overrides: list[str],
+    depths: str = "20,56",
+    modes: str = "residual,plain",
+    iterations: int | None = None,
+    warmup: int | None = None,
+    reference_iterations: int | None = None,
+    workers: int | None = None,
+    images: int = 50_000,
+    with_reference: bool = True,
+    progress: Callable[[str], None] = lambda text: None,
+) -> dict:
+    """`resexp bench`: the options checked, then every net measured (the defaults: 300 timed
+    iterations and 50 of warm-up on CUDA, 10 and 2 on a CPU)."""
+    cfg = compose(overrides)
+    device = pick_device(cfg.device)
+    batch_size = cfg.data.batch_size
+    depth_list, mode_list = check_options(depths, modes, images, batch_size, device)
+    within(
+        ("--iterations", iterations, 1, math.inf),
+        ("--reference-iterations", reference_iterations, 1, math.inf),
+        ("--warmup", warmup, 0, math.inf),
+        ("--workers", workers, 0, max(8, os.cpu_count() or 1)),
+    )
+    cuda = device.type == "cuda"
+    return run_bench(
+        depth_list,
+        mode_list,
+        resolve(cfg.speed, device),
+        device,
+        batch_size,
+        iterations or (300 if cuda else 10),
+        warmup if warmup is not None else (50 if cuda else 2),
+        reference_iterations,
+        workers,
+        images,
+        with_reference,
+        progress,
+    )

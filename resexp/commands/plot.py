@@ -6,12 +6,15 @@ mean line and a shaded band (min to max); runs still in progress give partial cu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from resexp.report import experiments, settings_of
-from resexp.rundir import Run
+from resexp.errors import UserError
+from resexp.rundir.experiments import experiments, settings_of
+from resexp.rundir.folder import outside_runs
+from resexp.rundir.read import Run, readable_runs
 
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -88,3 +91,14 @@ def plot(runs: list[Run], out_stem: Path) -> list[Path]:
 
         plt.close(fig)
     return written
+
+
+def plot_folder(folder: Path, out: Path | None, warn: Callable[[str], None]) -> list[Path]:
+    """`resexp plot FOLDER [--out OUT]`: the figure of the trained runs under `folder` (OUT, not
+    inside a run folder; default FOLDER/curves); the files written."""
+    if out is not None:
+        outside_runs(out, "the figure")
+    trained = [run for run in readable_runs(folder, warn) if run.rows]
+    if not trained:
+        raise UserError(f"the runs under {folder} have no curves: they were imported, not trained here")
+    return plot(trained, out if out is not None else folder / "curves")

@@ -35,20 +35,34 @@ import torch
 
 from resexp import identity
 from resexp.errors import RunDirError, UserError
-from resexp.weights import FORMAT_TAG, fields_of, torch_file, torchvision_names
+from resexp.rundir.weights import FORMAT_TAG, fields_of, torch_file, torchvision_names
 
 SOURCES = ("akamaster", "torchvision")
+
+
 AKAMASTER_WIDTHS = (16, 32, 64)
+
+
 # akamaster's trainer: 200 epochs of 391 batches of 128 (all 50,000 images), lr / 10 at epochs 100 and 150:
 # 78,200 iterations, milestones at 50% and 75% (resexp's default milestones for that length).
 AKAMASTER_ITERATIONS = 200 * 391
+
+
 # torchvision's reference recipe for its ResNet-18/34 weights (IMAGENET1K_V1): 90 epochs of 5,005 batches of
 # 256, lr / 10 every 30 epochs.
 TORCHVISION_EPOCH = 5005
+
+
 TORCHVISION_BLOCKS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
+
+
 BOTTLENECK_BLOCKS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+
+
 # akamaster's names -> resexp's: a block's parts (body.0 conv, .1 BN, .2 ReLU, .3 conv, .4 BN), the stem, the classifier
 AKAMASTER_PARTS = {"conv1": "0", "bn1": "1", "conv2": "3", "bn2": "4"}
+
+
 AKAMASTER_ENDS = {
     "module.conv1.weight": "stem.0.weight",
     **{f"module.bn1.{leaf}": f"stem.1.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")},
@@ -168,7 +182,7 @@ def torchvision(saved: Any, path: Path) -> Published:
         raise UserError(
             f"{path} has {blocks} blocks per stage: not torchvision's ResNet-18 (2, 2, 2, 2) or 34 (3, 4, 6, 3)"
         )
-    from resexp.weights import build
+    from resexp.rundir.weights import build
 
     fields = {**fields_of(identity.defaults()), "model.family": "imagenet", "model.depth": depth}
     fields |= {"model.shortcut": "B"}
@@ -212,9 +226,9 @@ class Imported:
 def import_run(source: str, file: Path, name: str | None, data_root: str | None) -> Imported:
     """Make the run folder of the published net in FILE; one line, and nothing written, when
     anything about it is wrong."""
-    from resexp.build import build_model
-    from resexp.launch import plan, remove_empty
-    from resexp.rundir import CONFIG, IMPORTED, PROVENANCE, STATUS, WEIGHTS, RunDir, config_yaml, write_json
+    from resexp.launch.jobs import plan, remove_empty
+    from resexp.nets.build import build_model
+    from resexp.rundir.folder import CONFIG, IMPORTED, PROVENANCE, STATUS, WEIGHTS, RunDir, config_yaml, write_json
 
     if source not in READERS:
         raise UserError(f"{source!r} is not a source resexp imports from: choose one of {', '.join(SOURCES)}")

@@ -32,6 +32,8 @@ from resexp.errors import ConfigError
 # makes a ResNet-56 iteration 1.2 ms faster but costs ~50 s per run, won back only after ~40k
 # iterations, so it is left to the user.
 AUTO_COMPILE_CUDA = CompileMode.off
+
+
 GRAPHING_MODES = (CompileMode.reduce_overhead, CompileMode.max_autotune)  # modes that record CUDA graphs themselves
 
 
@@ -87,7 +89,11 @@ class Speed:
 
 
 EAGER = Speed()  # fp32, eager, contiguous: the reference behaviour, and a CPU's default without bf16 units
+
+
 LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast's dtype for each low precision
+
+
 BF16_CAPABILITY, FP16_CAPABILITY = (8, 0), (7, 0)  # CUDA compute capabilities with bf16 / fp16 tensor cores
 
 

@@ -7,7 +7,7 @@ TensorBoard tags: train/loss, train/error, test/loss, test/error (and val/* with
 split), lr; errors are in percent, x is the iteration. Each run writes into its own directory,
 so `tensorboard --logdir runs` lays every run of a sweep side by side. Each run also writes, into
 its own directory (not a new run, as SummaryWriter.add_hparams would): its hyperparameters for
-the HParams tab (resexp.hparams), whose metrics are the final/* and best/* scalars below, and a
+the HParams tab (resexp.run.hparams), whose metrics are the final/* and best/* scalars below, and a
 Custom Scalars layout with one chart of training error and one of test error that hold every run
 (the paper's style).
 """
@@ -26,11 +26,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from resexp import hparams, identity
+from resexp import identity
 from resexp.config import Config
-from resexp.rundir import CONFIG, DATA, ENVIRONMENT, RunDir, atomic_write, config_yaml, write_json
+from resexp.run import hparams
+from resexp.rundir.folder import CONFIG, DATA, ENVIRONMENT, RunDir, atomic_write, config_yaml, write_json
 
 NOT_SCALARS = ("step", "epoch", "time", "diverged")
+
+
 LAYOUT = {
     "errors (all runs)": {
         "training error": ["Multiline", [r"^train/error$"]],

@@ -1,7 +1,7 @@
 """The training loop: SGD on a plain or residual net, evaluating every `eval_every` iterations.
 
 `train` is a few plain functions that receive objects (model, optimizer, schedule, data, a
-recorder, a checkpointer), not the config; resexp.lifecycle assembles them and owns the run
+recorder, a checkpointer), not the config; resexp.run.lifecycle assembles them and owns the run
 directory. Training error is the running error of the augmented mini-batches since the last
 evaluation, as in the paper's curves; test error is measured on the whole evaluation set with the
 net in eval mode. Under torchrun the loop reads the same: the sums are summed over the processes,
@@ -22,15 +22,16 @@ import torch
 from torch import nn
 
 from resexp import distributed
-from resexp.checkpoint import Checkpointer, TrainState
 from resexp.data import Data, endless
 from resexp.errors import Diverged, Interrupted
-from resexp.evaluation import evaluate
-from resexp.recorder import Recorder
-from resexp.schedule import Schedule
-from resexp.signals import StopSignals
-from resexp.speed import Speed
-from resexp.step import Running, make_step
+from resexp.run import ddp
+from resexp.run.checkpoint import Checkpointer, TrainState
+from resexp.run.evaluate import evaluate
+from resexp.run.recorder import Recorder
+from resexp.run.schedule import Schedule
+from resexp.run.signals import StopSignals
+from resexp.run.speed import Speed
+from resexp.run.step import Running, make_step
 
 
 @dataclass
@@ -82,7 +83,7 @@ def train(
                 diverged = {**row, "time": state.time, "diverged": True}
                 distributed.together(functools.partial(recorder.evaluation, diverged))
                 raise Diverged(f"training loss is {row['train/loss']} at iteration {state.step}")
-            distributed.rank0_buffers(parts.model)  # every process evaluates the net rank 0 checkpoints
+            ddp.rank0_buffers(parts.model)  # every process evaluates the net rank 0 checkpoints
             for name, batches in parts.data.evals.items():
                 row.update(evaluate(parts.model, batches, name, parts.speed))
             parts.schedule.observe(row)

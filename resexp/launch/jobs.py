@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from resexp import distributed, identity
-from resexp.config import CONFIG_PACKAGE, Config, register, to_object
+from resexp.config import CONFIG_PACKAGE, Config, to_object
 from resexp.distributed import current, voice
 from resexp.errors import (
     Aborted,
@@ -45,15 +45,19 @@ from resexp.errors import (
     UserError,
     one_line,
 )
-from resexp.hparams import SUFFIX
-from resexp.rundir import STATUS, RunDir
+from resexp.launch.hydra import (
+    BASIC_LAUNCHER,
+    BASIC_SWEEPER,
+    command_line,
+    hydra_app,
+    hydra_context,
+    hydra_flags,
+    register,
+    split,
+)
+from resexp.run.hparams import SUFFIX
+from resexp.rundir.folder import STATUS, RunDir
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-# Hydra's own flags, and those that take a value (`--cfg job`): they are not overrides.
-FLAG_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-HYDRA_FLAGS = FLAG_VALUES | {"--help", "-h", "--hydra-help", "--version", "--resolve", "--info", "-i"}
 err = Console(stderr=True)
 
 
@@ -81,7 +85,7 @@ def admit_all(jobs: list[Job]) -> None:
     """Check each job's run directory and data as `lifecycle.start` will (not damaged, the same
     identity and the same dataset as the run already there, if any; data that loads)."""
     from resexp.data import inspect
-    from resexp.lifecycle import admit, not_imported
+    from resexp.run.lifecycle import admit, not_imported
 
     checked: dict[str, Any] = {}
     for num, job in enumerate(jobs):
@@ -93,84 +97,10 @@ def admit_all(jobs: list[Job]) -> None:
             admit(job.config, RunDir(job.run_dir), checked[key])
 
 
-def run_folder(root: DictConfig) -> str:
-    """The folder of one job below runs/<name>/ (resexp.identity.folder_name), from its composed
-    config with the hydra node: its identity against the preset's, i.e. the config composed from
-    the job's group choices (the preset included), with the fields the base name shows set as the
-    job sets them (their interpolations, e.g. cifar_fig6's warm-up by depth, follow), without its
-    other value overrides. Called by Hydra when it resolves hydra.run.dir or hydra.sweep.subdir, in
-    whichever process runs the job (joblib, submitit), so it composes with Hydra's own loader."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    task = tuple(root.hydra.overrides.task)
-    if task in _folders:  # Hydra resolves a job's folder several times (its run dir, its sweep subdir, ...)
-        return _folders[task]
-    loader = GlobalHydra.instance().config_loader()
-    groups = set(loader.list_groups(""))
-    overrides = OverridesParser.create().parse_overrides(list(task))
-    chosen = tuple(o.input_line for o in overrides if o.key_or_group in groups)
-    preset = tuple(o.input_line for o in overrides if o.key_or_group == "experiment")
-    reference = copy.deepcopy(composed(loader, chosen))
-    with open_dict(reference):
-        for key in identity.BASE_KEYS:
-            OmegaConf.update(reference, key, OmegaConf.select(root, key), merge=False)
-    choices, preset_choices = root.hydra.runtime.choices, composed(loader, preset).hydra.runtime.choices
-    shown = {g: choices[g] for g in identity.GROUPS_IN_NAME if choices.get(g) != preset_choices.get(g)}
-    _folders[task] = identity.folder_name(task_values(root), task_values(reference), shown)
-    return _folders[task]
-
-
-_composed: dict[tuple[str, ...], DictConfig] = {}
-_folders: dict[tuple[str, ...], str] = {}  # a job's overrides -> its folder: the configs do not change in a process
-
-
-def composed(loader: Any, overrides: tuple[str, ...]) -> DictConfig:
-    """The config of `overrides` (a preset and group choices), composed once per process."""
-    if overrides not in _composed:
-        from hydra.types import RunMode
-
-        _composed[overrides] = loader.load_configuration("config", list(overrides), run_mode=RunMode.RUN)
-    return _composed[overrides]
-
-
-def task_values(cfg: DictConfig) -> dict[str, Any]:
-    """The identity values of a composed config (its hydra node left out, interpolations resolved)."""
-    return identity.of(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-
-
-@contextmanager
-def hydra_context() -> Iterator:
-    """Hydra's config loader over resexp's configs (the compose API's global state, cleared after)."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register()
-    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        yield GlobalHydra.instance().config_loader()
-
-
 def compose(overrides: list[str]) -> Config:
     """The checked config of a single run, e.g. compose(["model.depth=56"]) (for bench and tests)."""
     [job] = plan(overrides, multirun=False)
     return job.config
-
-
-def split(master: DictConfig) -> list[list[str]]:
-    """Each job's overrides, as Hydra's basic sweeper forms them from the preset's sweep params
-    and the command's overrides (later keys win)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + list(master.hydra.overrides.task))
-    try:
-        [jobs] = BasicSweeper.split_arguments(parsed, None)
-    except HydraException:
-        wrong = next(o.input_line for o in parsed if o.is_sweep_override() and not o.is_discrete_sweep())
-        raise ConfigError(f"{wrong}: the basic sweeper sweeps comma lists only (a,b,c)") from None
-    return jobs
 
 
 def plan(overrides: list[str], multirun: bool, trains: bool = True) -> list[Job]:
@@ -182,7 +112,7 @@ def plan(overrides: list[str], multirun: bool, trains: bool = True) -> list[Job]
     from hydra.types import RunMode
 
     from resexp.config import validate
-    from resexp.lifecycle import check
+    from resexp.run.lifecycle import check
 
     parser = OverridesParser.create()
     for line in overrides:  # name the override that does not parse
@@ -272,7 +202,7 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from resexp.lifecycle import run
+    from resexp.run.lifecycle import run
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -326,84 +256,15 @@ def remove_empty(path: Path, levels: int = 4) -> None:
             return
 
 
-def hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
-    """Hydra's own flags (--cfg job, --info, --help, ...) and the overrides, from a command line."""
-    flags: list[str] = []
-    overrides: list[str] = []
-    taking = None
-    for arg in args:
-        if taking is not None:
-            flags.append(arg)
-            taking = None
-        elif arg.startswith("-"):
-            if arg.split("=", 1)[0] not in HYDRA_FLAGS:
-                raise ConfigError(
-                    f"{arg} is not an option of resexp train: it takes -m, --debug, Hydra's "
-                    f"{', '.join(sorted(f for f in HYDRA_FLAGS if f.startswith('--')))}, and overrides key=value"
-                )
-            flags.append(arg)
-            taking = arg if arg in FLAG_VALUES else None
-        elif flags and flags[-1] in ("--info", "-i") and arg in INFO_TOPICS:
-            flags.append(arg)
-        else:
-            overrides.append(arg)
-    return flags, overrides
-
-
-@contextmanager
-def command_line(argv: list[str], env: dict[str, str]) -> Iterator[None]:
-    """sys.argv and environment variables as `hydra.main` reads them, for the length of a call."""
-    saved_argv, saved_env = sys.argv, {k: os.environ.get(k) for k in env}
-    sys.argv = argv
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        sys.argv = saved_argv
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def describe_sweep(folder: Path, jobs: list[Job]) -> None:
     """The experiment TensorBoard's HParams tab shows for the sweep's folder: over its runs so far
-    and this command's jobs (resexp.hparams)."""
-    from resexp.hparams import write_experiment
-    from resexp.rundir import find_runs
+    and this command's jobs (resexp.run.hparams)."""
+    from resexp.run.hparams import write_experiment
+    from resexp.rundir.read import find_runs
 
     runs = [r.identity for r in find_runs(folder, lambda text: None)] if folder.is_dir() else []
     folder.mkdir(parents=True, exist_ok=True)
     write_experiment(folder, runs + [identity.of(job.config) for job in jobs])
-
-
-@contextmanager
-def hydra_app() -> Iterator[Any]:
-    """Hydra's runner over resexp's configs, set up as hydra.main sets it up (the same config
-    search path, launchers and sweepers), so that its results come back to `launch`."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        yield Hydra.create_main_hydra2("resexp", create_config_search_path("pkg://" + CONFIG_PACKAGE))
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def show(args: list[str], flags: list[str], overrides: list[str]) -> None:
-    """Hydra's own flags (--cfg job, --info, --help): checked as a run would be, then printed by
-    hydra.main itself, which reads them from sys.argv; nothing trains."""
-    import hydra
-
-    if any(f in ("--cfg", "-c") for f in flags):
-        plan(overrides, multirun=False)  # an invalid config is refused, not printed
-    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
-    with command_line(["resexp train", *args], {"HYDRA_FULL_ERROR": "1"}):
-        main()
 
 
 @dataclass(frozen=True)
@@ -511,3 +372,15 @@ def state_of(job: Job) -> str:
         return "did not start"
     reason = status.get("reason") or status.get("signal") or ""
     return f"{status.get('status')} at iteration {status.get('step')}" + (f" ({reason})" if reason else "")
+
+
+def show(args: list[str], flags: list[str], overrides: list[str]) -> None:
+    """Hydra's own flags (--cfg job, --info, --help): checked as a run would be, then printed by
+    hydra.main itself, which reads them from sys.argv; nothing trains."""
+    import hydra
+
+    if any(f in ("--cfg", "-c") for f in flags):
+        plan(overrides, multirun=False)  # an invalid config is refused, not printed
+    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
+    with command_line(["resexp train", *args], {"HYDRA_FULL_ERROR": "1"}):
+        main()

@@ -23,8 +23,14 @@ from typing import Any
 from resexp import identity
 
 FRONT = ("model.mode", "model.depth", "model.shortcut", "seed")  # always ticked
+
+
 LAST = "run"  # the short name: after every field, ticked only where the sweep varies no other field
+
+
 METRICS = ("final/test_error", "final/train_error", "best/test_error", "best/train_error")
+
+
 SUFFIX = ".resexp-hparams"  # the experiment's event file in a sweep's folder
 
 

@@ -22,13 +22,20 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resexp.rundir import Run
+from resexp.rundir.read import Run
 
 MIN_EPOCHS = 100.0  # epochs of the run's own training set
+
+
 FLAT = 1.0  # points of training error: the mean over the last tenth of the schedule vs the tenth before
+
+
 TENTH = 0.1  # of the schedule: the window each mean is taken over
 
+
 INITIALISED, FRESH, PARTIAL, CONVERGED, PUBLISHED = "initialised", "fresh", "trained", "converged", "published"
+
+
 CRITERION = (
     f"converged = schedule complete, at least {MIN_EPOCHS:g} epochs, and the running training error's mean over "
     f"the last tenth of the schedule within {FLAT:g} point of the tenth before"

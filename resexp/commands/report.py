@@ -15,21 +15,20 @@ import csv
 import io
 import json
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from resexp import identity
-from resexp.rundir import Run
+from resexp.rundir.experiments import experiments, jsonable, mean_std, settings_of
+from resexp.rundir.read import Run
 
-FORMATS = ("markdown", "csv", "json", "html")  # html: resexp.report_html, a file
+FORMATS = ("markdown", "csv", "json", "html")  # html: resexp.commands.report_html, a file
+
+
 UNDECIDED = "degradation: cannot decide (one seed of a net: the seeds' noise is unknown; add seeds, e.g. seed=0,1,2)"
-# What the net's name already says: the rest of an experiment's identity is its "settings".
-NAMED = ("data.name", "model.family", "model.mode", "model.depth", "model.shortcut", "seed")
 
-# (data, family, mode, depth, shortcut) -> (test error %, source). Plain nets have no printed
-# numbers; the two plain CIFAR values are read off Figure 6.
+
+# What the net's name already says: the rest of an experiment's identity is its "settings".
 PAPER: dict[tuple, tuple[float, str]] = {
     ("cifar10", "cifar", "residual", 20, "A"): (8.75, "Table 6"),
     ("cifar10", "cifar", "residual", 32, "A"): (7.51, "Table 6"),
@@ -46,6 +45,8 @@ PAPER: dict[tuple, tuple[float, str]] = {
     ("imagenet", "imagenet", "residual", 34, "B"): (24.52, "Table 3, top-1 10-crop"),
     ("imagenet", "imagenet", "residual", 34, "C"): (24.19, "Table 3, top-1 10-crop"),
 }
+
+
 COLUMNS = [
     "data",
     "net",
@@ -61,42 +62,6 @@ COLUMNS = [
     "final train error",
     "paper test error",
 ]
-
-
-def experiments(runs: list[Run], warn: Callable[[str], None] = lambda text: None) -> dict[tuple, list[Run]]:
-    """Runs that differ only in their seed, by their setting (identity minus seed). Two folders
-    holding the same run (same identity and seed: a copy) count once, with a warning."""
-    out: dict[tuple, dict[int, Run]] = {}
-    for run in runs:
-        seeds = out.setdefault(run.setting, {})
-        other = seeds.get(run.seed)
-        if other is not None:
-            keep, drop = (other, run) if other.step >= run.step else (run, other)
-            warn(f"warning: {drop.path} holds the same run as {keep.path} (same config and seed): counted once")
-            seeds[run.seed] = keep
-        else:
-            seeds[run.seed] = run
-    return {key: [seeds[s] for s in sorted(seeds)] for key, seeds in out.items()}
-
-
-def settings_of(groups: dict[tuple, list[Run]]) -> dict[tuple, str]:
-    """What tells an experiment apart beyond its net's name: the identity fields whose values
-    differ between the experiments of the report, as a folder name shows them (lr=0.05)."""
-    values = {key: dict(key) for key in groups}
-    keys = [
-        k
-        for k in identity.identity_keys()
-        if k not in NAMED and len({identity.shown(v.get(k)) for v in values.values()}) > 1
-    ]
-    names = identity.short_names()
-    return {key: " ".join(f"{names[k]}={identity.shown(values[key].get(k))}" for k in keys) or "-" for key in groups}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (NaN for a single value: the noise is unknown)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def final(run: Run, key: str) -> float:
@@ -301,17 +266,6 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     columns = every if any(r["settings"] != "-" for r in rows) else [c for c in every if c != "settings"]
     cells = [[c for c, column in zip(row, every, strict=True) if column in columns] for row in table_rows(rows)]
     return columns, cells
-
-
-def jsonable(value: Any) -> Any:
-    """NaN and infinities as null (JSON has no NaN), tuples as lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    return value
 
 
 def render(runs: list[Run], form: str = "markdown", warn: Callable[[str], None] = lambda text: None) -> str:

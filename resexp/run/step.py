@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from resexp import distributed
-from resexp.speed import EAGER, Speed
+from resexp.run.speed import EAGER, Speed
 
 
 class Running:
@@ -169,7 +169,7 @@ class GraphedStep(EagerStep):
         # than add to tensors that live outside it.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # never with fp16's scaler (resexp.speed.resolve refuses the pair)
+        with torch.cuda.graph(graph):  # never with fp16's scaler (resexp.run.speed.resolve refuses the pair)
             loss, logits, _ = forward_backward_update(
                 self.net, self.optimizer, self.static_x, self.static_y, self.speed
             )

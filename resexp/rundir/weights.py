@@ -30,8 +30,14 @@ from resexp.config import paper_shortcut
 from resexp.errors import UserError
 
 FORMATS = ("state_dict", "torchvision")
+
+
 TORCHVISION_DEPTHS = (18, 34)
+
+
 FORMAT_TAG = "resexp.weights/1"  # in every state_dict export: what reads it checks it
+
+
 # resexp's names -> torchvision's, for the basic-block ImageNet nets (each pattern whole-name).
 TORCHVISION_NAMES = [
     (r"stem\.0\.(.+)", r"conv1.\1"),
@@ -65,8 +71,8 @@ def of_run(run_path: Path, warn, which: str = "latest", doing: str = "reading") 
     """A run's weights: its latest checkpoint (an unreadable last.pt falls back to prev.pt) or
     best.pt (`which="best"`), or for a run made by `resexp import`, its weights.pt; None when a run
     trained here has no checkpoint yet. A run without the one asked for is a UserError."""
-    from resexp.checkpoint import latest, read
-    from resexp.rundir import BEST, WEIGHTS, RunDir
+    from resexp.rundir.checkpoints import latest, read
+    from resexp.rundir.folder import BEST, WEIGHTS, RunDir
 
     run = RunDir(run_path)
     if which not in WHICH:
@@ -148,57 +154,6 @@ def torchvision_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def export(run_path: Path, to: str, out: Path, warn) -> str:
-    """Write RUN's latest checkpoint's weights to OUT in the format `to`; returns what was written."""
-    from resexp.rundir import atomic_write, load_run, outside_runs
-
-    if to not in FORMATS:
-        raise UserError(f"--to {to} is not a format: choose one of {', '.join(FORMATS)}")
-    outside_runs(out, "the export")
-    if out.is_dir():
-        raise UserError(f"{out} is a folder: name the file to write, e.g. {out / 'net.pt'}")
-    if not out.parent.is_dir():
-        raise UserError(f"{out.parent} does not exist: make it, or write {out.name} elsewhere")
-    run = load_run(run_path, warn)  # a folder that is not a run, or whose files disagree, is one line
-    trained = of_run(run_path, warn, doing="exporting")
-    if trained is None:
-        raise UserError(f"{run_path} has no checkpoint to export (it has not trained yet)")
-    check_identity(trained, run.identity, run_path)
-    state = dict(trained.model)
-    fields = fields_of(run.identity)
-    if to == "torchvision":
-        reason = why_not_torchvision(fields)
-        if reason:
-            raise UserError(f"--to torchvision: {reason}")
-        payload: dict[str, Any] = torchvision_names(state)
-    else:
-        payload = {
-            "format": FORMAT_TAG,
-            "model": state,
-            "fields": fields,
-            "num_classes": classes_of(state),
-            "source": {
-                "run": str(run_path),
-                "file": trained.file.name,
-                "step": trained.step,
-                "sha256": trained.sha256,
-                **({"imported": run.provenance} if run.imported else {}),
-            },
-        }
-    atomic_write(out, lambda f: torch.save(payload, f))
-    return f"{run.label} s{run.identity['seed']} at iteration {trained.step} ({to})"
-
-
-def check_identity(trained: Trained, values: dict[str, Any], run_path: Path) -> None:
-    """The checkpoint was trained as the run's config.yaml says (checkpoints that say)."""
-    if trained.identity is not None:
-        wrong = identity.differences(identity.of(trained.identity), values)
-        if wrong:
-            raise UserError(
-                f"{trained.file} was trained with another config than {run_path}/config.yaml says: {wrong[0]}"
-            )
-
-
 def read_export(path: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor], dict[str, Any]]:
     """(model fields, classes, tensors, the whole file) of a file written by --to state_dict (and
     an imported run's weights.pt, which has the same format)."""
@@ -210,7 +165,7 @@ def read_export(path: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor
 
 def torch_file(path: str | Path) -> Any:
     """What torch.load reads from `path` with weights_only (no code runs), or one line why not."""
-    from resexp.rundir import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
+    from resexp.rundir.folder import NUMPY_STATE  # resexp 0.1's checkpoints hold numpy's RNG state
 
     try:
         with torch.serialization.safe_globals(NUMPY_STATE):
@@ -239,9 +194,9 @@ def load(path: str | Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]
 def build(fields: dict[str, Any], num_classes: int) -> nn.Module:
     """The net the fields describe, freshly initialised; combinations `resexp train` refuses (a
     depth the family lacks, Fixup with BN, ...) are refused here too, in its words."""
-    from resexp.build import build_model
     from resexp.config import Config
     from resexp.errors import ConfigError
+    from resexp.nets.build import build_model
 
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes={num_classes!r} must be an integer of at least 2")
@@ -270,7 +225,7 @@ def model_config(fields: dict[str, Any]):
 def load_into(net: nn.Module, fields: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> nn.Module:
     """`net` (built from `fields`) with the tensors loaded; a mismatch is one line (a design whose
     build changed since the weights were made says so)."""
-    from resexp.build import load_weights
+    from resexp.nets.build import load_weights
 
     load_weights(net, tensors, model_config(fields), str(source))
     return net

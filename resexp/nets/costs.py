@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-from resexp.models import (
+from resexp.nets.blocks import make_head, make_stage, make_stem
+from resexp.nets.spec import (
     BOTTLENECK_EXPANSION,
     CIFAR_DEPTHS,
     IMAGENET_STAGES,
@@ -18,9 +19,6 @@ from resexp.models import (
     Mode,
     ShortcutOption,
     StageSpec,
-    make_head,
-    make_stage,
-    make_stem,
     net_spec,
 )
 

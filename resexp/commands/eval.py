@@ -27,50 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
-from torch import nn
 
-from resexp import distributed, identity
+from resexp import identity
 from resexp.config import Config, validate
-from resexp.data.common import EvalStream
 from resexp.errors import ConfigError, NothingToAnalyse, RunDirError, UserError, one_line
-from resexp.rundir import EVALS, Run, RunDir, atomic_write, readable_runs
-from resexp.speed import EAGER, Speed
+from resexp.run.evaluate import evaluate
+from resexp.run.speed import EAGER
+from resexp.rundir.folder import EVALS, RunDir, atomic_write
+from resexp.rundir.read import Run, readable_runs
 
 # Overrides that change the numbers (named in the file) and those that only say where and how fast.
 PROTOCOL = ("data.ten_crop", "data.test_scales")
+
+
 WHERE = ("data.root", "data.eval_batch_size", "data.workers", "device")
+
+
 Warn = Callable[[str], None]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: EvalStream, prefix: str, speed: Speed = EAGER) -> dict[str, float]:
-    """Loss and error (%) over a whole evaluation set (summed over the processes under torchrun,
-    each of which holds a slice of it). Several views of an image have their softmax outputs
-    averaged: 5-d batches (B, crops, C, H, W) are multi-crop, a list of (views, C, H, W) tensors
-    is the multi-scale test of one image."""
-    model.eval()
-    loss, errors, count = 0.0, 0, 0
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for x, y in batches:
-        if isinstance(x, list):
-            probs = torch.cat([F.softmax(speed.forward(model, v), -1) for v in x]).mean(0, keepdim=True)
-        elif x.dim() == 5:
-            probs = F.softmax(speed.forward(model, x.flatten(0, 1)), -1).view(x.shape[0], x.shape[1], -1).mean(1)
-        else:
-            probs = None
-            logits = speed.forward(model, x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            errors += (logits.argmax(1) != y).sum().item()
-        if probs is not None:
-            loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
-            errors += (probs.argmax(1) != y).sum().item()
-        count += len(y)
-    model.train()
-    loss, errors, count = distributed.sum_([loss, errors, count], device)
-    return {f"{prefix}/loss": loss / count, f"{prefix}/error": 100.0 * errors / count}
 
 
 @dataclass
@@ -141,10 +116,12 @@ class ViewCounter:
 
 def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> Evaluated:
     """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
-    from resexp import weights
     from resexp.analysis.subjects import cached_data
-    from resexp.build import build_model, load_weights, pick_device
+    from resexp.commands.export import check_identity
     from resexp.data import source
+    from resexp.device import pick_device
+    from resexp.nets.build import build_model, load_weights
+    from resexp.rundir import weights
 
     cfg = configure(run, options)
     # the test as made: the run's own protocol (a run may have trained with data.ten_crop=true) with the overrides
@@ -157,7 +134,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     trained = weights.of_run(run.path, warn, which, doing="evaluating")
     if trained is None:
         raise RunDirError(f"{run.path} has no checkpoint to evaluate (it has not trained yet)")
-    weights.check_identity(trained, run.identity, run.path)
+    check_identity(trained, run.identity, run.path)
     started = time.perf_counter()
     data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))  # runs of a sweep share it
     model = build_model(cfg, data.num_classes).to(device)
@@ -214,7 +191,8 @@ def evaluate_folder(folder: Path, overrides: list[str], best: bool, warn: Warn) 
 
 def table(done: list[Evaluated]) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """Columns, a row per run, and a row per net (mean ± std over its seeds, as report groups runs)."""
-    from resexp.report import experiments, fmt, mean_std, settings_of
+    from resexp.commands.report import fmt
+    from resexp.rundir.experiments import experiments, mean_std, settings_of
 
     keys = [k for k in ("test/error", "val/error") if any(k in e.record for e in done)]
     columns = ["net", "settings", "seeds", "weights"] + [f"{k.split('/')[0]} error" for k in keys] + ["views/image"]

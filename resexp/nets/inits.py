@@ -14,10 +14,10 @@ the lectures' explanations of residual learning apart.
   would pass no gradient: resexp.config refuses the pair).
 - `skipinit` (De and Smith 2020, "Batch Normalization Biases Residual Blocks Towards the Identity
   Function in Deep Networks"): He, and each residual branch multiplied by a learnable scalar that
-  starts at 0 (resexp.models.Scale at the end of the branch); meant for nets without BN.
+  starts at 0 (resexp.nets.blocks.Scale at the end of the branch); meant for nets without BN.
 - `fixup` (Zhang, Dauphin and Ma 2019, "Fixup Initialization: Residual Learning Without
   Normalization"): no normalisation; scalar biases around each layer of a branch and a scalar
-  multiplier at its end, and no per-channel conv biases (resexp.models.fixup_body); the layers of
+  multiplier at its end, and no per-channel conv biases (resexp.nets.blocks.fixup_body); the layers of
   each of the L branches of m layers He-initialised and scaled by L^(-1/(2m-2)), the last layer of
   each branch and the classifier 0.
 
@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from resexp.models import Block, Init, fixup_scale
+from resexp.nets.blocks import Block
+from resexp.nets.spec import Init
 
 
 def initialise(net: nn.Module, init: str, branches: int, layers: int) -> None:
@@ -83,3 +84,8 @@ def xavier_init(net: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def fixup_scale(branches: int, layers: int) -> float:
+    """Fixup's factor for the layers of a branch: L^(-1/(2m-2)), L branches of m layers each."""
+    return branches ** (-1.0 / (2 * layers - 2)) if branches > 0 else 1.0
