@@ -66,7 +66,7 @@ class World:
 ONE = World()
 
 
-class Contact:
+class GroupState:
     """Whether a collective of this process has failed: then the group is broken (a peer is gone,
     or the network between them), whatever the error's type or text. Known by where the error
     came from (a collective below, or DDP's gradient all-reduce), never by its message."""
@@ -80,15 +80,15 @@ def collective() -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        Contact.broken = True
+        GroupState.broken = True
         raise PeerLost() from e
 
 
 def peer_lost(e: BaseException) -> bool:
     """Whether `e` ended this process because the group broke: a collective of this process failed
     (NCCL also says so by type, DistBackendError)."""
-    lost = current().distributed and (Contact.broken or isinstance(e, (PeerLost, dist.DistBackendError)))
-    Contact.broken |= lost  # remembered: the group cannot be left together any more (close)
+    lost = current().distributed and (GroupState.broken or isinstance(e, (PeerLost, dist.DistBackendError)))
+    GroupState.broken |= lost  # remembered: the group cannot be left together any more (close)
     return lost
 
 
@@ -116,7 +116,7 @@ def current() -> World:
 
 def join() -> None:
     """Join the process group (once per process), before anything of the command can fail in one
-    process alone, so that every failure of the start is agreed (`together`): gloo on a machine
+    process alone, so that every failure of the start is agreed (`all_or_none`): gloo on a machine
     without CUDA; with CUDA, gloo for the CPU tensors (the agreements) and NCCL for the CUDA ones."""
     if not current().distributed or dist.is_initialized():
         return
@@ -145,7 +145,7 @@ def close() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     gc.collect()  # DDP's reducer holds the group: let it go first
-    if Contact.broken:  # a peer is gone and this process has said so: nobody to wait for
+    if GroupState.broken:  # a peer is gone and this process has said so: nobody to wait for
         return
     with collective():
         dist.barrier()
@@ -206,7 +206,7 @@ def barrier(device: torch.device) -> None:
 LINE = 480  # bytes of each process's failure line that an agreement carries
 
 
-def together(action: Callable[[], T]) -> T:
+def all_or_none(action: Callable[[], T]) -> T:
     """Run `action` in every process (each process's share of the start, rank 0's writes); if it
     fails in any, fail in all, so that no process waits in a collective for one that has left.
     Every process's failure line reaches rank 0, which prints them all, each failed process's in
@@ -257,7 +257,7 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def voice(e: BaseException, line: str) -> str | None:
+def printed_line(e: BaseException, line: str) -> str | None:
     """The line this process prints for `e`: every error in one process; under torchrun rank 0
     speaks for all (agreed failures carry the other ranks' words to it), and another rank only
     about a failure of its own that was not agreed (prefixed with its rank)."""

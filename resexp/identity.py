@@ -75,12 +75,12 @@ def short_names() -> dict[str, str]:
     return {k: (leaf if last.count(leaf) == 1 else k) for k, leaf in zip(identity_keys(), last, strict=True)}
 
 
-def plain(value: Any) -> Any:
+def builtin(value: Any) -> Any:
     """A config value as plain data: enums as their strings, tuples as lists."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [builtin(v) for v in value]
     return value
 
 
@@ -99,7 +99,7 @@ def flat(cfg: Any) -> dict[str, Any]:
             if isinstance(value, dict):
                 walk(f"{prefix}{key}.", value)
             else:
-                out[prefix + str(key)] = plain(value)
+                out[prefix + str(key)] = builtin(value)
 
     walk("", cfg)
     return out
@@ -139,12 +139,12 @@ def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
-    return plain(a) == plain(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
+    return builtin(a) == builtin(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
 
 
 def shown(value: Any) -> str:
     """A value as a folder name shows it: 0.05, 1e-05, true, null, 300_400."""
-    value = plain(value)
+    value = builtin(value)
     if value is None:
         return "null"
     if isinstance(value, bool):

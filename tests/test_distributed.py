@@ -265,13 +265,13 @@ def test_a_failed_collective_is_a_lost_peer_by_where_it_failed_not_by_its_text(m
     from resexp import distributed
     from resexp.errors import PeerLost
 
-    monkeypatch.setattr(distributed.Contact, "broken", False)
+    monkeypatch.setattr(distributed.GroupState, "broken", False)
     monkeypatch.setattr(distributed, "current", lambda: World(rank=0, size=2))
     unrelated = RuntimeError("Connection closed by peer [127.0.0.1]:41234")
     assert not distributed.peer_lost(unrelated)  # an error outside any collective is this process's own
     with pytest.raises(PeerLost) as raised, distributed.collective():
         raise unrelated
-    assert raised.value.__cause__ is unrelated and distributed.Contact.broken
+    assert raised.value.__cause__ is unrelated and distributed.GroupState.broken
     assert distributed.peer_lost(RuntimeError("whatever backward raised after it"))
     # With the group broken, leaving it does not wait on a collective that would fail a second
     # time (and print a second line after the run's own).
@@ -288,15 +288,15 @@ def test_a_failed_gradient_all_reduce_marks_the_group_broken(monkeypatch):
     from resexp import distributed
     from resexp.run import ddp
 
-    monkeypatch.setattr(distributed.Contact, "broken", False)
+    monkeypatch.setattr(distributed.GroupState, "broken", False)
     fine, failed = torch.futures.Future(), torch.futures.Future()
     ok, bad = ddp.remembered(fine), ddp.remembered(failed)
     fine.set_result([torch.ones(2)])
-    assert torch.equal(ok.wait(), torch.ones(2)) and not distributed.Contact.broken
+    assert torch.equal(ok.wait(), torch.ones(2)) and not distributed.GroupState.broken
     failed.set_exception(RuntimeError("Connection closed by peer"))
     with pytest.raises(RuntimeError):
         bad.wait()
-    assert distributed.Contact.broken
+    assert distributed.GroupState.broken
 
 
 def test_under_torchrun_a_batch_that_does_not_divide_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -319,9 +319,9 @@ def test_under_torchrun_the_cuda_graph_gives_way_to_eager_ddp_with_a_notice(monk
     cuda = resolve(cfg.speed, torch.device("cuda"))
     assert cuda.cuda_graph  # what one process on a GPU runs
     two = World(0, 2, 0)
-    [line] = lifecycle.notices(cfg, cuda, two)
+    [line] = lifecycle.speed_notices(cfg, cuda, two)
     assert "CUDA-graph step is not used under torchrun" in line and "eager DDP" in line
-    assert lifecycle.notices(cfg, cuda, World()) == []
+    assert lifecycle.speed_notices(cfg, cuda, World()) == []
     monkeypatch.setattr(distributed, "current", lambda: two)
     monkeypatch.setattr(lifecycle, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(lifecycle, "check_memory", lambda *args: None)
@@ -383,7 +383,7 @@ def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch
 
 
 def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
-    """`distributed.together`: when the action fails in any process, every process fails; rank 0
+    """`distributed.all_or_none`: when the action fails in any process, every process fails; rank 0
     prints every failed process's line, each in its own words after its rank, and the others stay
     quiet (before: a non-zero rank's words never reached rank 0's terminal)."""
     from resexp import distributed
@@ -400,19 +400,19 @@ def test_a_start_that_fails_in_one_process_fails_in_all(monkeypatch):
     monkeypatch.setattr(distributed, "current", lambda: World(0, 2, 0))
     monkeypatch.setattr(distributed, "exchange", two("0", "data file /node2/c.npz does not exist"))
     with pytest.raises(PeerFailed) as peer:  # rank 0 built its share; rank 1 could not
-        distributed.together(lambda: "built")
+        distributed.all_or_none(lambda: "built")
     assert str(peer.value) == "rank 1: data file /node2/c.npz does not exist" and said == [None]
-    assert distributed.voice(peer.value, str(peer.value)) == str(peer.value)  # rank 0 says it
+    assert distributed.printed_line(peer.value, str(peer.value)) == str(peer.value)  # rank 0 says it
     with pytest.raises(OwnFailure, match="^data file /node2/c.npz does not exist$") as own:  # both: said once
-        distributed.together(broken)
+        distributed.all_or_none(broken)
     assert isinstance(own.value.__cause__, DataError)
     monkeypatch.setattr(distributed, "current", lambda: World(1, 2, 1))
     monkeypatch.setattr(distributed, "exchange", two("1", ""))
     with pytest.raises(PeerFailed) as quiet:  # rank 1's own failure: its words go to rank 0
-        distributed.together(broken)
-    assert distributed.voice(quiet.value, "x") is None and said[-1] == "data file /node2/c.npz does not exist"
+        distributed.all_or_none(broken)
+    assert distributed.printed_line(quiet.value, "x") is None and said[-1] == "data file /node2/c.npz does not exist"
     monkeypatch.setattr(distributed, "exchange", lambda line: ["", ""])  # nobody failed
-    assert distributed.together(lambda: "built") == "built"
+    assert distributed.all_or_none(lambda: "built") == "built"
 
 
 def one_of_two(monkeypatch, rank: int, others_fail: bool = False) -> list[bool]:

@@ -122,3 +122,11 @@ def test_no_import_from_a_higher_layer():
 def test_module_size(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+def test_one_version_story():
+    """The version the code names formats by is the package's version."""
+    import resexp
+
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert f'version = "{resexp.__version__}"' in pyproject

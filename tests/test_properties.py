@@ -477,7 +477,7 @@ def test_analyses_with_different_options_never_share_a_file_name(a, b):
     other=st.tuples(st.sampled_from(["latest", "best"]), st.booleans(), st.sampled_from([None, [224], [224, 256]])),
 )
 def test_evaluations_with_different_protocols_never_share_a_file_name(which, ten_crop, scales, other):
-    from resexp.commands.eval import stem
+    from resexp.commands.eval import file_stem as stem
 
     def name(w, t, s):
         return stem(w, {"data.ten_crop": t, "data.test_scales": s})

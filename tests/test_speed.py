@@ -295,13 +295,13 @@ def test_auto_precision_is_what_the_gpu_computes_natively(monkeypatch, capabilit
 def test_fp16_and_the_cuda_graph_are_refused_together_and_the_graph_off_is_said(monkeypatch):
     from resexp.config import Precision
     from resexp.distributed import World
-    from resexp.run.lifecycle import notices
+    from resexp.run.lifecycle import speed_notices
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     with pytest.raises(ConfigError, match="cannot be combined with speed.precision=fp16"):
         resolve(SpeedConfig(precision=Precision.fp16, cuda_graph=True), CUDA)
     cfg = compose(["device=cpu"])
-    lines = notices(cfg, resolve(cfg.speed, CUDA), World())
+    lines = speed_notices(cfg, resolve(cfg.speed, CUDA), World())
     assert lines == [
         "note: the CUDA-graph step is not used with fp16 (its gradient scaler checks every step's gradients for "
         "overflow on the CPU): training with eager steps"
@@ -378,7 +378,7 @@ def test_auto_picks_a_macs_gpu_when_there_is_no_cuda_and_mps_is_refused_where_th
 def test_on_mps_everything_is_off_and_what_it_lacks_is_said_or_refused(monkeypatch):
     from resexp.config import Precision
     from resexp.distributed import World
-    from resexp.run.lifecycle import notices
+    from resexp.run.lifecycle import speed_notices
 
     chosen = resolve(SpeedConfig(), MPS)
     assert (chosen.precision, chosen.channels_last, chosen.fused_optimizer, chosen.cuda_graph) == (
@@ -389,7 +389,7 @@ def test_on_mps_everything_is_off_and_what_it_lacks_is_said_or_refused(monkeypat
     )
     asked = compose(["device=cpu", "speed.fused_optimizer=true"])
     assert not resolve(asked.speed, MPS).fused_optimizer
-    assert notices(asked, resolve(asked.speed, MPS), World()) == [
+    assert speed_notices(asked, resolve(asked.speed, MPS), World()) == [
         "note: speed.fused_optimizer=true is off on a Mac's GPU (not measured there): unfused SGD"
     ]
     with pytest.raises(ConfigError, match="speed.cuda_graph=true needs a CUDA device, not mps"):

@@ -8,5 +8,5 @@ runs, or of configs at initialisation (resexp.analysis.subjects), computes its n
 returns a `Result` with its verdicts (resexp.analysis.verdict); the driver here writes
 FOLDER/analysis/KIND.json (the numbers, one record per net), .png and .svg (KIND-init.* with
 --at-init, KIND-config.* from a config; options away from their defaults named after a +, see
-`stem`), and the CLI prints the table and the verdicts.
+resexp.analysis.driver.file_stem), and the CLI prints the table and the verdicts.
 """

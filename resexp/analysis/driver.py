@@ -47,7 +47,7 @@ def state(kind: str, options: Options, configs: list[str] | None = None) -> str:
     return kind + ("-config" if configs is not None else "-init" if options.at_init else "")
 
 
-def stem(kind: str, options: Options, configs: list[str] | None = None) -> str:
+def file_stem(kind: str, options: Options, configs: list[str] | None = None) -> str:
     """An analysis's file name, without its suffix: its state, then `+key-value` for each option the
     kind reads that differs from its default and, from a config, each override typed that bears on
     the nets (not +experiment, which names the folder, nor where the data is): `lesion+nets-ResNet-56+seeds-0`,
@@ -65,7 +65,7 @@ def stem(kind: str, options: Options, configs: list[str] | None = None) -> str:
 def files(folder: Path, kind: str, options: Options, configs: list[str] | None = None) -> list[Path]:
     """An analysis's numbers (.json) and figures (.png, .svg) under `folder`: its stem with each
     suffix added (a stem may hold a '.', as in span-0.5, which a suffix never replaces)."""
-    name = stem(kind, options, configs)
+    name = file_stem(kind, options, configs)
     return [folder / f"{name}{suffix}" for suffix in (".json", ".png", ".svg")]
 
 

@@ -74,7 +74,7 @@ def parse(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def stem(which: str, options: dict[str, Any]) -> str:
+def file_stem(which: str, options: dict[str, Any]) -> str:
     """The file name of an evaluation: the weights, then each protocol option away from its default."""
     items: list[tuple[str, str | None]] = []
     for key in PROTOCOL:
@@ -162,7 +162,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     }
     folder = run.path / EVALS
     folder.mkdir(exist_ok=True)
-    path = folder / f"{stem(which, protocol)}.json"
+    path = folder / f"{file_stem(which, protocol)}.json"
     atomic_write(path, json.dumps(record, indent=1) + "\n")
     return Evaluated(run, record, path)
 

@@ -18,7 +18,7 @@ err = Console(stderr=True)
 
 @contextmanager
 def quiet_unless_main() -> Iterator[None]:
-    """Under torchrun rank 0 speaks for all (resexp.distributed.voice): the others' console is
+    """Under torchrun rank 0 speaks for all (resexp.distributed.printed_line): the others' console is
     quiet for the length of the command."""
     from resexp import distributed
     from resexp.errors import ConfigError

@@ -7,7 +7,7 @@
    folder (`lifecycle.admit`, and the data each job will read). Nothing is written: a sweep with
    one bad value (-m model.depth=8,21) fails before its first job trains, and leaves no trace.
 2. `launch` hands the same command line to `hydra.main`, so that Hydra's launchers (basic, joblib,
-   submitit) run the jobs as they always do, each by calling `task`, which trains one run
+   submitit) run the jobs as they always do, each by calling `run_job`, which trains one run
    (`lifecycle.run`). Hydra composes each job again there, in another process for joblib and
    submitit, which receive configs, not resexp's objects; a job's folder is a function of its
    composed config (`run_folder`), so both passes name it alike.
@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from resexp import distributed, identity
 from resexp.config import CONFIG_PACKAGE, Config, to_object
-from resexp.distributed import current, voice
+from resexp.distributed import current, printed_line
 from resexp.errors import (
     Aborted,
     ConfigError,
@@ -71,7 +71,7 @@ class Job:
 
 
 @contextmanager
-def naming(overrides: list[str] | None, num: int) -> Iterator[None]:
+def errors_name_the_job(overrides: list[str] | None, num: int) -> Iterator[None]:
     """Add which job of a sweep a mistake belongs to."""
     try:
         yield
@@ -89,7 +89,7 @@ def admit_all(jobs: list[Job]) -> None:
 
     checked: dict[str, Any] = {}
     for num, job in enumerate(jobs):
-        with naming(job.overrides if job.sweep_dir is not None else None, num):
+        with errors_name_the_job(job.overrides if job.sweep_dir is not None else None, num):
             not_imported(RunDir(job.run_dir))  # before its data is looked for: it has none here
             key = OmegaConf.to_yaml(OmegaConf.structured(job.config.data))
             if key not in checked:
@@ -137,7 +137,7 @@ def plan(overrides: list[str], multirun: bool, trains: bool = True) -> list[Job]
             task = copy.deepcopy(cfg)
             with read_write(task), open_dict(task):
                 del task["hydra"]
-            with naming(job_override if multirun else None, num):
+            with errors_name_the_job(job_override if multirun else None, num):
                 unknown_keys(task, Config)
                 config = to_object(task)
                 if trains:
@@ -148,7 +148,7 @@ def plan(overrides: list[str], multirun: bool, trains: bool = True) -> list[Job]
             run_dir = Path(hydra.sweep.dir) / hydra.sweep.subdir if multirun else Path(hydra.run.dir)
             sweep_dir = Path(hydra.sweep.dir) if multirun else None
             jobs.append(Job(job_override, config, run_dir, sweep_dir, master.hydra.launcher.get("_target_")))
-    apart(jobs)
+    refuse_shared_folders(jobs)
     return jobs
 
 
@@ -160,7 +160,7 @@ def launcher_options(launcher: DictConfig) -> None:
             raise ConfigError(f"hydra.launcher.{key}={value} must be at least {low} ({what})")
 
 
-def apart(jobs: list[Job]) -> None:
+def refuse_shared_folders(jobs: list[Job]) -> None:
     """Refuse two jobs that would train in one folder: they can differ only in settings, which
     are not part of a run's identity (data.root, resume, device, ...)."""
     first: dict[Path, int] = {}
@@ -195,7 +195,7 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
             unknown_keys(child, type(fields[key].default_factory()), f"{prefix}{key}.")
 
 
-def task(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig) -> float | None:
     """One job, called by Hydra with its composed config. Reports its own failure in one line
     and returns None, so that Hydra goes on with the other jobs of a sweep and prints nothing
     more; `launch` reads the command's exit status from the jobs' returns."""
@@ -225,7 +225,7 @@ def task(cfg: DictConfig) -> float | None:
         if os.environ.get("RESEXP_DEBUG"):
             raise
         kind = "diverged" if isinstance(e, Diverged) else "error"
-        line = voice(e, one_line(e))
+        line = printed_line(e, one_line(e))
         if line is not None:
             err.print(f"[bold red]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
         return None
@@ -281,7 +281,7 @@ class Launched:
 
 def launch(args: list[str], multirun: bool, debug: bool) -> Launched:
     """Plan the command (compose, check, name and admit every job), then run its jobs through
-    Hydra's runner (its launcher calls `task` once per job, here or in other processes); each
+    Hydra's runner (its launcher calls `run_job` once per job, here or in other processes); each
     job's run folder, and those whose runs are not complete, as each job's return says."""
     from hydra.core.utils import JobReturn, JobStatus
 
@@ -299,7 +299,7 @@ def launch(args: list[str], multirun: bool, debug: bool) -> Launched:
         admit_all(jobs)  # reads each run's folder and data: a file missing on one node fails there alone
         return jobs
 
-    jobs = distributed.together(planned)  # a failure in any process ends all of them, rank 0 saying why
+    jobs = distributed.all_or_none(planned)  # a failure in any process ends all of them, rank 0 saying why
     new_dirs = {job.sweep_dir for job in jobs if job.sweep_dir is not None and not job.sweep_dir.exists()}
     if jobs and jobs[0].sweep_dir is not None and current().main:
         describe_sweep(jobs[0].sweep_dir, jobs)
@@ -310,16 +310,16 @@ def launch(args: list[str], multirun: bool, debug: bool) -> Launched:
     try:
         with command_line(sys.argv, env), hydra_app() as app:
             if multirun:
-                returns = app.multirun("config", task, [*overrides, *quiet, mode])
+                returns = app.multirun("config", run_job, [*overrides, *quiet, mode])
             else:
-                returns = [[app.run("config", task, [*overrides, *quiet, mode])]]
+                returns = [[app.run("config", run_job, [*overrides, *quiet, mode])]]
     except KeyboardInterrupt:
         started = [job for job in jobs if RunDir(job.run_dir).status().get("status") in ("running", "interrupted")]
         if started:  # a launcher that runs the jobs in other processes (submitit) was waiting for them
             raise SweepInterrupted(len(started)) from None
         raise
     except Exception as e:
-        # submitit reports a job that a signal stopped (Interrupted is a BaseException, so `task`
+        # submitit reports a job that a signal stopped (Interrupted is a BaseException, so `run_job`
         # lets it through) as a failed job, sometimes before its own process sees the Ctrl-C
         stopped = [job for job in jobs if stopped_by_signal(RunDir(job.run_dir), since=began)]
         if stopped:
@@ -381,6 +381,6 @@ def show(args: list[str], flags: list[str], overrides: list[str]) -> None:
 
     if any(f in ("--cfg", "-c") for f in flags):
         plan(overrides, multirun=False)  # an invalid config is refused, not printed
-    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(task)
+    main = hydra.main(config_path="pkg://" + CONFIG_PACKAGE, config_name="config", version_base="1.3")(run_job)
     with command_line(["resexp train", *args], {"HYDRA_FULL_ERROR": "1"}):
         main()

@@ -39,7 +39,7 @@ class TrainState:
     step: int = 0  # iterations done
     time: float = 0.0  # seconds spent training and evaluating, summed over resumes
     running: dict[str, Any] | None = None  # training loss/error sums since the last evaluation
-    began: int | None = (
+    start_step: int | None = (
         0  # the iteration this run's own training began at (resume=PATH: that checkpoint's); None: unknown
     )
 
@@ -162,7 +162,7 @@ class Checkpointer:
                 "model_fields": self.fields,
                 "identity": self.identity,
                 "data": self.data,
-                "began": state.began,
+                "began": state.start_step,
                 "metrics": self.run.metrics_digest(),
                 **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             },
@@ -186,4 +186,4 @@ class Checkpointer:
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"the checkpoint {source} does not fit this run ({type(e).__name__})") from None
         began = saved.get("began") if source == str(self.run.path) else saved["step"]  # resume=PATH: a new run
-        return TrainState(step=saved["step"], time=saved["time"], running=saved["running"], began=began)
+        return TrainState(step=saved["step"], time=saved["time"], running=saved["running"], start_step=began)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resexp.distributed import Contact, collective, current
+from resexp.distributed import GroupState, collective, current
 
 
 def rank0_buffers(model: nn.Module) -> None:
@@ -56,7 +56,7 @@ def average(state, bucket):  # noqa: ANN001, ANN201  (DDP checks the annotations
     try:
         future = dist.all_reduce(tensor, async_op=True).get_future()
     except Exception:
-        Contact.broken = True
+        GroupState.broken = True
         raise
     return remembered(future)
 
@@ -68,7 +68,7 @@ def remembered(future: torch.futures.Future) -> torch.futures.Future:
         try:
             return f.value()[0]
         except Exception:
-            Contact.broken = True
+            GroupState.broken = True
             raise
 
     return future.then(done)

@@ -16,7 +16,7 @@
 
 Under torchrun every process runs this; rank 0 alone locks, reads and writes the run directory and
 tells the others what it found, and every step that can fail on one process is agreed by all
-(`distributed.together`), so that a failure anywhere ends every process within seconds.
+(`distributed.all_or_none`), so that a failure anywhere ends every process within seconds.
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ from resexp.nets.spec import net_spec
 from resexp.run import ddp
 from resexp.run.checkpoint import Checkpointer, TrainState
 from resexp.run.loop import Parts, train
-from resexp.run.recorder import Quiet, Recorder, environment
+from resexp.run.recorder import Recorder, environment
 from resexp.run.schedule import Schedule
 from resexp.run.setup import check_memory, make_optimizer
 from resexp.run.signals import StopSignals
 from resexp.run.speed import Speed, resolve
 from resexp.run.step import stage_grad_norms
+from resexp.run.writer import Writer
 from resexp.rundir import checkpoints
 from resexp.rundir.folder import CONFIG, DATA, METRICS, RunDir
 
@@ -237,10 +238,10 @@ def check_metrics(run: RunDir, rows: list[dict[str, Any]], state: TrainState, ev
     the checkpoint are dropped and redone when it resumes)."""
     if not state.step:
         return
-    expected = [s for s in range(eval_every, state.step + 1, eval_every) if s > (state.began or 0)]
+    expected = [s for s in range(eval_every, state.step + 1, eval_every) if s > (state.start_step or 0)]
     if state.step == iterations and iterations % eval_every:
         expected.append(iterations)
-    if state.began is None:  # a checkpoint of resexp 0.2 does not say where its run began: the last one
+    if state.start_step is None:  # a checkpoint of resexp 0.2 does not say where its run began: the last one
         expected = expected[-1:]
     have = {r["step"] for r in rows}
     lost = [s for s in expected if s not in have]
@@ -290,7 +291,7 @@ def start(
         data = build_data(cfg.data, cfg.seed, device, world)
         return data, speed.place(build_model(cfg, data.num_classes).to(device))
 
-    data, model = distributed.together(build)
+    data, model = distributed.all_or_none(build)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, speed)
     schedule = Schedule(cfg.optim.lr, cfg.schedule)
     saved = decision.saved
@@ -319,7 +320,7 @@ def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str,
     console = console or Console(stderr=True)
     world = distributed.current()
     distributed.join()  # before anything can fail in one process alone: every failure below is agreed
-    device, speed, data_source = distributed.together(lambda: (*check(cfg), source(cfg.data)))
+    device, speed, data_source = distributed.all_or_none(lambda: (*check(cfg), source(cfg.data)))
     distributed.init(device)
     folder = RunDir(run_dir)
     with StopSignals(second_aborts=not world.distributed) as stop, locked(folder, device):
@@ -338,14 +339,14 @@ def locked(folder: RunDir, device: torch.device) -> Iterator[None]:
     refusal (another command is training this run) ends all of them instead of leaving the others
     waiting for rank 0's decision."""
     lock = folder.lock() if distributed.current().main else contextlib.nullcontext()
-    distributed.together(lock.__enter__)
+    distributed.all_or_none(lock.__enter__)
     try:
         yield
     finally:
         lock.__exit__(None, None, None)
 
 
-def notices(cfg: Config, speed: Speed, world: World) -> list[str]:
+def speed_notices(cfg: Config, speed: Speed, world: World) -> list[str]:
     """What the run does differently from what was asked, said once when it starts."""
     out = []
     if world.distributed and resolve(cfg.speed, torch.device(speed.device_type)).cuda_graph:
@@ -371,44 +372,37 @@ def train_run(
     """The training phase: every write to the run directory, and its status at the end."""
     state, iterations, world = began.state, cfg.schedule.iterations, distributed.current()
     digest = identity.digest(identity.of(cfg))
-    side_effects = distributed.together(
-        lambda: Recorder(run, iterations, state.step, began.rows, console, digest) if world.main else Quiet()
-    )
-    with side_effects as recorder:
+    writer = Writer.open(lambda: Recorder(run, iterations, state.step, began.rows, console, digest), began.checkpoints)
+    with writer:
         try:
             if state.step:
-                recorder.message(f"resuming {run.path} from iteration {state.step}")
-            for line in notices(cfg, began.parts.speed, world):
-                recorder.message(line)
+                writer.message(f"resuming {run.path} from iteration {state.step}")
+            for line in speed_notices(cfg, began.parts.speed, world):
+                writer.message(line)
             env = {**environment(device), "speed": began.parts.speed.describe(), **processes(cfg, world)}
-
-            def describe() -> None:
-                recorder.describe(cfg, began.data.identity(), env)
-                recorder.status("running", state.step)
-
-            distributed.together(describe)
-            train(began.parts, state, began.eval_every, recorder, began.checkpoints, stop)
+            writer.start(cfg, began.data.identity(), env, state.step)
+            train(began.parts, state, began.eval_every, writer, stop)
         except Diverged as e:
-            recorder.status("diverged", state.step, reason=str(e))
+            writer.stopped("diverged", state.step, reason=str(e))
             raise
         except Aborted as e:
-            recorder.status("interrupted", state.step, signal=str(e), saved=False)
+            writer.stopped("interrupted", state.step, signal=str(e), saved=False)
             raise
         except Interrupted as e:
-            recorder.status("interrupted", state.step, signal=str(e))
-            recorder.message(
+            writer.stopped("interrupted", state.step, signal=str(e))
+            writer.message(
                 f"{e} at iteration {state.step}: checkpoint saved in {run.path}; run the same command again to resume"
             )
             raise
         except Exception as e:
             with contextlib.suppress(OSError):  # the disk that failed the run may refuse this too
-                recorder.status("failed", state.step, reason=one_line(e))
+                writer.stopped("failed", state.step, reason=one_line(e))
             cause, own = e, not isinstance(e, PeerFailed)
             if distributed.peer_lost(e):  # another process is gone: its own message says why
                 cause, own = PeerLost(), False
             failure = OwnTrainingFailure if own else TrainingFailed
             raise failure(run.path, state.step, cause, checkpoint=run.has_checkpoint()) from e
-        distributed.together(lambda: recorder.status("complete", state.step, time=round(state.time, 3)))
+        writer.status("complete", state.step, time=round(state.time, 3))
 
 
 def processes(cfg: Config, world: World) -> dict[str, Any]:

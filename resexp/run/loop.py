@@ -1,17 +1,15 @@
 """The training loop: SGD on a plain or residual net, evaluating every `eval_every` iterations.
 
-`train` is a few plain functions that receive objects (model, optimizer, schedule, data, a
-recorder, a checkpointer), not the config; resexp.run.lifecycle assembles them and owns the run
+`train` is a few plain functions that receive objects (model, optimizer, schedule, data, the
+run's writer), not the config; resexp.run.lifecycle assembles them and owns the run
 directory. Training error is the running error of the augmented mini-batches since the last
 evaluation, as in the paper's curves; test error is measured on the whole evaluation set with the
 net in eval mode. Under torchrun the loop reads the same: the sums are summed over the processes,
-and the writes rank 0 does at an evaluation are agreed by all, so that a write that fails there
-(a full disk) ends every process instead of leaving the others waiting.
+and the writer (resexp.run.writer) agrees rank 0's writes with every process.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -25,13 +23,13 @@ from resexp import distributed
 from resexp.data import Data, endless
 from resexp.errors import Diverged, Interrupted
 from resexp.run import ddp
-from resexp.run.checkpoint import Checkpointer, TrainState
+from resexp.run.checkpoint import TrainState
 from resexp.run.evaluate import evaluate
-from resexp.run.recorder import Recorder
 from resexp.run.schedule import Schedule
 from resexp.run.signals import StopSignals
 from resexp.run.speed import Speed
 from resexp.run.step import Running, make_step
+from resexp.run.writer import Writer
 
 
 @dataclass
@@ -48,9 +46,7 @@ class Parts:
     scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler (its state is in every checkpoint)
 
 
-def train(
-    parts: Parts, state: TrainState, eval_every: int, recorder: Recorder, checkpoints: Checkpointer, stop: StopSignals
-) -> TrainState:
+def train(parts: Parts, state: TrainState, eval_every: int, writer: Writer, stop: StopSignals) -> TrainState:
     """Run SGD from `state.step` to the schedule's end; evaluate, record and checkpoint every
     `eval_every` iterations and at the end. Raises Diverged on a non-finite training loss, and
     Interrupted (after a checkpoint) when `stop` has received a signal."""
@@ -68,7 +64,7 @@ def train(
         lr = parts.schedule.lr(state.step)
         step(x, y, lr)
         state.step += 1
-        recorder.iteration()
+        writer.iteration()
         evaluating = state.step % eval_every == 0 or state.step == iterations
         stopping = stop_agreed(stop, state.step, evaluating, device)
         row: dict[str, Any] | None = None
@@ -80,8 +76,7 @@ def train(
                 row.update(probe(parts.model))
             if not math.isfinite(row["train/loss"]):  # the same global loss in every process: all stop here
                 state.time = time.perf_counter() - started
-                diverged = {**row, "time": state.time, "diverged": True}
-                distributed.together(functools.partial(recorder.evaluation, diverged))
+                writer.diverged({**row, "time": state.time, "diverged": True})
                 raise Diverged(f"training loss is {row['train/loss']} at iteration {state.step}")
             ddp.rank0_buffers(parts.model)  # every process evaluates the net rank 0 checkpoints
             for name, batches in parts.data.evals.items():
@@ -91,21 +86,12 @@ def train(
             row["time"] = round(state.time, 3)
         if evaluating or (stopping and state.step < iterations):
             state.running, state.time = running.state_dict(), time.perf_counter() - started
-            # Rank 0 writes the row and the checkpoint; all processes learn whether that worked.
-            distributed.together(functools.partial(record, recorder, row, checkpoints, state))
+            writer.evaluation(row, state)
         if state.step >= iterations:
             return state
         if stopping:
             raise Interrupted(stopping)
     raise AssertionError("endless() ended")
-
-
-def record(recorder: Recorder, row: dict[str, Any] | None, checkpoints: Checkpointer, state: TrainState) -> None:
-    """An evaluation's row (if this is one), then the checkpoint: a crash between them leaves a
-    row after the checkpoint, which the resume drops and redoes."""
-    if row is not None:
-        recorder.evaluation(row)
-    checkpoints.save(state, row)
 
 
 STOP_POLL = 10  # under torchrun, iterations between agreements on a stop signal (each is a sync)

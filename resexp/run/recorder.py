@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from resexp import identity
+from resexp import __version__, identity
 from resexp.config import Config
 from resexp.run import hparams
 from resexp.rundir.folder import CONFIG, DATA, ENVIRONMENT, RunDir, atomic_write, config_yaml, write_json
@@ -63,6 +63,7 @@ def git_commit() -> str | None:
 def environment(device: torch.device) -> dict[str, Any]:
     """Where and with what a run ran: enough to tell two runs' numbers apart later."""
     return {
+        "resexp": __version__,
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
         "python": platform.python_version(),
