@@ -399,9 +399,9 @@ def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(sweep, 
 def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
     """gradients reads the first training batch as the run's training saw it, in its seed's order
     (before: seed 0's batch for every run), from data loaded once for the runs of a sweep."""
-    from resexp.analysis.subjects import own_data
     from resexp.data import build_data
     from resexp.launch.jobs import compose
+    from resexp.rundir.trained import own_data
 
     cfg = [compose([*TINY, f"seed={seed}"]) for seed in (0, 1)]
     first = [next(iter(own_data(c, torch.device("cpu")).train.batches(0))) for c in cfg]

@@ -9,26 +9,22 @@ a run that cannot be analysed (its data moved, its files unreadable) is named an
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from resexp import identity
 from resexp.analysis import convergence
 from resexp.analysis.convergence import TrainingState
-from resexp.config import Config, register, to_object
-from resexp.data import Data, build_data, source
+from resexp.config import Config
+from resexp.data import Data
 from resexp.device import seed_everything
-from resexp.errors import DataError, NothingToAnalyse, RunDirError, UserError, one_line
-from resexp.nets.build import build_model, load_weights
-from resexp.rundir import weights
-from resexp.rundir.folder import CONFIG, RunDir
+from resexp.nets.build import build_model
 from resexp.rundir.read import Run, scan
+from resexp.rundir.trained import each_run, first_of, open_run, own_data
 
 
 @dataclass
@@ -112,62 +108,23 @@ def design_of_run(run: Run) -> dict[str, str]:
     return {key: str(run.identity.get(f"model.{key}") or paper) for key, paper in PAPER_DESIGN.items()}
 
 
-def run_config(run_dir: Path, data_root: str | None) -> Config:
-    register()
-    schema = OmegaConf.structured(Config)
-    try:
-        cfg = to_object(OmegaConf.merge(schema, OmegaConf.load(run_dir / CONFIG)))
-    except Exception as e:  # a config.yaml written by another version, or edited by hand
-        raise RunDirError(f"{run_dir / CONFIG} does not match resexp's config ({type(e).__name__})") from None
-    if data_root is not None:
-        cfg.data = replace(cfg.data, root=data_root)
-    return cfg
-
-
-@functools.lru_cache(maxsize=4)
-def cached_data(data_yaml: str, device: str) -> Data:
-    """Runs of one sweep share their data: load it once (the evaluation sets do not depend on the
-    seed; the training order does, and each run gets its own: `own_data`)."""
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config().data), OmegaConf.create(data_yaml)))
-    return build_data(cfg, 0, torch.device(device))
-
-
-def own_data(cfg: Config, device: torch.device) -> Data:
-    """The run's data, its training batches in the order its own seed drew them."""
-    shared = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))
-    return dataclasses.replace(shared, train=shared.train.with_seed(cfg.seed))
-
-
 def load(
     run: Run, at_init: bool, device: torch.device, data_root: str | None, warn: Callable[[str], None] = print
 ) -> Subject:
-    cfg = run_config(run.path, data_root)
-    try:
-        identity = source(cfg.data).identity()
-    except DataError as e:
-        raise DataError(
-            f"{e} (the data of {run.path}, as its config.yaml names it; a relative data.root is "
-            "relative to where the run was trained: --data-root says where the data is)"
-        ) from None
-    change = RunDir(run.path).data_change(identity)
-    if change:
-        raise RunDirError(f"{run.path}: {change}; point --data-root at the data it was trained on")
-    data = own_data(cfg, device)
-    seed_everything(cfg.seed)
-    model = build_model(cfg, data.num_classes).to(device)
+    values = {"data.root": data_root} if data_root is not None else None
+    missing = "has no checkpoint yet (analyse it --at-init, or train it first)"
+    opened = open_run(run, device, warn, values, None if at_init else "latest", "analysing", "--data-root", missing)
     if at_init:
-        return Subject(run, cfg, model.eval(), data, device, "initialised", convergence.at_init(run))
-    trained = weights.of_run(run.path, warn, doing="analysing")
-    if trained is None:
-        raise RunDirError(f"{run.path} has no checkpoint yet (analyse it --at-init, or train it first)")
-    load_weights(model, trained.model, cfg.model, str(trained.file))
+        return Subject(run, opened.cfg, opened.model, opened.data, device, "initialised", convergence.at_init(run))
+    trained = opened.trained
     step = trained.step
     if run.imported:
         state = f"imported ({run.provenance.get('source', '?')})"
     else:
         state = f"complete ({step})" if step >= run.iterations else f"unfinished ({step} of {run.iterations})"
     key = {"file": trained.file.name, "step": step, "sha256": trained.sha256}
-    return Subject(run, cfg, model.eval(), data, device, state, convergence.of_run(run, step), key)
+    training = convergence.of_run(run, step)
+    return Subject(run, opened.cfg, opened.model, opened.data, device, state, training, key)
 
 
 def subjects(
@@ -184,40 +141,31 @@ def subjects(
     `find_runs`; each run that cannot be analysed is named with why, and when none can, that is
     the one line of a NothingToAnalyse. The runs left out because they diverged in training are
     added to `diverged` (net, mode, seed, design, state), for the verdicts about their design."""
-    out, skipped = [], []
     found, unreadable = scan(folder, warn)
-    for run in found:
-        if (nets and run.label not in nets) or (seeds and run.seed not in seeds):
-            continue
-        if run.diverged and not at_init:
-            skipped.append(f"{run.path}: {run.state}")
-            if diverged is not None:
-                diverged.append(
-                    {
-                        "net": run.label,
-                        "mode": run.mode,
-                        "seed": run.seed,
-                        "design": design_of_run(run),
-                        "state": run.state,
-                    }
-                )
-            continue
-        try:
-            out.append(load(run, at_init, device, data_root, warn))
-        except (UserError, OSError) as e:  # its data moved, a file unreadable: the others go on
-            skipped.append(f"{run.path}: {one_line(e)}")
-    if not out:
-        chosen = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in (("nets", nets), ("seeds", seeds)) if v)
-        why = f": {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+    chosen = [r for r in found if not (nets and r.label not in nets) and not (seeds and r.seed not in seeds)]
+    diverged_runs = [r for r in chosen if r.diverged and not at_init]
+    if diverged is not None:
+        diverged += [
+            {"net": r.label, "mode": r.mode, "seed": r.seed, "design": design_of_run(r), "state": r.state}
+            for r in diverged_runs
+        ]
+
+    def nothing(skipped: list[str]) -> str:
+        skipped = [f"{r.path}: {r.state}" for r in diverged_runs] + skipped
+        asked = " ".join(f"--{k} {','.join(map(str, v))}" for k, v in (("nets", nets), ("seeds", seeds)) if v)
+        why = f": {first_of(skipped)}" if skipped else ""
         if not found and unreadable:
             why = f": {unreadable} run(s) there cannot be read, each named above"
-        if chosen and not skipped and found:  # the nets or seeds asked for are not there: say which are
+        if asked and not skipped and found:  # the nets or seeds asked for are not there: say which are
             there = sorted({r.label for r in found}, key=lambda n: (n.startswith("ResNet"), len(n), n))
             seeds_there = ", ".join(map(str, sorted({r.seed for r in found})))
             why = f": the runs there are of {', '.join(there)}, seeds {seeds_there}"
-        raise NothingToAnalyse(f"no run under {folder}{' matching ' + chosen if chosen else ''} can be analysed{why}")
-    for line in skipped:
-        warn(f"skipping {line}")
+        return f"no run under {folder}{' matching ' + asked if asked else ''} can be analysed{why}"
+
+    usable = [r for r in chosen if r not in diverged_runs]
+    out = each_run(usable, lambda run: load(run, at_init, device, data_root, warn), warn, nothing)
+    for r in diverged_runs:
+        warn(f"skipping {r.path}: {r.state}")
     return named(out)
 
 

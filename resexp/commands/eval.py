@@ -28,15 +28,16 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 from resexp import identity
-from resexp.config import Config, validate
-from resexp.errors import ConfigError, NothingToAnalyse, RunDirError, UserError, one_line
+from resexp.commands.export import check_identity
+from resexp.device import pick_device
+from resexp.errors import ConfigError, UserError
 from resexp.run.evaluate import evaluate
 from resexp.run.speed import EAGER
-from resexp.rundir.folder import EVALS, RunDir, atomic_write
+from resexp.rundir.folder import EVALS, atomic_write
 from resexp.rundir.read import Run, readable_runs
+from resexp.rundir.trained import each_run, first_of, open_run, run_config
 
 # Overrides that change the numbers (named in the file) and those that only say where and how fast.
 PROTOCOL = ("data.ten_crop", "data.test_scales")
@@ -84,25 +85,6 @@ def file_stem(which: str, options: dict[str, Any]) -> str:
     return identity.tagged(which, items)
 
 
-def configure(run: Run, options: dict[str, Any]) -> Config:
-    """The run's config with the test-time options, checked as `resexp train` checks a config."""
-    from resexp.analysis.subjects import run_config
-
-    cfg = run_config(run.path, None)
-    merged = OmegaConf.structured(cfg)
-    for key, value in options.items():
-        try:
-            OmegaConf.update(merged, key, value, merge=False)
-        except Exception as e:  # a value of the wrong type for the schema
-            raise ConfigError(f"{key}={value}: {one_line(e)}") from None
-    try:
-        cfg = OmegaConf.to_object(merged)
-    except Exception as e:
-        raise ConfigError(one_line(e)) from None
-    validate(cfg)
-    return cfg
-
-
 class ViewCounter:
     """Counts the images the net is run on (a forward pre-hook): views per test image."""
 
@@ -116,33 +98,18 @@ class ViewCounter:
 
 def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> Evaluated:
     """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
-    from resexp.analysis.subjects import cached_data
-    from resexp.commands.export import check_identity
-    from resexp.data import source
-    from resexp.device import pick_device
-    from resexp.nets.build import build_model, load_weights
-    from resexp.rundir import weights
-
-    cfg = configure(run, options)
+    started = time.perf_counter()
+    missing = "has no checkpoint to evaluate (it has not trained yet)"
+    cfg = run_config(run.path, options)  # the device is among the options
+    opened = open_run(run, pick_device(cfg.device), warn, options, which, "evaluating", "data.root", missing)
+    check_identity(opened.trained, run.identity, run.path)
+    cfg, model, trained = opened.cfg, opened.model, opened.trained
     # the test as made: the run's own protocol (a run may have trained with data.ten_crop=true) with the overrides
     protocol = {"data.ten_crop": cfg.data.ten_crop, "data.test_scales": cfg.data.test_scales}
-    device = pick_device(cfg.device)
-    data_source = source(cfg.data)
-    change = RunDir(run.path).data_change(data_source.identity(), data_source.legacy)
-    if change:
-        raise RunDirError(f"{run.path}: {change}; point data.root at the data it was trained on")
-    trained = weights.of_run(run.path, warn, which, doing="evaluating")
-    if trained is None:
-        raise RunDirError(f"{run.path} has no checkpoint to evaluate (it has not trained yet)")
-    check_identity(trained, run.identity, run.path)
-    started = time.perf_counter()
-    data = cached_data(OmegaConf.to_yaml(OmegaConf.structured(cfg.data)), str(device))  # runs of a sweep share it
-    model = build_model(cfg, data.num_classes).to(device)
-    load_weights(model, trained.model, cfg.model, str(trained.file))
     counter = ViewCounter(model)
     numbers: dict[str, float] = {}
     images = 0
-    for name, batches in data.evals.items():
+    for name, batches in opened.data.evals.items():
         numbers.update(evaluate(model, batches, name, EAGER))
         images += len(batches)
     counter.handle.remove()
@@ -157,8 +124,8 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
         "images": images,
         "views_per_image": counter.images / images if images else 0,
         "seconds": round(time.perf_counter() - started, 2),
-        "device": str(device),
-        "data": data_source.identity(),
+        "device": str(next(model.parameters()).device),
+        "data": opened.data_source.identity(),
     }
     folder = run.path / EVALS
     folder.mkdir(exist_ok=True)
@@ -175,18 +142,11 @@ def evaluate_folder(folder: Path, overrides: list[str], best: bool, warn: Warn) 
     options = parse(overrides)
     which = "best" if best else "latest"
     runs = readable_runs(folder, warn)
-    done, skipped = [], []
-    for run in runs:
-        try:
-            done.append(evaluate_run(run, which, options, warn))
-        except (UserError, OSError) as e:  # an option its config refuses (test_scales on CIFAR), its data moved, ...
-            skipped.append(f"{run.path}: {one_line(e)}")
-    if not done:
-        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise NothingToAnalyse(f"no run under {folder} can be evaluated: {skipped[0]}{more}")
-    for line in skipped:
-        warn(f"skipping {line}")
-    return done
+
+    def nothing(skipped: list[str]) -> str:
+        return f"no run under {folder} can be evaluated: {first_of(skipped)}"
+
+    return each_run(runs, lambda run: evaluate_run(run, which, options, warn), warn, nothing)
 
 
 def table(done: list[Evaluated]) -> tuple[list[str], list[list[str]], list[list[str]]]:
