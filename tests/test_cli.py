@@ -23,11 +23,7 @@ def test_models_json_lists_the_variants_with_parameters_and_multiply_adds(tmp_pa
     assert table.code == 0 and "0.270M" in table.stdout and "11.28G" in table.stdout
 
 
-def test_help_texts(tmp_path):
-    top = resexp("--help", cwd=tmp_path)
-    assert top.code == 0 and all(c in top.stdout for c in ("train", "models", "plot", "report", "bench"))
-    train = resexp("train", "--help", cwd=tmp_path)
-    assert train.code == 0 and "--multirun" in train.stdout and "model.depth=56" in train.stdout
+def test_help_shows_defaults_written_as_text_not_eaten_as_markup(tmp_path):
     bench = resexp("bench", "--help", cwd=tmp_path)
     for default in ("300 on CUDA, 10 on CPU", "50 on CUDA, 2 on CPU", "min(8, cores)", "speed.precision=fp32"):
         assert default in bench.stdout, default  # written as text, not eaten as rich markup

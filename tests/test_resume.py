@@ -39,7 +39,7 @@ LONG_DIR = folder(*LONG)
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
+def finished_run(tmp_path_factory) -> Path:
     """A folder holding one uninterrupted run of RUN (tests copy it: `copy_runs`)."""
     cwd = tmp_path_factory.mktemp("reference")
     result = resexp("train", *RUN, cwd=cwd)
@@ -48,9 +48,9 @@ def finished(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(finished):
+def reference(finished_run):
     """The metrics of an uninterrupted run."""
-    return without_time(rows(finished / RUN_DIR))
+    return without_time(rows(finished_run / RUN_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +303,11 @@ def test_a_config_yaml_edited_to_fit_another_command_is_caught_by_the_checkpoint
 
 @pytest.mark.parametrize("status_text", ['{"status": "running", "step": 60}', "garbage", None])
 def test_a_finished_run_is_never_trained_past_its_end_whatever_status_json_says(
-    tmp_path, finished, reference, status_text
+    tmp_path, finished_run, reference, status_text
 ):
     """What SIGKILL or a full disk between the last checkpoint and the final status leaves:
     before, the run resumed at 60 of 60 and trained without end ([250/60])."""
-    copy_runs(finished, tmp_path)
+    copy_runs(finished_run, tmp_path)
     status_file = tmp_path / RUN_DIR / "status.json"
     if status_text is None:
         status_file.unlink()
@@ -322,8 +322,8 @@ def test_a_finished_run_is_never_trained_past_its_end_whatever_status_json_says(
     assert status(tmp_path)["status"] == "complete" and status(tmp_path)["step"] == 60
 
 
-def test_a_complete_run_whose_metrics_were_lost_is_damaged(tmp_path, finished):
-    copy_runs(finished, tmp_path)
+def test_a_complete_run_whose_metrics_were_lost_is_damaged(tmp_path, finished_run):
+    copy_runs(finished_run, tmp_path)
     (tmp_path / RUN_DIR / "metrics.jsonl").write_text("")
     again = resexp("train", *RUN, cwd=tmp_path)
     assert again.code == 1 and "its checkpoint is at iteration 60 but metrics.jsonl was changed" in again.stderr

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import TINY, resexp
 from resexp.commands import reference
@@ -90,31 +89,15 @@ def test_compile_modes_reach_torch_compile_in_torchs_spelling(monkeypatch):
     assert calls == [None, "reduce-overhead", "max-autotune-no-cudagraphs"]
 
 
-def test_bf16_autocast_changes_the_numbers_only_by_rounding():
+def test_the_speed_settings_reach_the_net_autocast_and_channels_last():
+    """resexp's Speed applies what it says (what autocast and channels_last compute is torch's business)."""
     torch.manual_seed(0)
     net = build_net("cifar", 8, "residual", "A", 10).eval()
     x = torch.randn(16, 3, 32, 32)
-    fp32 = EAGER.forward(net, x)
-    bf16 = Speed(precision="bf16").forward(net, x)
-    assert bf16.dtype == torch.float32
-    rel = ((bf16 - fp32).norm() / fp32.norm()).item()
-    assert 1e-4 < rel < 3e-2  # autocast really ran (not bitwise fp32), and only rounded
-
-
-def test_channels_last_gives_the_same_logits_and_gradients():
-    torch.manual_seed(0)
-    a = build_net("cifar", 8, "residual", "A", 10)
-    b = build_net("cifar", 8, "residual", "A", 10)
-    b.load_state_dict(a.state_dict())
-    fast = Speed(channels_last=True)
-    fast.place(b)
-    assert b.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    la, lb = EAGER.forward(a, x), fast.forward(b, x)
-    torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
-    F.cross_entropy(la, y).backward()
-    F.cross_entropy(lb, y).backward()
-    torch.testing.assert_close(a.stem[0].weight.grad, b.stem[0].weight.grad, rtol=1e-3, atol=1e-5)
+    fp32, bf16 = EAGER.forward(net, x), Speed(precision="bf16").forward(net, x)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # autocast ran; the logits come back fp32
+    Speed(channels_last=True).place(net)
+    assert net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_a_run_may_resume_under_other_speed_settings(tmp_path):
