@@ -2,7 +2,7 @@
 every analysis, at initialisation and after a few iterations, verdicts that agree, do not, or
 cannot decide, each saying what it was judged on, and never a crash (before: Fixup's zero
 classifier divided by zero in `gradients`). Tiny nets on synthetic images, driven in-process
-through each analysis's own `analyze`."""
+through the driver's `measured` (each kind as resexp.analysis.protocol describes it)."""
 
 import dataclasses
 import itertools
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from resexp import identity
 from resexp.analysis.convergence import INITIALISED, PARTIAL, TrainingState
-from resexp.analysis.driver import KINDS
+from resexp.analysis.driver import KINDS, measured
 from resexp.analysis.protocol import Options, pyplot
 from resexp.analysis.subjects import Subject, named
 from resexp.analysis.verdict import OUTCOMES
@@ -92,9 +92,8 @@ def analysed(m: ModelConfig, trained: bool, kinds: tuple[str, ...] = KINDS) -> N
     [net] = named([subject(m, trained)])
     options = Options(at_init=not trained, images=8, grid=3, draws=2)
     for kind in kinds:
-        module = __import__(f"resexp.analysis.{kind}", fromlist=["analyze"])
         base = Path(tempfile.mkdtemp(prefix="resexp-analysis-")) / kind
-        result = module.analyze([net], options, base, lambda text: None)
+        result = measured(kind, [net], options, base, lambda text: None)
         pyplot().close(result.figure)
         assert result.verdicts, (kind, m)
         for verdict in result.verdicts:

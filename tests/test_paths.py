@@ -58,7 +58,7 @@ def test_each_path_length_carries_what_an_enumeration_of_every_path_computes(net
     torch.manual_seed(1)
     model = net()
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    found = paths.measure(model, x, y, samples=100, seed=0)  # more samples than paths: every path, exactly
+    found = paths.path_gradients(model, x, y, samples=100, seed=0)  # more samples than paths: every path, exactly
     n = found["blocks"]
     assert n == (2 if net is two_blocks else 3) and all(found["exact"])
     for k in range(n + 1):
@@ -74,12 +74,12 @@ def test_sampling_converges_to_the_enumeration():
     torch.manual_seed(2)
     model = build_net("cifar", 14, "residual", "A", 10)  # 6 blocks, C(6, 3) = 20 paths of length 3
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    exact = paths.measure(model, x, y, samples=20, seed=0)["per_path"][3]
+    exact = paths.path_gradients(model, x, y, samples=20, seed=0)["per_path"][3]
     errors = []
     for samples in (2, 5, 10):
-        estimates = [paths.measure(model, x, y, samples=samples, seed=s)["per_path"][3] for s in range(6)]
+        estimates = [paths.path_gradients(model, x, y, samples=samples, seed=s)["per_path"][3] for s in range(6)]
         errors.append(statistics.fmean(abs(e - exact) for e in estimates))
-    assert errors[0] > errors[2] and paths.measure(model, x, y, samples=20, seed=5)["per_path"][3] == exact
+    assert errors[0] > errors[2] and paths.path_gradients(model, x, y, samples=20, seed=5)["per_path"][3] == exact
     sets = paths.path_sets(6, 3, 7, random.Random(0))
     assert len(set(sets)) == 7 and all(len(s) == 3 for s in sets)  # different sets, never one twice
 
@@ -98,8 +98,8 @@ def test_a_net_whose_long_paths_dominate_does_not_agree_and_one_whose_short_path
         block.body[-1].weight.data.fill_(0.1)  # each branch small: a path shrinks with every branch it takes
     for block in (m for m in loud.modules() if isinstance(m, Block)):
         block.body[-1].weight.data.fill_(5.0)  # each branch loud: a path grows with every branch it takes
-    short = record(paths.measure(quiet, x, y, samples=8, seed=0))
-    long = record(paths.measure(loud, x, y, samples=8, seed=0))
+    short = record(paths.path_gradients(quiet, x, y, samples=8, seed=0))
+    long = record(paths.path_gradients(loud, x, y, samples=8, seed=0))
     assert short["short_share"] > paths.SHORT_SHARE > long["short_share"]
     assert paths.verdicts([short])[0].outcome == AGREES
     assert paths.verdicts([long])[0].outcome == DISAGREES
@@ -113,9 +113,9 @@ def test_what_cannot_be_decided():
     torch.manual_seed(4)
     fixup = build_net("cifar", 14, "residual", "A", 10, norm="none", init="fixup")  # zero classifier: no gradient
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    silent = record(paths.measure(fixup, x, y, samples=4, seed=0))
+    silent = record(paths.path_gradients(fixup, x, y, samples=4, seed=0))
     assert silent["short_share"] is None and paths.verdicts([silent])[0].outcome == UNDECIDED
-    sketch = {**record(paths.measure(build_net("cifar", 14, "residual", "A", 10), x, y, 4, 0))}
+    sketch = {**record(paths.path_gradients(build_net("cifar", 14, "residual", "A", 10), x, y, 4, 0))}
     sketch["training"] = {"kind": "trained", "converged": False, "text": "trained 400 iterations: not converged"}
     [verdict] = paths.verdicts([sketch])
     assert verdict.outcome == UNDECIDED and "criterion gives" in verdict.why  # a claim about trained nets

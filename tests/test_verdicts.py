@@ -371,27 +371,32 @@ def group(mode, depth, medians, training=CONVERGED):
     return [about(f"{mode}-{depth}", mode, training, depth, seed=i) | {"median": m} for i, m in enumerate(medians)]
 
 
+def flat(groups: dict[str, list[dict]]) -> list[dict]:
+    return [record for group in groups.values() for record in group]
+
+
 def test_responses_count_a_gap_only_beyond_the_seeds_noise():
     clear = {"ResNet-20": group("residual", 20, [0.50, 0.52, 0.51]), "plain-20": group("plain", 20, [0.9, 0.95, 0.92])}
-    [pairs, deeper] = responses.verdicts(clear)
+    [pairs, deeper] = responses.verdicts(flat(clear))
     assert pairs.outcome == AGREES and deeper.outcome == UNDECIDED  # one residual depth: nothing to compare
     noisy = {"ResNet-20": group("residual", 20, [0.5, 0.9]), "plain-20": group("plain", 20, [0.6, 0.7])}
-    assert responses.verdicts(noisy)[0].outcome == UNDECIDED
+    assert responses.verdicts(flat(noisy))[0].outcome == UNDECIDED
     one_seed = {"ResNet-20": group("residual", 20, [0.5]), "plain-20": group("plain", 20, [0.9])}
     assert (
-        responses.verdicts(one_seed)[0].outcome == UNDECIDED and "noise unknown" in responses.verdicts(one_seed)[0].why
+        responses.verdicts(flat(one_seed))[0].outcome == UNDECIDED
+        and "noise unknown" in responses.verdicts(flat(one_seed))[0].why
     )
     against = {
         "ResNet-20": group("residual", 20, [0.5, 0.51]),
         "ResNet-56": group("residual", 56, [0.8, 0.81]),
         "plain-20": group("plain", 20, [0.9, 0.91]),
     }
-    assert responses.verdicts(against)[1].outcome == DISAGREES  # the deeper residual net responds more
+    assert responses.verdicts(flat(against))[1].outcome == DISAGREES  # the deeper residual net responds more
     sketch = {
         "ResNet-20": group("residual", 20, [0.50, 0.52, 0.51], SKETCH),
         "plain-20": group("plain", 20, [0.9, 0.95, 0.92], SKETCH),
     }
-    [pairs, _] = responses.verdicts(sketch)
+    [pairs, _] = responses.verdicts(flat(sketch))
     assert pairs.outcome == UNDECIDED and "criterion gives 'agrees'" in pairs.why  # Fig. 7 is of trained nets
 
 

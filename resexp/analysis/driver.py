@@ -15,7 +15,7 @@ import torch
 
 from resexp import identity
 from resexp.analysis.protocol import Options, Result
-from resexp.analysis.subjects import from_configs, subjects
+from resexp.analysis.subjects import Subject, from_configs, subjects
 from resexp.analysis.verdict import with_diverged
 from resexp.errors import UserError
 from resexp.rundir.experiments import jsonable
@@ -124,6 +124,15 @@ def stored(folder: Path) -> list[Stored]:
     return out
 
 
+def measured(kind: str, nets: list[Subject], options: Options, base: Path, progress: Callable[[str], None]) -> Result:
+    """One kind (resexp.analysis.protocol) on `nets`: its records, table, verdicts and figure."""
+    module = importlib.import_module(f"resexp.analysis.{kind}")
+    records = [record for net in nets for record in module.measure(net, options, base, progress)]
+    return Result(
+        kind, records, module.COLUMNS, module.rows(records), module.verdicts(records), module.figure(nets, records)
+    )
+
+
 def analyze(
     kind: str,
     folder: Path | None,
@@ -147,8 +156,7 @@ def analyze(
         nets = subjects(folder, options.at_init, device, data_root, warn, options.nets, options.seeds, diverged)
     out = folder / "analysis"  # made when there is something to write: an interrupted analysis leaves nothing
     started = time.perf_counter()
-    module = importlib.import_module(f"resexp.analysis.{kind}")
-    result: Result = module.analyze(nets, options, out / state(kind, options, configs), progress)
+    result = measured(kind, nets, options, out / state(kind, options, configs), progress)
     result.verdicts = with_diverged(result.verdicts, diverged)
     seconds = time.perf_counter() - started
     document = {

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis.protocol import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, design_tag, design_text, judged_on, overall
 from resexp.nets.blocks import Block
@@ -100,25 +100,22 @@ def ratio(first: float, last: float) -> float:
     return math.nan
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
-        progress(f"gradients: {net.name}")
-        x, y = net.first_batch(options.images)
-        states = [("init", net.initial())] + ([] if options.at_init else [("checkpoint", net)])
-        for at, subject in states:
-            g = gradient_norms(subject.model, x, y, subject.cfg.optim.lr)
-            records.append(measured({**subject.record(), "at": at, "images": len(y)}, g))
-    columns = [
-        "net",
-        "seed",
-        "at",
-        "loss",
-        "first / last conv gradient (RMS)",
-        "largest update size",
-        "flow",
+COLUMNS = ["net", "seed", "at", "loss", "first / last conv gradient (RMS)", "largest update size", "flow"]
+
+
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    """At initialisation, and (unless --at-init) at the checkpoint."""
+    progress(f"gradients: {net.name}")
+    x, y = net.first_batch(options.images)
+    states = [("init", net.initial())] + ([] if options.at_init else [("checkpoint", net)])
+    return [
+        measured({**s.record(), "at": at, "images": len(y)}, gradient_norms(s.model, x, y, s.cfg.optim.lr))
+        for at, s in states
     ]
-    rows = [
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    return [
         [
             r["net"],
             str(r["seed"]),
@@ -130,7 +127,6 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
         ]
         for r in records
     ]
-    return Result("gradients", records, columns, rows, verdicts(records), figure(nets, records))
 
 
 def measured(meta: dict, g: dict) -> dict:

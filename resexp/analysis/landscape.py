@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis.protocol import Options, Result, pyplot
+from resexp.analysis.protocol import Options, pyplot
 from resexp.analysis.subjects import Subject, load
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.rundir.folder import atomic_write
@@ -248,31 +248,33 @@ def shape_of(loss: np.ndarray) -> dict[str, Any]:
     }
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
-        settings = (
-            f"grid{options.grid}-span{options.span:g}-images{options.images or DEFAULT_IMAGES}-seed{options.seed}"
-        )
-        folder = base.parent / f"{base.name}.chunks" / f"{net.run.path.name}-{settings}"
-        records.append({**net.record(), **landscape(net, options, folder, progress)})
-    columns = [
-        "net",
-        "seed",
-        "loss at the weights",
-        "grid",
-        "images",
-        "basin points",
-        "measurable",
-        "non-convex share",
-        "local minima",
-        "max loss",
-    ]
-    rows = []
+COLUMNS = [
+    "net",
+    "seed",
+    "loss at the weights",
+    "grid",
+    "images",
+    "basin points",
+    "measurable",
+    "non-convex share",
+    "local minima",
+    "max loss",
+]
+
+
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    """The surface, computed in chunks under BASE.chunks/ (a killed analysis goes on from them)."""
+    settings = f"grid{options.grid}-span{options.span:g}-images{options.images or DEFAULT_IMAGES}-seed{options.seed}"
+    folder = base.parent / f"{base.name}.chunks" / f"{net.run.path.name}-{settings}"
+    return [{**net.record(), **landscape(net, options, folder, progress)}]
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    out = []
     for r in records:
         grid = np.array(r["grid"])
         centre = grid[grid.shape[0] // 2, grid.shape[1] // 2, 2]
-        rows.append(
+        out.append(
             [
                 r["net"],
                 str(r["seed"]),
@@ -286,7 +288,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
                 f"{grid[:, :, 2].max():.3g}",
             ]
         )
-    return Result("landscape", records, columns, rows, verdicts(records), figure(records))
+    return out
 
 
 def basin(r: dict) -> str:
@@ -342,7 +344,7 @@ def decide(records: list[dict]) -> list[Verdict]:
     ]
 
 
-def figure(records: list[dict]):
+def figure(nets: list[Subject], records: list[dict]):
     plt = pyplot()
     n = len(records)
     fig = plt.figure(figsize=(4.2 * n, 11))

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resexp.analysis.protocol import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.errors import NotRemovable
@@ -183,32 +183,33 @@ def removal_sets(candidates: list[int], k: int, draws: int, rng: random.Random) 
     return sorted(chosen)
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
+COLUMNS = [
+    "net",
+    "seed",
+    "test error",
+    "one block removed: median",
+    "max",
+    "not removable",
+    "half removed",
+    "all removed",
+]
 
-        def note(k: int, total: int, name: str = net.name) -> None:
-            if k in (1, total) or k % 10 == 0:
-                progress(f"lesion: {name}: {k} of {total} blocks removed")
 
-        result = lesion(net.model, net.data.evals["test"], options.images, options.draws, options.seed, note)
-        chance = 100.0 * (1 - 1 / net.data.num_classes)
-        records.append({**net.record(), "chance": chance, **result})
-    columns = [
-        "net",
-        "seed",
-        "test error",
-        "one block removed: median",
-        "max",
-        "not removable",
-        "half removed",
-        "all removed",
-    ]
-    rows = []
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    def note(k: int, total: int) -> None:
+        if k in (1, total) or k % 10 == 0:
+            progress(f"lesion: {net.name}: {k} of {total} blocks removed")
+
+    result = lesion(net.model, net.data.evals["test"], options.images, options.draws, options.seed, note)
+    return [{**net.record(), "chance": 100.0 * (1 - 1 / net.data.num_classes), **result}]
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    out = []
     for r in records:
         kept, ks = single_removals(r), len(r["by_k"])  # a net may have no block to remove, or only downsampling ones
         half = r["by_k"][max(1, ks // 2)] if ks else []
-        rows.append(
+        out.append(
             [
                 r["net"],
                 str(r["seed"]),
@@ -220,7 +221,7 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
                 f"{r['by_k'][ks][0]:.2f}" if ks else "-",
             ]
         )
-    return Result("lesion", records, columns, rows, verdicts(records), figure(nets, records))
+    return out
 
 
 def single_removals(record: dict) -> list[float]:

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis.protocol import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 from resexp.nets.blocks import Block
@@ -129,7 +129,7 @@ def path_sets(n: int, k: int, samples: int, rng: random.Random) -> list[tuple[in
     return sorted(chosen)
 
 
-def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int, seed: int, progress=None) -> dict:
+def path_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int, seed: int, progress=None) -> dict:
     """Per path length k = 0 .. n: the number of paths C(n, k), the mean gradient norm per path
     (over the sampled sets, exact where every set was taken) and the total C(n, k) x that."""
     unrolled = Unrolled(model, x, y)
@@ -166,26 +166,27 @@ def shares(record: dict) -> dict:
     return {"short_share": short, "effective": [low, high], "peak": peak}
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
-        subject = net.initial() if options.at_init else net
-        x, y = net.first_batch(options.images)
-        record = {**subject.record(), "images": len(y), "samples": options.samples}
-        if net.run.mode == "plain":
-            records.append({**record, "blocks": 0, "counts": [1], "per_path": [], "total": [], "exact": []})
-            records[-1].update(shares(records[-1]))
-            continue
+COLUMNS = ["net", "seed", "blocks", "effective lengths", "share from paths < n/2", "peak length"]
 
-        def note(k: int, n: int, name: str = net.name) -> None:
-            if k in (0, n) or k % 10 == 0:
-                progress(f"paths: {name}: length {k} of {n}")
 
-        record.update(measure(subject.model, x, y, options.samples, options.seed, note))
-        record.update(shares(record))
-        records.append(record)
-    columns = ["net", "seed", "blocks", "effective lengths", "share from paths < n/2", "peak length"]
-    rows = [
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    subject = net.initial() if options.at_init else net
+    x, y = net.first_batch(options.images)
+    record = {**subject.record(), "images": len(y), "samples": options.samples}
+    if net.run.mode == "plain":  # one path: the net itself
+        record.update({"blocks": 0, "counts": [1], "per_path": [], "total": [], "exact": []})
+        return [{**record, **shares(record)}]
+
+    def note(k: int, n: int) -> None:
+        if k in (0, n) or k % 10 == 0:
+            progress(f"paths: {net.name}: length {k} of {n}")
+
+    record.update(path_gradients(subject.model, x, y, options.samples, options.seed, note))
+    return [{**record, **shares(record)}]
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    return [
         [
             r["net"],
             str(r["seed"]),
@@ -196,7 +197,6 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
         ]
         for r in records
     ]
-    return Result("paths", records, columns, rows, verdicts(records), figure(nets, records))
 
 
 def short_paths(record: dict) -> tuple[str, str]:

@@ -1,5 +1,15 @@
-"""What every analysis shares: its options, its result (records, table, verdicts, figure), one
-colour per net, and matplotlib without a display."""
+"""What every analysis shares, and what each is: a module of resexp.analysis with
+
+    COLUMNS                                  the table's header
+    measure(net, options, base, progress)    the records of one net (a list: gradients gives one at
+                                             initialisation and one at the checkpoint); `base` is where
+                                             a kind may keep partial work (landscape's chunks)
+    rows(records)                            the table's rows
+    verdicts(records)                        the claims, each agrees, does not agree or cannot decide
+    figure(nets, records)                    a matplotlib figure
+
+The driver (resexp.analysis.driver) owns the loop over the nets, the verdicts' missing runs and the
+files. Here: the options, the result, one colour per net, and matplotlib without a display."""
 
 from __future__ import annotations
 

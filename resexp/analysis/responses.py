@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resexp.analysis.protocol import Options, Result, colour_of, pyplot
+from resexp.analysis.protocol import Options, colour_of, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import AGREES, DISAGREES, UNDECIDED, Verdict, judged_on, on_trained, overall
 
@@ -97,17 +97,18 @@ def responses(
     return [std(s.sum(1)) for s in sums], seen
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
-        progress(f"responses: {net.name}")
-        stds, seen = responses(net.model, net.data.evals["test"], options.images, options.per_channel)
-        records.append(
-            {**net.record(), "images": seen, "layers": len(stds), "std": stds, "median": statistics.median(stds)}
-        )
-    groups = by_net(records)
-    columns = ["net", "seeds", "3x3 layers", "median std", "mean std", "max std", "state"]
-    rows = [
+COLUMNS = ["net", "seeds", "3x3 layers", "median std", "mean std", "max std", "state"]
+
+
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    progress(f"responses: {net.name}")
+    stds, seen = responses(net.model, net.data.evals["test"], options.images, options.per_channel)
+    return [{**net.record(), "images": seen, "layers": len(stds), "std": stds, "median": statistics.median(stds)}]
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    """One row per net, over its seeds."""
+    return [
         [
             name,
             str(len(g)),
@@ -117,9 +118,8 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
             f"{max(max(r['std']) for r in g):.3f}",
             g[0]["state"],
         ]
-        for name, g in groups.items()
+        for name, g in by_net(records).items()
     ]
-    return Result("responses", records, columns, rows, verdicts(groups), figure(nets, groups))
 
 
 def by_net(records: list[dict]) -> dict[str, list[dict]]:
@@ -151,7 +151,8 @@ def smaller(a: list[dict], b: list[dict]) -> tuple[str, str]:
     return (AGREES if ma < mb else DISAGREES), text
 
 
-def verdicts(groups: dict[str, list[dict]]) -> list[Verdict]:
+def verdicts(records: list[dict]) -> list[Verdict]:
+    groups = by_net(records)
     """Fig. 7 is of trained nets: decided on the nets trained to convergence."""
     records = [r for g in groups.values() for r in g]
     return on_trained(records, lambda trained: decide(by_net(trained)))
@@ -195,7 +196,8 @@ def decide(groups: dict[str, list[dict]]) -> list[Verdict]:
     return out
 
 
-def figure(nets: list[Subject], groups: dict[str, list[dict]]):
+def figure(nets: list[Subject], records: list[dict]):
+    groups = by_net(records)
     plt = pyplot()
     colour = colour_of(nets)
     fig, (by_index, by_size) = plt.subplots(2, 1, figsize=(8, 7))

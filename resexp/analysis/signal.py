@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.analysis.protocol import COLOURS, Options, Result, pyplot
+from resexp.analysis.protocol import COLOURS, Options, pyplot
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import (
     AGREES,
@@ -122,41 +122,44 @@ def trend(first: float, last: float) -> tuple[float, str]:
     return r, "vanishes" if r < 1 / FACTOR else "explodes" if r > FACTOR else "healthy"
 
 
-def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Result:
-    records = []
-    for net in nets:
-        progress(f"signal: {net.name}")
-        x, y = net.first_batch(options.images)
-        subject = net.initial() if options.at_init else net
-        p = propagation(subject.model, x, y)
-        toward_input = trend(p["gradient"][0], p["gradient"][-1])  # at the input's end over the output's
-        forward = trend(p["std"][-1], p["std"][0])  # after the last block over after the stem
-        start = None
-        if not subject.training.initialised:  # where training began: how far it moved each block
-            start = median_ratio(propagation(net.initial().model, x, y))
-        records.append(
-            {
-                **subject.record(),
-                "images": len(y),
-                **p,
-                "gradient_ratio": toward_input[0],
-                "gradient_trend": toward_input[1],
-                "signal_ratio": forward[0],
-                "signal_trend": forward[1],
-                "median_branch_ratio": median_ratio(p),
-                "initial_median_branch_ratio": start,
-                "dead_blocks": sum(bool(d) for d in p["dead"]),
-            }
-        )
-    columns = [
-        "net",
-        "seed",
-        "loss",
-        "gradient: stem / last block",
-        "signal: last block / stem",
-        "median branch / shortcut",
+COLUMNS = [
+    "net",
+    "seed",
+    "loss",
+    "gradient: stem / last block",
+    "signal: last block / stem",
+    "median branch / shortcut",
+]
+
+
+def measure(net: Subject, options: Options, base: Path, progress) -> list[dict]:
+    progress(f"signal: {net.name}")
+    x, y = net.first_batch(options.images)
+    subject = net.initial() if options.at_init else net
+    p = propagation(subject.model, x, y)
+    toward_input = trend(p["gradient"][0], p["gradient"][-1])  # at the input's end over the output's
+    forward = trend(p["std"][-1], p["std"][0])  # after the last block over after the stem
+    start = None
+    if not subject.training.initialised:  # where training began: how far it moved each block
+        start = median_ratio(propagation(net.initial().model, x, y))
+    return [
+        {
+            **subject.record(),
+            "images": len(y),
+            **p,
+            "gradient_ratio": toward_input[0],
+            "gradient_trend": toward_input[1],
+            "signal_ratio": forward[0],
+            "signal_trend": forward[1],
+            "median_branch_ratio": median_ratio(p),
+            "initial_median_branch_ratio": start,
+            "dead_blocks": sum(bool(d) for d in p["dead"]),
+        }
     ]
-    rows = [
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    return [
         [
             r["net"],
             str(r["seed"]),
@@ -167,7 +170,6 @@ def analyze(nets: list[Subject], options: Options, base: Path, progress) -> Resu
         ]
         for r in records
     ]
-    return Result("signal", records, columns, rows, verdicts(records), figure(nets, records))
 
 
 def median_ratio(p: dict) -> float | None:
