@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_debug_shows_the_traceback(tmp_path):
         resexp("train", "--debug", *TINY, "model.depth=21", cwd=tmp_path)
 
 
-def test_a_joblib_sweep_shares_the_cores_and_names_each_run_that_did_not_finish(tmp_path):
+def test_a_joblib_sweep_shares_the_cores_and_names_each_run_that_did_not_finish(tmp_path, capfd):
     """joblib runs each job in a worker process: the task must pickle, and each job gets its share
     of the cores. With a launcher that runs the jobs in other processes (joblib here, submitit on a
     cluster, whose jobs write their lines into log files), the command itself names each run that
@@ -223,6 +224,10 @@ def test_a_joblib_sweep_shares_the_cores_and_names_each_run_that_did_not_finish(
     ours = [line for line in result.lines if line.startswith("error: runs/")]
     assert [line.split(":")[1].strip() for line in ours] == [folder(*TINY, "optim.lr=1e6")]
     assert all("diverged at iteration 8 (training loss is " in line for line in ours), ours
+    # the runs train side by side on one console: each of their lines starts with its run's name
+    evaluations = [line for line in capfd.readouterr().err.splitlines() if "[ 8/16]" in line]
+    names = {Path(TINY_DIR).name, Path(folder(*TINY, "optim.lr=1e6")).name}
+    assert len(evaluations) == 2 and {line.split("  [")[0] for line in evaluations} == names, evaluations
 
 
 def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):

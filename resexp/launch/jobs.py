@@ -208,6 +208,7 @@ def run_job(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.sweep.dir) / hydra_cfg.sweep.subdir if multirun else Path(hydra_cfg.run.dir)  # runs/...
     config = to_object(cfg)
+    side_by_side = multirun and (hydra_cfg.launcher.get("n_jobs") or 1) != 1  # joblib: runs share the console
     if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("n_jobs") is not None:
         config.device = share_machine(config.device, hydra_cfg.job.num, hydra_cfg.launcher.n_jobs)
     elif hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("cpus_per_task"):
@@ -215,7 +216,7 @@ def run_job(cfg: DictConfig) -> float | None:
 
         torch.set_num_threads(int(hydra_cfg.launcher.cpus_per_task))
     try:
-        last = run(config, run_dir, console=err)
+        last = run(config, run_dir, console=err, named=side_by_side)
         return float(last.get("test/error", math.nan))  # what a sweeper that optimises reads; None: failed
     except Aborted:
         remove_empty(run_dir)

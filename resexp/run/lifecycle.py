@@ -312,11 +312,12 @@ def start(
     return Start(parts, state, checkpoints, decision.rows, data_source, eval_every)
 
 
-def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+def run(cfg: Config, run_dir: Path, console: Console | None = None, named: bool = False) -> dict[str, Any]:
     """Train one configured run in `run_dir`, resuming its checkpoint if it has one. Returns the
     last evaluation's metrics. Errors before training are UserErrors (nothing written); errors
     during training are TrainingFailed (the run stays resumable). Under torchrun every process
-    calls this; rank 0 alone holds the lock and writes the directory."""
+    calls this; rank 0 alone holds the lock and writes the directory. `named`: each console line
+    starts with the run's folder name (runs of a sweep training side by side share the console)."""
     console = console or Console(stderr=True)
     world = distributed.current()
     distributed.join()  # before anything can fail in one process alone: every failure below is agreed
@@ -327,7 +328,7 @@ def run(cfg: Config, run_dir: Path, console: Console | None = None) -> dict[str,
         began = start(cfg, folder, data_source, device, speed, console)
         if began is not None:
             stop.started = True
-            train_run(cfg, folder, began, device, console, stop)
+            train_run(cfg, folder, began, device, console, stop, named)
             distributed.barrier(device)  # every process waits for rank 0's last writes
         rows = folder.metrics() if world.main else []
     return rows[-1] if rows else {}
@@ -367,12 +368,15 @@ def speed_notices(cfg: Config, speed: Speed, world: World) -> list[str]:
 
 
 def train_run(
-    cfg: Config, run: RunDir, began: Start, device: torch.device, console: Console, stop: StopSignals
+    cfg: Config, run: RunDir, began: Start, device: torch.device, console: Console, stop: StopSignals, named: bool
 ) -> None:
     """The training phase: every write to the run directory, and its status at the end."""
     state, iterations, world = began.state, cfg.schedule.iterations, distributed.current()
     digest = identity.digest(identity.of(cfg))
-    writer = Writer.open(lambda: Recorder(run, iterations, state.step, began.rows, console, digest), began.checkpoints)
+    label = run.path.name if named else None
+    writer = Writer.open(
+        lambda: Recorder(run, iterations, state.step, began.rows, console, digest, label), began.checkpoints
+    )
     with writer:
         try:
             if state.step:

@@ -117,10 +117,11 @@ class Recorder:
         rows: list[dict[str, Any]],
         console: Console | None = None,
         digest: str | None = None,  # the run's identity digest, kept in status.json beside config.yaml
+        label: str | None = None,  # what each console line starts with (runs training side by side)
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run, self.total, self.digest = run, total, digest
+        self.run, self.total, self.digest, self.label = run, total, digest, label
         self.console = console or Console(stderr=True)
         kept = [r for r in rows if r["step"] <= resume_step]  # those after the checkpoint are redone
         run.keep_metrics(kept)
@@ -185,7 +186,8 @@ class Recorder:
         self.message(format_line(metrics, self.total))
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text, highlight=False, soft_wrap=True, markup=False)
+        line = text if self.label is None else f"{self.label}  {text}"
+        self.progress.console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 class Quiet:
