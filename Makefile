@@ -36,19 +36,19 @@ format: install  ## apply ruff's fixes and formatting
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## the cifar_quick sweep (plain/residual x 20/56 x 3 seeds, 14 to 21 min on 2 CPU cores with bf16 units, ~31 without), then plot + report
-	$(BIN)/resexp train -m +experiment=cifar_quick data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
-	$(BIN)/resexp plot runs/cifar_quick
-	$(BIN)/resexp report runs/cifar_quick
+demo: install  ## the demo sweep (plain/residual x 20/56 x 3 seeds, two runs side by side), then plot + report
+	$(BIN)/resexp train -m +experiment=demo hydra/launcher=joblib hydra.launcher.n_jobs=2 data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
+	$(BIN)/resexp plot runs/demo
+	$(BIN)/resexp report runs/demo
 
-analyze: install  ## after make demo: why it works on its sweep (6 analyses, ~22 min on 2 CPU cores), then report.html
-	$(BIN)/resexp analyze responses runs/cifar_quick
-	$(BIN)/resexp analyze gradients runs/cifar_quick
-	$(BIN)/resexp analyze signal runs/cifar_quick
-	$(BIN)/resexp analyze paths runs/cifar_quick
-	$(BIN)/resexp analyze lesion runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0
-	$(BIN)/resexp analyze landscape runs/cifar_quick --nets ResNet-56,plain-56 --seeds 0 --workers 2
-	$(BIN)/resexp report runs/cifar_quick --format html
+analyze: install  ## after make demo: why it works on its sweep (6 analyses), then report.html
+	$(BIN)/resexp analyze responses runs/demo
+	$(BIN)/resexp analyze gradients runs/demo
+	$(BIN)/resexp analyze signal runs/demo
+	$(BIN)/resexp analyze paths runs/demo
+	$(BIN)/resexp analyze lesion runs/demo --nets ResNet-56,plain-56 --seeds 0
+	$(BIN)/resexp analyze landscape runs/demo --nets ResNet-56,plain-56 --seeds 0 --workers 2
+	$(BIN)/resexp report runs/demo --format html
 
 bench: install  ## training images/s of resexp vs a common-way reference loop on this machine (resexp bench)
 	$(BIN)/resexp bench
