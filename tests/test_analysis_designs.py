@@ -102,7 +102,7 @@ def analysed(m: ModelConfig, trained: bool, kinds: tuple[str, ...] = KINDS) -> N
         json.dumps(jsonable([dataclasses.asdict(v) for v in result.verdicts] + result.records))
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(m=st.sampled_from(DESIGNS))
 def test_every_design_gives_a_verdict_or_cannot_decide_in_every_analysis(m):
     for trained in (False, True):

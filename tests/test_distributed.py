@@ -198,6 +198,7 @@ def test_one_process_resumed_on_two_with_sync_bn_trains_as_one(tmp_path, one_pro
     assert sum("[8/8]" in line for line in err.splitlines()) == 1  # rank 0 alone prints
 
 
+@pytest.mark.slow  # 13 s of torchrun; default suite: agreed stops in-process (one_of_two), torchrun resume
 def test_sigterm_to_one_rank_stops_both_and_the_run_resumes_in_one_process(tmp_path, one_process):
     launcher = torchrun(*RUN, "schedule.iterations=100", "eval_every=20", "model.sync_bn=true", cwd=tmp_path)
     name = folder(*RUN, "schedule.iterations=100", "eval_every=20", "model.sync_bn=true")
@@ -223,6 +224,7 @@ def test_sigterm_to_one_rank_stops_both_and_the_run_resumes_in_one_process(tmp_p
     assert_close_runs(rows(run_dir), rows(reference), rel=1e-2, images=8)
 
 
+@pytest.mark.slow  # 9 s of torchrun; in the default suite: a file missing on one node ends every rank
 def test_a_torchrun_sweep_goes_past_a_diverged_run_and_a_locked_one_and_a_rank_that_dies_ends_the_other(tmp_path):
     """One torchrun command, three jobs (one launch: each costs seconds of process start-up):
     a divergence stops every rank with one line and the sweep goes on; rank 0 refused the next

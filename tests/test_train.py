@@ -230,6 +230,7 @@ def test_a_joblib_sweep_shares_the_cores_and_names_each_run_that_did_not_finish(
     assert len(evaluations) == 2 and {line.split("  [")[0] for line in evaluations} == names, evaluations
 
 
+@pytest.mark.slow  # 17 s of processes; default suite: the joblib sweep, a launcher reporting a signalled job
 def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
     """hydra/launcher=submitit_local runs each job through submitit in its own process, as
     submitit_slurm does on a cluster. Ctrl-C (SIGINT to the terminal's process group) while the

@@ -77,6 +77,7 @@ def in_process(monkeypatch, verify, exit_status: int | None = None) -> None:
     monkeypatch.setitem(verify["main"].__globals__, "subprocess", fake)
 
 
+@pytest.mark.slow  # 7 s: the GPU verification script's CPU parts
 def test_data_and_precision_parts_run_and_write_their_figures(tmp_path, monkeypatch, verify):
     data = fake_cifar(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
