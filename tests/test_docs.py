@@ -73,6 +73,20 @@ def test_every_command_and_make_target_shown_exists(page):
     assert unknown_names(page) == []
 
 
+def missing_files(page: Path) -> list[str]:
+    """Files of the repository the page names (resexp/..., tests/..., benchmarks/..., configs/...,
+    notebooks/...) that are not there."""
+    named = re.findall(
+        r"(?<![\w./-])((?:resexp|tests|benchmarks|configs|notebooks)/[\w/.-]*\.(?:py|yaml|md|ipynb))", page.read_text()
+    )
+    return sorted({name for name in named if not (REPO / name).exists()})
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_a_page_names_exists(page):
+    assert missing_files(page) == []
+
+
 def test_the_readme_is_an_entry_page_that_links_every_docs_page():
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 150
@@ -89,3 +103,5 @@ def test_the_checks_see_a_broken_link_and_an_unknown_command(tmp_path):
     )
     assert broken_links(page) == ["missing.md", "#nowhere", "other.md#gone"]
     assert unknown_names(page) == ["make dmeo", "resexp trian"]
+    page.write_text("see resexp/run/loop.py and resexp/launch.py")
+    assert missing_files(page) == ["resexp/launch.py"]
