@@ -283,11 +283,10 @@ def test_a_submitit_sweep_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path)
 
 @pytest.mark.slow
 def test_short_run_on_real_cifar10(tmp_path, cifar_npz):
-    result = resexp(
-        "train", f"data.root={cifar_npz.parent}", "schedule.iterations=60", "eval_every=30", "device=cpu", cwd=tmp_path
-    )
+    args = (f"data.root={cifar_npz.parent}", "schedule.iterations=60", "eval_every=30", "device=cpu")
+    result = resexp("train", *args, cwd=tmp_path)
     assert result.code == 0, result.stderr
-    metrics = rows(tmp_path / "runs/default/cifar10/residual-20A_s0")
+    metrics = rows(tmp_path / folder(*args))
     assert [r["step"] for r in metrics] == [30, 60]
     assert metrics[-1]["train/error"] < 85 and metrics[-1]["test/error"] < 85  # learning: chance is 90
 
