@@ -36,7 +36,7 @@ format: install  ## apply ruff's fixes and formatting
 test-all: install  ## also run the slow tests (real CIFAR-10 from DATA=../shared/data) and GPU tests where a GPU is
 	$(BIN)/pytest -m "slow or gpu or not (slow or gpu)"
 
-demo: install  ## the demo sweep (plain/residual x 20/56 x 3 seeds, two runs side by side), then plot + report
+demo: install  ## the demo sweep (plain/residual x 20/56 x 3 seeds, two runs side by side; ~8 min on 2 CPU cores), then plot + report
 	$(BIN)/resexp train -m +experiment=demo hydra/launcher=joblib hydra.launcher.n_jobs=2 data.root=$(DATA) $(DOWNLOAD) $(EXTRA)
 	$(BIN)/resexp plot runs/demo
 	$(BIN)/resexp report runs/demo

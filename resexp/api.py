@@ -65,7 +65,7 @@ def report(folder: str | Path, form: str = "markdown") -> str:
     from resexp.commands.report import FORMATS, render
 
     if form not in FORMATS or form == "html":
-        raise UserError(f"form={form!r} is not a text format: use markdown, csv or json (or resexp.html)")
+        raise UserError(f"form={form!r} is not a text format: use markdown, csv or json (or api.html)")
     return render(runs(folder), form, warn)
 
 
@@ -112,7 +112,7 @@ def analyze(
 
     unknown = sorted(set(options) - set(Options.__dataclass_fields__) - {"at_init"})
     if unknown:
-        raise UserError(f"{', '.join(unknown)}: not an option of resexp.analyze")
+        raise UserError(f"{', '.join(unknown)}: not an option of api.analyze")
     values = Options(at_init=at_init, **options)
     values.nets, values.seeds = tuple(values.nets), tuple(values.seeds)
     configs = [str(t) for t in target] if isinstance(target, (list, tuple)) else None

@@ -101,7 +101,7 @@ class ModelConfig:
     shortcut: ShortcutOption | None = None  # null = the paper's: B for bottleneck nets (50/101/152), else A
     # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm); not in a checkpoint's shapes
     sync_bn: bool = field(default=False, metadata={WEIGHTS: False})
-    # The counterfactuals (resexp.models, resexp.nets.inits); the defaults are the 2015 nets. Added after
+    # The counterfactuals (resexp.nets.blocks, resexp.nets.inits); the defaults are the 2015 nets. Added after
     # runs first recorded their identity's digest: at their defaults they leave it as it was.
     norm: Norm = added(Norm.batch)  # batch | none (no normalisation: every conv gets a bias)
     init: Init = added(Init.he)  # he | xavier | zero_gamma | skipinit | fixup

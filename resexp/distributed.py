@@ -5,8 +5,8 @@ torchrun (`torchrun --standalone --nproc_per_node=N -m resexp train ...`, or its
 rendezvous) starts N copies of the same command and tells each its RANK, LOCAL_RANK and
 WORLD_SIZE; nothing here launches processes. Without those variables a run is one process, a
 `World` of size 1, and every function below is the identity, so the loop reads the same either way.
-Gradients are averaged by DistributedDataParallel; the data is split by resexp.data (each rank
-takes its share of every global batch, and of the evaluation sets).
+Gradients are averaged by DistributedDataParallel (resexp.run.ddp wraps the model); the data is
+split by resexp.data (each rank takes its share of every global batch, and of the evaluation sets).
 """
 
 from __future__ import annotations

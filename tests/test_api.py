@@ -47,7 +47,7 @@ def test_mistakes_are_the_clis_one_line_as_exceptions(here):
         api.analyze("lesion", ".", draws=0)
     with pytest.raises(UserError, match="'ensembles' is not an analysis"):
         api.analyze("ensembles", ".")
-    with pytest.raises(UserError, match="colour: not an option of resexp.analyze"):
+    with pytest.raises(UserError, match="colour: not an option of api.analyze"):
         api.analyze("signal", ".", colour=3)
     with pytest.raises(UserError, match="a config has no trained weights: pass at_init=True"):
         api.analyze("signal", ["data=synthetic"])

@@ -1,7 +1,7 @@
-"""Evaluation: `evaluate`, a net's loss and error over an evaluation set (what the training loop
-calls at each evaluation), and `resexp eval FOLDER [OVERRIDES]`: the test error of each run's
-trained net under FOLDER, with the test-time protocols of the paper as options, without
-retraining and without touching a training file.
+"""`resexp eval FOLDER [OVERRIDES]`: the test error of each run's trained net under FOLDER, with
+the test-time protocols of the paper as options, without retraining and without touching a
+training file (a net's loss and error over an evaluation set is resexp.run.evaluate's, as in the
+training loop; a run is opened through resexp.rundir.trained).
 
 For each run (trained here, or made by `resexp import`) it loads the latest checkpoint (or best.pt:
 `--best`), rebuilds the run's data, and evaluates the net on every evaluation set the run has (test,

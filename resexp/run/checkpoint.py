@@ -5,9 +5,9 @@ A new checkpoint is written through the run directory's atomic write (temporary 
 rename); when its evaluation has the lowest monitored error so far (val/error when the run holds
 out a validation set, else test/error) best.pt is made a hard link to it (`resexp eval --best`);
 the one before stays as prev.pt, hard-linked there before the rename so that last.pt
-exists at every instant, even under SIGKILL. A truncated or corrupt last.pt falls back to prev.pt
-with a warning. Checkpoints hold only tensors and plain values, so they load with
-`weights_only=True`: resuming from a file never runs code from it.
+exists at every instant, even under SIGKILL. Reading them back is resexp.rundir.checkpoints's (a
+truncated or corrupt last.pt falls back to prev.pt with a warning). Checkpoints hold only tensors
+and plain values, so they load with `weights_only=True`: resuming from a file never runs code from it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Builders: the one place where a config becomes a model, an optimizer, a device, a seed, and the
-memory check that refuses a net too large for the device before any module is built. The run's
-life (resexp.run.lifecycle), the analyses, bench and the benchmark scripts all build through here."""
+"""A run's optimizer, and the memory check that refuses a net too large for the device before any
+module is built (the net itself: resexp.nets.build; the device and seeds: resexp.device)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""The run directory and its one owner: file names and formats, atomic writes, the lock, the
-status, the run's identity (config and data), and reading runs back for plot and report.
+"""The run directory and its one writer: file names and formats, atomic writes, the lock, the
+status, the run's identity (config and data). Reading runs back is resexp.rundir.read's.
 
     config.yaml            the resolved config: a re-run with other values is refused
     data.json              the dataset's name, file and fingerprint: a re-run on other data is refused
     environment.json       git commit, command, versions, device, speed settings (of the latest start)
     metrics.jsonl          one row per evaluation, appended and fsynced
     events.out.tfevents.*  TensorBoard scalars (written by resexp.run.recorder)
-    last.pt, prev.pt       checkpoints (written by resexp.checkpoint through `atomic_write`)
+    last.pt, prev.pt       checkpoints (written by resexp.run.checkpoint through `atomic_write`)
     best.pt                the checkpoint of the lowest monitored error so far (a hard link: no copy)
     status.json            running | complete | interrupted | diverged | failed | imported, and the step reached
     .lock                  flock-ed by the process writing the run
-    eval/<which>[+options].json   `resexp eval`'s numbers (resexp.evaluation); never a training file
+    eval/<which>[+options].json   `resexp eval`'s numbers (resexp.commands.eval); never a training file
 
 A run made by `resexp import` (resexp.commands.import_) holds config.yaml, status.json (imported),
 weights.pt (the published tensors under resexp's names) and provenance.json (the source, the file

@@ -1,7 +1,7 @@
 """A run's trained weights: where they are (`of_run`: the latest or best checkpoint of a run
-trained here, the published tensors of an imported one), and out of resexp: `resexp export RUN
---to state_dict|torchvision OUT`, and the reading side that `hubconf.py` (torch.hub) uses to build
-a net and load them.
+trained here, the published tensors of an imported one), and the formats they leave resexp in
+(written by `resexp export`, resexp.commands.export), with the reading side that `hubconf.py`
+(torch.hub) and `resexp import` use to build a net and load them.
 
 Two formats. `state_dict`: the net's tensors under resexp's own names, with the model fields that
 build it (`model.family`, `model.depth`, `model.mode`, ...), its number of classes, and where they
