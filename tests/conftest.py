@@ -159,6 +159,19 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Outcome]:
     return cwd / __getattr__("TINY_DIR"), outcome
 
 
+TINY_SWEEP = [*TINY, "model.mode=plain,residual"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """TINY's plain and residual runs, trained once per test process: the analyses' tests read it
+    in place, the property tests work on copies of it."""
+    cwd = tmp_path_factory.mktemp("tiny_sweep")
+    outcome = resexp("train", "-m", *TINY_SWEEP, cwd=cwd)
+    assert outcome.code == 0, outcome.stderr
+    return cwd
+
+
 @pytest.fixture
 def cifar_npz() -> Path:
     if not CIFAR_NPZ.exists():

@@ -23,16 +23,6 @@ from resexp.analysis.verdict import OUTCOMES
 from resexp.errors import NotRemovable
 from resexp.nets.build import build_net
 
-SWEEP = [*TINY, "model.mode=plain,residual"]
-
-
-@pytest.fixture(scope="module")
-def trained_sweep(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("sweep")
-    result = resexp("train", "-m", *SWEEP, cwd=cwd)
-    assert result.code == 0, result.stderr
-    return cwd
-
 
 def test_response_hooks_capture_exactly_the_3x3_layers_and_are_removed():
     for depth, mode, expected in ((20, "residual", 19), (20, "plain", 19), (56, "residual", 55)):
@@ -129,30 +119,30 @@ def test_the_gradient_norms_equal_a_direct_autograd_computation():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics untouched
 
 
-def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(trained_sweep):
+def test_analyze_writes_its_files_prints_a_verdict_and_marks_what_it_analysed(tiny_sweep):
     for kind in ("responses", "gradients", "lesion", "paths"):
-        result = resexp("analyze", kind, "runs/default", cwd=trained_sweep)
+        result = resexp("analyze", kind, "runs/default", cwd=tiny_sweep)
         assert result.code == 0, result.stderr
         assert "plain-8" in result.stdout and "ResNet-8" in result.stdout
         assert any(f": {outcome.upper()}: " in result.stdout for outcome in OUTCOMES), result.stdout
-        doc = json.loads((trained_sweep / f"runs/default/analysis/{kind}.json").read_text())
+        doc = json.loads((tiny_sweep / f"runs/default/analysis/{kind}.json").read_text())
         assert {r["net"] for r in doc["records"]} == {"plain-8", "ResNet-8"}
         trained = [r for r in doc["records"] if r.get("at", "checkpoint") == "checkpoint"]
         assert all(r["state"] == "complete (16)" for r in trained) and doc["verdicts"]
         assert all(r["training"]["kind"] == "trained" and "not converged" in r["training"]["text"] for r in trained)
         assert all(v["outcome"] in OUTCOMES and v["why"] and v["source"] and v["judged_on"] for v in doc["verdicts"])
-        assert (trained_sweep / f"runs/default/analysis/{kind}.png").stat().st_size > 10_000
-    gradients = json.loads((trained_sweep / "runs/default/analysis/gradients.json").read_text())["records"]
+        assert (tiny_sweep / f"runs/default/analysis/{kind}.png").stat().st_size > 10_000
+    gradients = json.loads((tiny_sweep / "runs/default/analysis/gradients.json").read_text())["records"]
     assert sorted(r["at"] for r in gradients) == ["checkpoint", "checkpoint", "init", "init"]
-    at_init = resexp("analyze", "responses", "runs/default", "--at-init", cwd=trained_sweep)
-    assert at_init.code == 0 and (trained_sweep / "runs/default/analysis/responses-init.json").exists()
-    assert json.loads((trained_sweep / "runs/default/analysis/responses-init.json").read_text())["records"][0][
+    at_init = resexp("analyze", "responses", "runs/default", "--at-init", cwd=tiny_sweep)
+    assert at_init.code == 0 and (tiny_sweep / "runs/default/analysis/responses-init.json").exists()
+    assert json.loads((tiny_sweep / "runs/default/analysis/responses-init.json").read_text())["records"][0][
         "state"
     ] == ("initialised")
 
 
-def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(trained_sweep, monkeypatch, tmp_path):
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(tiny_sweep, monkeypatch, tmp_path):
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     run_dir = tmp_path / folder(*TINY)
     [net] = subjects(run_dir, False, torch.device("cpu"), None, print)
     options = Options(grid=3, images=32)
@@ -180,13 +170,13 @@ def test_a_killed_landscape_resumes_without_recomputing_finished_chunks(trained_
     assert centre[:2] == [0.0, 0.0] and centre[2] == pytest.approx(values["line"][2][2])
 
 
-def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(trained_sweep):
+def test_the_landscape_cli_on_two_processes_for_the_chosen_nets(tiny_sweep):
     args = ["--grid", "3", "--images", "32", "--workers", "2", "--nets", "ResNet-8", "--seeds", "0"]
-    result = resexp("analyze", "landscape", "runs/default", *args, cwd=trained_sweep)
+    result = resexp("analyze", "landscape", "runs/default", *args, cwd=tiny_sweep)
     assert result.code == 0, result.stderr
-    written = trained_sweep / "runs/default/analysis/landscape+grid-3+images-32+nets-ResNet-8+seeds-0.json"
+    written = tiny_sweep / "runs/default/analysis/landscape+grid-3+images-32+nets-ResNet-8+seeds-0.json"
     assert (
-        str(written.relative_to(trained_sweep)) in result.stdout.splitlines()
+        str(written.relative_to(tiny_sweep)) in result.stdout.splitlines()
     )  # named by the options that are not defaults
     doc = json.loads(written.read_text())
     assert [r["net"] for r in doc["records"]] == ["ResNet-8"] and len(doc["records"][0]["grid"]) == 3
@@ -216,7 +206,7 @@ def test_unfinished_and_diverged_runs_are_said_so(tmp_path, monkeypatch):
     )
 
 
-def test_analyze_mistakes_are_one_line(trained_sweep, tmp_path):
+def test_analyze_mistakes_are_one_line(tiny_sweep, tmp_path):
     for args, message in (
         (["ensembles", "runs/default"], "'ensembles' is not an analysis: choose one of responses"),
         (["lesion", "nowhere"], "nowhere is not a folder"),
@@ -238,8 +228,8 @@ def test_analyze_mistakes_are_one_line(trained_sweep, tmp_path):
             "--device tpu is not a device: use auto, cpu, cuda, cuda:N or mps",
         ),
     ):
-        (trained_sweep / "empty").mkdir(exist_ok=True)
-        result = resexp("analyze", *args, cwd=trained_sweep)
+        (tiny_sweep / "empty").mkdir(exist_ok=True)
+        result = resexp("analyze", *args, cwd=tiny_sweep)
         assert result.code == 1 and message in result.lines[-1], result.stderr
         assert [line for line in result.lines if line.startswith("error")] == [result.lines[-1]]
 
@@ -256,14 +246,14 @@ def test_grad_norms_are_logged_per_stage_only_when_asked(tmp_path):
     assert not [k for k in row if k.startswith("grad_norm")]
 
 
-def test_the_html_report_is_one_self_contained_file(trained_sweep):
-    assert resexp("analyze", "responses", "runs/default", cwd=trained_sweep).code == 0
+def test_the_html_report_is_one_self_contained_file(tiny_sweep):
+    assert resexp("analyze", "responses", "runs/default", cwd=tiny_sweep).code == 0
     # The same analysis with another option: its own file, beside the first, and its own section.
-    assert resexp("analyze", "responses", "runs/default", "--per-channel", "--seeds", "0", cwd=trained_sweep).code == 0
-    assert (trained_sweep / "runs/default/analysis/responses+per_channel-true+seeds-0.json").exists()
-    result = resexp("report", "runs/default", "--format", "html", cwd=trained_sweep)
+    assert resexp("analyze", "responses", "runs/default", "--per-channel", "--seeds", "0", cwd=tiny_sweep).code == 0
+    assert (tiny_sweep / "runs/default/analysis/responses+per_channel-true+seeds-0.json").exists()
+    result = resexp("report", "runs/default", "--format", "html", cwd=tiny_sweep)
     assert result.code == 0 and result.stdout.strip() == "runs/default/report.html"
-    page = (trained_sweep / "runs/default/report.html").read_text()
+    page = (tiny_sweep / "runs/default/report.html").read_text()
     assert "<h2>responses</h2>" in page and "<h2>table and verdict</h2>" in page and "He et al. 2015, Fig. 7" in page
     assert "<h2>responses (per_channel true, seeds 0)</h2>" in page
     labels = re.findall(r"<span class='outcome ([a-z-]+)'>([a-z ]+)</span>", page)  # each verdict: which and why
@@ -272,9 +262,9 @@ def test_the_html_report_is_one_self_contained_file(trained_sweep):
     whys = re.findall(r"</b> \([^)]*\)\. (.)", page)  # the numbers follow the claim as a sentence of their own
     assert whys and all(not c.islower() for c in whys)
     # A verdict that could not have been otherwise: a grey label saying so, and why (BN sets the scale)
-    assert resexp("analyze", "signal", "runs/default", cwd=trained_sweep).code == 0
-    assert resexp("report", "runs/default", "--format", "html", cwd=trained_sweep).code == 0
-    page = (trained_sweep / "runs/default/report.html").read_text()
+    assert resexp("analyze", "signal", "runs/default", cwd=tiny_sweep).code == 0
+    assert resexp("report", "runs/default", "--format", "html", cwd=tiny_sweep).code == 0
+    page = (tiny_sweep / "runs/default/report.html").read_text()
     grey = re.findall(r"<li class=construction><span class='outcome by-construction'>([a-z ,]+)</span>", page)
     assert grey == ["agrees, by construction"] and "Could not have been otherwise: with BN after every conv" in page
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
@@ -286,12 +276,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
-def test_the_html_report_renders_in_a_real_browser(trained_sweep, tmp_path):
+def test_the_html_report_renders_in_a_real_browser(tiny_sweep, tmp_path):
     """What a reader sees: Chromium draws the page with its figures (a blank or broken page would
     be one colour)."""
     from PIL import Image
 
-    assert resexp("report", "runs/default", "--format", "html", cwd=trained_sweep).code == 0
+    assert resexp("report", "runs/default", "--format", "html", cwd=tiny_sweep).code == 0
     shot = tmp_path / "page.png"
     subprocess.run(
         [
@@ -304,7 +294,7 @@ def test_the_html_report_renders_in_a_real_browser(trained_sweep, tmp_path):
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--screenshot={shot}",
             "--window-size=1200,2400",
-            (trained_sweep / "runs/default/report.html").as_uri(),
+            (tiny_sweep / "runs/default/report.html").as_uri(),
         ],
         check=True,
         capture_output=True,
@@ -329,10 +319,10 @@ def test_data_moved_since_training_is_one_line_that_names_data_root(tmp_path):
     assert resexp("analyze", "responses", "a/runs/default", "--data-root", "c.npz", cwd=tmp_path).code == 0
 
 
-def test_an_interrupted_analysis_leaves_nothing(trained_sweep, monkeypatch, tmp_path):
+def test_an_interrupted_analysis_leaves_nothing(tiny_sweep, monkeypatch, tmp_path):
     from resexp.analysis import lesion
 
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)  # what other tests analysed
 
     def interrupted(*args, **kwargs):
@@ -347,10 +337,10 @@ def test_an_interrupted_analysis_leaves_nothing(trained_sweep, monkeypatch, tmp_
 # --------------------------------------------------------------------------- keyed by the checkpoint read
 
 
-def test_an_unreadable_last_checkpoint_is_said_and_the_state_is_the_one_read(trained_sweep, tmp_path):
+def test_an_unreadable_last_checkpoint_is_said_and_the_state_is_the_one_read(tiny_sweep, tmp_path):
     """Only last.pt truncated: the analysis says it reads prev.pt, and the net is what prev.pt
     holds (before: prev.pt silently, called complete)."""
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     run_dir = tmp_path / TINY_DIR
     last = run_dir / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
@@ -364,10 +354,10 @@ def test_an_unreadable_last_checkpoint_is_said_and_the_state_is_the_one_read(tra
     assert record["checkpoint"]["step"] == 8 and len(record["checkpoint"]["sha256"]) == 64
 
 
-def test_landscape_chunks_of_other_weights_are_never_reused(trained_sweep, tmp_path):
+def test_landscape_chunks_of_other_weights_are_never_reused(tiny_sweep, tmp_path):
     """The run folder deleted and trained again (other weights, same settings): the chunks of the
     old net are computed anew, and the record says which checkpoint it measured."""
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)
     args = ["landscape", "runs/default", "--nets", "ResNet-8", "--grid", "3", "--images", "100000"]
     assert resexp("analyze", *args, cwd=tmp_path).code == 0
@@ -382,10 +372,10 @@ def test_landscape_chunks_of_other_weights_are_never_reused(trained_sweep, tmp_p
     assert second["checkpoint"]["sha256"] != first["checkpoint"]["sha256"] and second["grid"] != first["grid"]
 
 
-def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(trained_sweep, tmp_path):
+def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(tiny_sweep, tmp_path):
     """A run still training writes new checkpoints while its landscape is computed: every chunk,
     in whichever process, sees the weights the computation began with."""
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     [net] = subjects(tmp_path / TINY_DIR, False, torch.device("cpu"), None, print)
     options = Options(grid=3, images=32)
     chunks = tmp_path / "chunks"
@@ -400,7 +390,7 @@ def test_a_landscape_worker_reads_the_pinned_weights_not_the_runs_latest(trained
 
 def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
     """gradients reads the first training batch as the run's training saw it, in its seed's order
-    (before: seed 0's batch for every run), from data loaded once for the runs of a trained_sweep."""
+    (before: seed 0's batch for every run), from data loaded once for the runs of a tiny_sweep."""
     from resexp.data import build_data
     from resexp.launch.jobs import compose
     from resexp.rundir.trained import own_data
@@ -413,9 +403,9 @@ def test_each_run_is_analysed_on_its_own_first_batch(tmp_path):
     assert own_data(cfg[0], torch.device("cpu")).evals["test"] is own_data(cfg[1], torch.device("cpu")).evals["test"]
 
 
-def test_one_run_that_cannot_be_analysed_is_named_and_the_others_go_on(trained_sweep, tmp_path):
+def test_one_run_that_cannot_be_analysed_is_named_and_the_others_go_on(tiny_sweep, tmp_path):
     """Before: one unreadable run aborted the whole analysis."""
-    shutil.copytree(trained_sweep / "runs", tmp_path / "runs")
+    shutil.copytree(tiny_sweep / "runs", tmp_path / "runs")
     shutil.rmtree(tmp_path / "runs/default/analysis", ignore_errors=True)
     broken = tmp_path / folder(*TINY, "model.mode=plain")
     (broken / "data.json").write_text('{"fingerprint": "someone else\'s data", "source": "x"}')

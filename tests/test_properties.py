@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import folder, resexp, write_npz
+from conftest import TINY, folder, resexp, write_npz
 
 BASE = [
     "data=synthetic",
@@ -142,22 +142,11 @@ def test_strange_override_syntax_is_one_line_too(tmp_path, text):
 # --------------------------------------------------------------------------- the other commands
 
 
-FINISHED = [*BASE, "eval_every=1"]  # two evaluations: last.pt and prev.pt
-
-
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory) -> Path:
-    """A tiny plain/residual sweep, trained once, that each example copies."""
-    cwd = tmp_path_factory.mktemp("finished")
-    assert resexp("train", "-m", *FINISHED, "model.mode=plain,residual", cwd=cwd).code == 0
-    return cwd
-
-
-def on_a_copy(finished_sweep: Path, *args: str):
-    """`resexp ARGS` in a copy of the finished_sweep sweep: the outcome, and the files it added or changed."""
+def on_a_copy(tiny_sweep: Path, *args: str):
+    """`resexp ARGS` in a copy of the tiny sweep: the outcome, and the files it added or changed."""
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp) / "w"
-        shutil.copytree(finished_sweep, cwd)
+        shutil.copytree(tiny_sweep, cwd)
         before = snapshot(cwd)
         outcome = resexp(*args, cwd=cwd)
         return outcome, {k for k, v in snapshot(cwd).items() if before.get(k) != v}
@@ -193,13 +182,13 @@ OPTIONS = {
     },
     "report": {"FOLDER": ["runs/default", "runs", "nowhere"], "--format": ["markdown", "csv", "json", "html", "pdf"]},
     "export": {
-        "RUN": [folder(*FINISHED, "model.mode=plain"), folder(*FINISHED, "model.mode=residual"), "runs/default", "no"],
+        "RUN": [folder(*TINY, "model.mode=plain"), folder(*TINY, "model.mode=residual"), "runs/default", "no"],
         "OUT": ["net.pt", "runs", "no/such/net.pt", "runs/default/analysis.pt"],
         "--to": ["state_dict", "torchvision", "onnx"],
     },
     "plot": {"FOLDER": ["runs/default", "nowhere"], "--out": ["figs/a", "/proc/no/such"]},
     "eval": {
-        "FOLDER": ["runs/default", folder(*FINISHED, "model.mode=plain"), "nowhere"],
+        "FOLDER": ["runs/default", folder(*TINY, "model.mode=plain"), "nowhere"],
         "OVERRIDES": [
             "data.ten_crop=true",
             "data.test_scales=[32]",
@@ -242,10 +231,10 @@ def command(name: str):
 
 @settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(args=st.one_of(command("analyze"), command("report"), command("plot")))
-def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(finished_sweep, args):
+def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(tiny_sweep, args):
     if args[0] == "analyze" and "--workers" not in args:
         args = [*args, "--images", "8"] if "--images" not in args else args  # seconds, not minutes
-    outcome, changed = on_a_copy(finished_sweep, *args)
+    outcome, changed = on_a_copy(tiny_sweep, *args)
     event(f"{args[0]} exit {outcome.code}")
     one_line_or_success(outcome, args)
     if outcome.code != 0 and args[0] == "analyze":
@@ -254,8 +243,8 @@ def test_every_option_of_analyze_report_and_plot_ends_in_success_or_one_line(fin
 
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(args=command("export"))
-def test_every_option_of_export_ends_in_a_file_or_one_line_and_nothing_written(finished_sweep, args):
-    outcome, changed = on_a_copy(finished_sweep, *args)
+def test_every_option_of_export_ends_in_a_file_or_one_line_and_nothing_written(tiny_sweep, args):
+    outcome, changed = on_a_copy(tiny_sweep, *args)
     event(f"export exit {outcome.code}")
     one_line_or_success(outcome, args)
     assert changed == ({args[2]} if outcome.code == 0 else set()), (args, changed)  # OUT alone, or nothing
@@ -263,8 +252,8 @@ def test_every_option_of_export_ends_in_a_file_or_one_line_and_nothing_written(f
 
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(args=command("eval"))
-def test_every_option_of_eval_ends_in_numbers_or_one_line_and_no_training_file_changes(finished_sweep, args):
-    outcome, changed = on_a_copy(finished_sweep, *args)
+def test_every_option_of_eval_ends_in_numbers_or_one_line_and_no_training_file_changes(tiny_sweep, args):
+    outcome, changed = on_a_copy(tiny_sweep, *args)
     event(f"eval exit {outcome.code}")
     one_line_or_success(outcome, args)
     assert all("/eval/" in c and c.endswith(".json") for c in changed), (args, changed)
@@ -314,24 +303,24 @@ READERS = ["report", "plot", "analyze", "eval", "export"]
     how=st.sampled_from(DAMAGE),
     command=st.sampled_from(["train", *READERS]),
 )
-def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(finished_sweep, file, how, command):
-    """Whatever one file of a finished_sweep run suffered, `resexp train` again either leaves the run as
+def test_a_damaged_run_folder_is_resumed_exactly_or_refused_in_one_line(tiny_sweep, file, how, command):
+    """Whatever one file of a finished run suffered, `resexp train` again either leaves the run as
     it was trained (the same metrics, row for row) or says in one line why not, touching nothing;
     and every reader of runs (report, plot, analyze, eval, export) either reads the run as it was
     trained, or skips it with a warning that names it, or says in one line why not: none believes
     what train refuses (before: an edited config.yaml without status.json, or an edited test error,
     were reported and plotted as trained)."""
-    run_dir = next(p.parent for p in (finished_sweep / "runs").rglob("metrics.jsonl") if "residual" in str(p))
+    run_dir = next(p.parent for p in (tiny_sweep / "runs").rglob("metrics.jsonl") if "residual" in str(p))
     rows = (run_dir / "metrics.jsonl").read_text()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp) / "w"
-        shutil.copytree(finished_sweep, cwd)
-        copy = cwd / run_dir.relative_to(finished_sweep)
+        shutil.copytree(tiny_sweep, cwd)
+        copy = cwd / run_dir.relative_to(tiny_sweep)
         damage(copy / file, how)
         before = snapshot(copy)
         relative = str(copy.relative_to(cwd))
         args = {
-            "train": ["train", *FINISHED, "model.mode=residual"],
+            "train": ["train", *TINY, "model.mode=residual"],
             "report": ["report", "runs", "--format", "json"],
             "plot": ["plot", "runs"],
             "analyze": ["analyze", "signal", "runs", "--images", "8"],
@@ -371,22 +360,22 @@ def edited_config(run: Path) -> None:
 
 
 def edited_error(run: Path) -> None:
-    """A finished_sweep run's last test error edited by hand."""
+    """A finished run's last test error edited by hand."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows[-1]["test/error"] = 1.0
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.mark.parametrize("edit", [edited_config, edited_error])
-def test_every_reader_refuses_what_train_refuses(finished_sweep, tmp_path, edit):
+def test_every_reader_refuses_what_train_refuses(tiny_sweep, tmp_path, edit):
     """Before: report, plot and analyze showed the edited run as trained, where train and eval refused it."""
-    shutil.copytree(finished_sweep, tmp_path / "w")
+    shutil.copytree(tiny_sweep, tmp_path / "w")
     cwd = tmp_path / "w"
     run = next(p.parent for p in (cwd / "runs").rglob("metrics.jsonl") if "residual" in str(p))
     edit(run)
     name = str(run.relative_to(cwd))
     for args in (
-        ["train", *FINISHED, "model.mode=residual"],
+        ["train", *TINY, "model.mode=residual"],
         ["report", "runs"],
         ["plot", "runs"],
         ["analyze", "signal", "runs", "--images", "8"],
