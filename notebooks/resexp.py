@@ -34,7 +34,7 @@ if importlib.util.find_spec("resexp") is None:
 # %%
 # What to train. On a GPU: cifar_quick's sweep (plain/residual x 20/56 x 3 seeds, 400 iterations of
 # 128 on 5,000 CIFAR-10 images). On a CPU: make demo's (the same nets and seeds, 320 iterations of 64,
-# two runs side by side: about 6.5 minutes on 2 cores). RESEXP_NOTEBOOK_SMOKE (the project's CI): a
+# one run at a time, so that each run's lines show here: about 7.5 minutes on 2 cores). RESEXP_NOTEBOOK_SMOKE (the project's CI): a
 # few iterations of small nets on synthetic images, to check that every cell runs.
 import torch
 
@@ -45,8 +45,6 @@ if SMOKE:
 EXPERIMENT = "cifar_quick" if SMOKE or torch.cuda.is_available() else "demo"
 if not SMOKE:
     SWEEP = ["data.root=data", "data.download=true"]  # torchvision downloads CIFAR-10 into data/
-if EXPERIMENT == "demo":
-    SWEEP += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 FOLDER = f"runs/{EXPERIMENT}"
 print("training:", f"+experiment={EXPERIMENT}", *SWEEP)
 

@@ -72,11 +72,23 @@ def test_a_sweep_is_checked_whole_before_its_first_job_trains(tmp_path):
     assert leftovers(tmp_path) == []  # depth 8 did not train, no multirun.yaml either
 
 
-def test_a_sweep_with_no_cpus_per_job_is_one_line_and_submits_nothing(tmp_path):
-    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=0", *TINY, "seed=0,1"]
-    result = resexp("train", *args, cwd=tmp_path)
+@pytest.mark.parametrize(
+    "launcher,message",
+    [
+        (
+            ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=0"],
+            "hydra.launcher.cpus_per_task=0 must be at least 1 (each job's threads)",
+        ),
+        (
+            ["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+            "hydra.launcher.n_jobs=0 runs nothing: give the runs side by side (e.g. 2), or -1 for one per core",
+        ),
+    ],
+)
+def test_a_sweep_with_no_cpus_per_job_or_no_jobs_is_one_line_and_submits_nothing(tmp_path, launcher, message):
+    result = resexp("train", "-m", *launcher, *TINY, "seed=0,1", cwd=tmp_path)
     assert result.code == 1
-    assert result.lines == ["error: hydra.launcher.cpus_per_task=0 must be at least 1 (each job's threads)"]
+    assert result.lines == [f"error: {message}"]
     assert leftovers(tmp_path) == []
 
 

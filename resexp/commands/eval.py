@@ -31,13 +31,12 @@ import yaml
 
 from resexp import identity
 from resexp.commands.export import check_identity
-from resexp.device import pick_device
 from resexp.errors import ConfigError, UserError
 from resexp.run.evaluate import evaluate
 from resexp.run.speed import EAGER
 from resexp.rundir.folder import EVALS, atomic_write
 from resexp.rundir.read import Run, readable_runs
-from resexp.rundir.trained import each_run, first_of, open_run, run_config
+from resexp.rundir.trained import each_run, first_of, open_run
 
 # Overrides that change the numbers (named in the file) and those that only say where and how fast.
 PROTOCOL = ("data.ten_crop", "data.test_scales")
@@ -100,8 +99,7 @@ def evaluate_run(run: Run, which: str, options: dict[str, Any], warn: Warn) -> E
     """Evaluate one run's net and write RUN/eval/<stem>.json; nothing of the run is changed."""
     started = time.perf_counter()
     missing = "has no checkpoint to evaluate (it has not trained yet)"
-    cfg = run_config(run.path, options)  # the device is among the options
-    opened = open_run(run, pick_device(cfg.device), warn, options, which, "evaluating", "data.root", missing)
+    opened = open_run(run, None, warn, options, which, "evaluating", "data.root", missing)  # device= is an option
     check_identity(opened.trained, run.identity, run.path)
     cfg, model, trained = opened.cfg, opened.model, opened.trained
     # the test as made: the run's own protocol (a run may have trained with data.ten_crop=true) with the overrides

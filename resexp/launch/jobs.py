@@ -158,6 +158,10 @@ def launcher_options(launcher: DictConfig) -> None:
         value = launcher.get(key)
         if value is not None and value < low:
             raise ConfigError(f"hydra.launcher.{key}={value} must be at least {low} ({what})")
+    if launcher.get("n_jobs") == 0:  # joblib: the number of runs side by side; -1 = one per core
+        raise ConfigError(
+            "hydra.launcher.n_jobs=0 runs nothing: give the runs side by side (e.g. 2), or -1 for one per core"
+        )
 
 
 def refuse_shared_folders(jobs: list[Job]) -> None:

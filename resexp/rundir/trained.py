@@ -19,7 +19,7 @@ from torch import nn
 
 from resexp.config import Config, register, to_object, validate
 from resexp.data import Data, DataSource, build_data, source
-from resexp.device import seed_everything
+from resexp.device import pick_device, seed_everything
 from resexp.errors import ConfigError, DataError, NothingToAnalyse, RunDirError, UserError, one_line
 from resexp.nets.build import build_model, load_weights
 from resexp.rundir import weights
@@ -99,7 +99,7 @@ class Opened:
 
 def open_run(
     run: Run,
-    device: torch.device,
+    device: torch.device | None,
     warn: Callable[[str], None],
     values: dict[str, Any] | None = None,
     which: str | None = "latest",
@@ -108,9 +108,11 @@ def open_run(
     missing: str = "has no checkpoint yet (it has not trained)",
 ) -> Opened:
     """Open `run`: its config (with `values`), its checked data, its net with the weights `which`
-    names (latest, best), or as its run began (`which=None`: the same seed, the same initial weights);
-    `missing` says why a run without a checkpoint cannot be used."""
+    names (latest, best), or as its run began (`which=None`: the same seed, the same initial weights),
+    on `device` (None: the one its config, with `values`, names); `missing` says why a run without a
+    checkpoint cannot be used."""
     cfg = run_config(run.path, values)
+    device = pick_device(cfg.device) if device is None else device
     data_source = checked_source(run, cfg, where)
     data = own_data(cfg, device)
     seed_everything(cfg.seed)
