@@ -10,6 +10,7 @@ when a signal stopped the command (130 for Ctrl-C, 143 for SIGTERM).
 
 from __future__ import annotations
 
+import math
 import signal
 import types
 import typing
@@ -35,6 +36,18 @@ class UserError(Reported):
 
 class OptionError(UserError, ValueError):
     """A command-line option (not a config field) out of its range: the message names it."""
+
+
+def within(*options: tuple[str, Any, float, float]) -> None:
+    """Check (option, value, lowest, highest) of numeric options (None: not given); OptionError names
+    the first one that is not a number within its bounds, as the command line spells it."""
+    for option, value, low, high in options:
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise OptionError(f"{option} {value} must be at least {low:g}")
+        if value > high:
+            raise OptionError(f"{option} {value} must be at most {high:g}")
 
 
 class ConfigError(UserError, ValueError):

@@ -18,7 +18,7 @@ from typing import Any
 
 from resexp.analysis.subjects import Subject
 from resexp.analysis.verdict import Verdict
-from resexp.errors import OptionError
+from resexp.errors import OptionError, within
 
 COLOURS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -47,19 +47,13 @@ class Options:
         import math
         import os
 
-        for option, value, low, high in (
+        within(
             ("--images", self.images, 1, math.inf),
             ("--draws", self.draws, 1, MAX_DRAWS),
             ("--samples", self.samples, 1, MAX_SAMPLES),
             ("--grid", self.grid, 2, MAX_GRID),
             ("--workers", self.workers, 1, os.cpu_count() or 1),
-        ):
-            if value is None:
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-                raise OptionError(f"{option} {value} must be at least {low:g}")
-            if value > high:
-                raise OptionError(f"{option} {value} must be at most {high:g}")
+        )
         if not (isinstance(self.span, (int, float)) and math.isfinite(self.span) and self.span > 0):
             raise OptionError(f"--span {self.span} must be a positive number")
 

@@ -28,7 +28,7 @@ from resexp.commands import reference
 from resexp.data.cifar import Normalizer, TensorTrainStream
 from resexp.data.common import endless
 from resexp.device import pick_device
-from resexp.errors import OptionError
+from resexp.errors import OptionError, within
 from resexp.launch.jobs import compose
 from resexp.nets.build import build_net
 from resexp.nets.costs import training_memory
@@ -260,17 +260,6 @@ def render(result: dict):
             + (f", reference loop {minutes(sweep['reference'])}" if sweep["reference"] else "")
         )
     return Group(table, Text("\n".join(lines)))
-
-
-def within(*options: tuple[str, int | float | None, float, float]) -> None:
-    """Check (option, value, lowest, highest) of numeric options; OptionError names the first bad one."""
-    for option, value, low, high in options:
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < low:
-            raise OptionError(f"{option} {value} must be at least {low:g}")
-        if value > high:
-            raise OptionError(f"{option} {value} must be at most {high:g}")
 
 
 def bench(
